@@ -1,0 +1,1 @@
+//! Fault injection against a running kv cluster (filled in by the chaos issue).

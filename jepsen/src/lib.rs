@@ -1,0 +1,1 @@
+//! Histories, workloads, nemesis schedules and checkers for kv.

@@ -1,0 +1,68 @@
+//! The clock seam: wall-clock time (milliseconds since the Unix epoch) for hybrid logical clocks.
+//! Real nodes read the system clock; simulations drive it from tokio's (simulated) time; chaos
+//! skews it. Timers never use this: they use `tokio::time`.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+/// A source of wall-clock milliseconds.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch, as this node believes.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock plus an adjustable skew (for chaos testing).
+#[derive(Default)]
+pub struct SystemClock {
+    skew_ms: AtomicI64,
+}
+
+impl SystemClock {
+    /// Sets the offset added to the system time.
+    pub fn set_skew_ms(&self, skew_ms: i64) {
+        self.skew_ms.store(skew_ms, Ordering::Relaxed);
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        (real + self.skew_ms.load(Ordering::Relaxed)).max(0) as u64
+    }
+}
+
+/// A clock that follows `tokio::time` (simulated time inside turmoil) from a fixed epoch, plus a skew.
+pub struct TokioClock {
+    start: tokio::time::Instant,
+    epoch_ms: u64,
+    skew_ms: AtomicI64,
+}
+
+impl TokioClock {
+    /// A clock that reads `epoch_ms` now and advances with tokio's clock.
+    pub fn new(epoch_ms: u64) -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            epoch_ms,
+            skew_ms: AtomicI64::new(0),
+        }
+    }
+
+    /// Sets the offset added to the time.
+    pub fn set_skew_ms(&self, skew_ms: i64) {
+        self.skew_ms.store(skew_ms, Ordering::Relaxed);
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> u64 {
+        let elapsed = self.start.elapsed().as_millis() as i64;
+        (self.epoch_ms as i64 + elapsed + self.skew_ms.load(Ordering::Relaxed)).max(0) as u64
+    }
+}
+
+/// Shared handle to a clock.
+pub type SharedClock = Arc<dyn Clock>;

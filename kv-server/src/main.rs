@@ -1,0 +1,2 @@
+//! The `kv` binary.
+fn main() {}

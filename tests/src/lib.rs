@@ -1,0 +1,1 @@
+//! Shared harness for the workspace integration tests: simulated networks and clusters.
