@@ -3,6 +3,7 @@
 //! these traits. **Architecture invariant:** nothing outside `storage/` names sled.
 
 pub mod memory;
+pub mod record;
 
 use std::ops::Bound;
 use std::sync::Arc;
