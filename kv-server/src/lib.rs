@@ -2,5 +2,12 @@
 //! services and configuration. A library first; `src/main.rs` (the `kv` binary) is thin.
 
 pub mod clock;
+pub mod config;
+pub mod error;
+pub mod membership;
+pub mod node;
+pub mod ring;
+pub mod server;
+pub mod service;
 pub mod storage;
 pub mod types;

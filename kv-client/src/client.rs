@@ -1,0 +1,574 @@
+//! The `Client`: ring discovery, routing, deadlines and safe retries.
+
+use crate::error::Error;
+use crate::net::{validate_addr, Dialer, TcpDialer};
+use crate::placement::partition_for_key;
+use kv_proto::v1 as pb;
+use kv_proto::v1::kv_client::KvClient;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+/// Default deadline of one request, retries included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most attempts one request makes (the first try included).
+pub const MAX_ATTEMPTS: u32 = 5;
+/// First backoff between attempts; doubles each retry.
+pub const BACKOFF_START: Duration = Duration::from_millis(20);
+/// Longest backoff between attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// How the client picks the node a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Routing {
+    /// To the key's owner (first of its partition's preference list, or the cached CP leader).
+    #[default]
+    TokenAware,
+    /// To each allowed node in turn.
+    RoundRobin,
+    /// To the allowed node with the fewest requests in flight from this client.
+    LeastOutstanding,
+}
+
+/// Client settings.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Addresses ("host:port") of nodes to discover the cluster from.
+    pub seeds: Vec<String>,
+    /// Routing policy.
+    pub routing: Routing,
+    /// Deadline of one request, retries included.
+    pub timeout: Duration,
+    /// Talk only to the seeds (like `etcdctl --endpoints`), never to other discovered nodes.
+    pub seeds_only: bool,
+    /// Makes connections (TCP, or simulated).
+    pub dialer: Arc<dyn Dialer>,
+}
+
+impl ClientConfig {
+    /// Settings with the given seeds and defaults for everything else.
+    pub fn new<S: Into<String>>(seeds: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            seeds: seeds.into_iter().map(Into::into).collect(),
+            routing: Routing::default(),
+            timeout: DEFAULT_TIMEOUT,
+            seeds_only: false,
+            dialer: Arc::new(TcpDialer),
+        }
+    }
+}
+
+/// Per-request options.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// AP: replicas to wait for.
+    pub consistency: pb::Consistency,
+    /// AP: explicit R (0 = from consistency).
+    pub read_replicas: u32,
+    /// AP: explicit W (0 = from consistency).
+    pub write_replicas: u32,
+    /// CP: allow a possibly stale read from any replica.
+    pub stale: bool,
+    /// Overrides the client's deadline for this request.
+    pub timeout: Option<Duration>,
+}
+
+impl Options {
+    fn to_pb(&self) -> pb::RequestOptions {
+        pb::RequestOptions {
+            consistency: self.consistency as i32,
+            read_replicas: self.read_replicas,
+            write_replicas: self.write_replicas,
+            stale: self.stale,
+        }
+    }
+}
+
+/// What a compare-and-swap expects the key to hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// The key's current revision.
+    Version(u64),
+    /// The key's current value.
+    Value(Vec<u8>),
+    /// The key must not exist.
+    Absent,
+}
+
+/// Result of a get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetResult {
+    /// The value, if the key exists.
+    pub value: Option<Vec<u8>>,
+    /// Its version, if the key exists.
+    pub version: Option<pb::Version>,
+    /// The node that served the read.
+    pub served_by: String,
+    /// True when the read may be stale (asked for with `stale`).
+    pub maybe_stale: bool,
+}
+
+/// Result of a put or delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteResult {
+    /// The version the write committed at.
+    pub version: Option<pb::Version>,
+    /// The node that coordinated the write.
+    pub served_by: String,
+}
+
+/// Result of a compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CasResult {
+    /// Whether the swap happened.
+    pub succeeded: bool,
+    /// New version on success; current version on mismatch.
+    pub version: Option<pb::Version>,
+    /// Current value on mismatch (None if absent).
+    pub current_value: Option<Vec<u8>>,
+    /// The node that served it.
+    pub served_by: String,
+}
+
+/// What the client knows of the ring.
+#[derive(Debug, Clone, Default)]
+struct RingView {
+    partition_count: u32,
+    addr_of: BTreeMap<u64, String>,
+    preference: Vec<Vec<u64>>,
+}
+
+/// Whether a request may be retried after an error of unknown outcome.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Idempotence {
+    /// Reads: any retryable error may be retried.
+    Safe,
+    /// Writes: retried only when certainly not applied.
+    Unsafe,
+}
+
+/// An async kv client. Cheap to clone; clones share connections and the ring.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    ring: Mutex<RingView>,
+    channels: Mutex<BTreeMap<String, Channel>>,
+    outstanding: Mutex<BTreeMap<String, usize>>,
+    leaders: Mutex<BTreeMap<(String, u32), String>>,
+    next: AtomicUsize,
+}
+
+impl Client {
+    /// Connects: validates the seeds and discovers the ring from the first seed that answers.
+    pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
+        if config.seeds.is_empty() {
+            return Err(Error::Config(
+                "no endpoints: pass --endpoints host:port[,host:port...], set KV_ENDPOINTS, or start a local cluster with `kv local up`".into(),
+            ));
+        }
+        for seed in &config.seeds {
+            validate_addr(seed).map_err(Error::Config)?;
+        }
+        let client = Client {
+            inner: Arc::new(Inner {
+                config,
+                ring: Mutex::new(RingView::default()),
+                channels: Mutex::new(BTreeMap::new()),
+                outstanding: Mutex::new(BTreeMap::new()),
+                leaders: Mutex::new(BTreeMap::new()),
+                next: AtomicUsize::new(0),
+            }),
+        };
+        client.refresh_ring().await?;
+        Ok(client)
+    }
+
+    /// Re-reads the ring from any seed that answers.
+    pub async fn refresh_ring(&self) -> Result<pb::RingResponse, Error> {
+        let mut last = None;
+        for seed in self.inner.config.seeds.clone() {
+            let mut grpc = self.grpc(&seed)?;
+            let mut req = tonic::Request::new(pb::RingRequest {});
+            req.set_timeout(self.inner.config.timeout);
+            match tokio::time::timeout(self.inner.config.timeout, grpc.ring(req)).await {
+                Ok(Ok(resp)) => {
+                    let ring = resp.into_inner();
+                    *self.inner.ring.lock().expect("ring lock") = RingView {
+                        partition_count: ring.partition_count,
+                        addr_of: ring
+                            .members
+                            .iter()
+                            .map(|m| (m.id, m.address.clone()))
+                            .collect(),
+                        preference: ring
+                            .partitions
+                            .iter()
+                            .map(|p| p.preference.clone())
+                            .collect(),
+                    };
+                    return Ok(ring);
+                }
+                Ok(Err(status)) => last = Some(Error::from_status(status, &seed)),
+                Err(_) => {
+                    last = Some(Error::DeadlineExceeded {
+                        elapsed_ms: self.inner.config.timeout.as_millis() as u64,
+                        message: format!("seed {seed} did not answer"),
+                    })
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Config("no seeds".into())))
+    }
+
+    /// Reads a key.
+    pub async fn get(&self, keyspace: &str, key: &[u8], opts: Options) -> Result<GetResult, Error> {
+        let req = pb::GetRequest {
+            keyspace: keyspace.into(),
+            key: key.to_vec(),
+            options: Some(opts.to_pb()),
+        };
+        let resp = self
+            .call(keyspace, key, &opts, Idempotence::Safe, move |mut c, r| {
+                let req = req.clone();
+                Box::pin(async move {
+                    let mut request = tonic::Request::new(req);
+                    request.set_timeout(r);
+                    c.get(request).await.map(|r| r.into_inner())
+                })
+            })
+            .await?;
+        Ok(GetResult {
+            value: resp.found.then_some(resp.value),
+            version: if resp.found { resp.version } else { None },
+            served_by: resp.served_by,
+            maybe_stale: resp.maybe_stale,
+        })
+    }
+
+    /// Writes a key.
+    pub async fn put(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: &[u8],
+        opts: Options,
+    ) -> Result<WriteResult, Error> {
+        let req = pb::PutRequest {
+            keyspace: keyspace.into(),
+            key: key.to_vec(),
+            value: value.to_vec(),
+            options: Some(opts.to_pb()),
+        };
+        let resp = self
+            .call(keyspace, key, &opts, Idempotence::Unsafe, move |mut c, r| {
+                let req = req.clone();
+                Box::pin(async move {
+                    let mut request = tonic::Request::new(req);
+                    request.set_timeout(r);
+                    c.put(request).await.map(|r| r.into_inner())
+                })
+            })
+            .await?;
+        Ok(WriteResult {
+            version: resp.version,
+            served_by: resp.served_by,
+        })
+    }
+
+    /// Deletes a key.
+    pub async fn delete(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        opts: Options,
+    ) -> Result<WriteResult, Error> {
+        let req = pb::DeleteRequest {
+            keyspace: keyspace.into(),
+            key: key.to_vec(),
+            options: Some(opts.to_pb()),
+        };
+        let resp = self
+            .call(keyspace, key, &opts, Idempotence::Unsafe, move |mut c, r| {
+                let req = req.clone();
+                Box::pin(async move {
+                    let mut request = tonic::Request::new(req);
+                    request.set_timeout(r);
+                    c.delete(request).await.map(|r| r.into_inner())
+                })
+            })
+            .await?;
+        Ok(WriteResult {
+            version: resp.version,
+            served_by: resp.served_by,
+        })
+    }
+
+    /// Replaces a key's value if it holds what `expected` says (CP keyspaces only).
+    pub async fn cas(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        expected: Expected,
+        new_value: &[u8],
+        opts: Options,
+    ) -> Result<CasResult, Error> {
+        let expected = match expected {
+            Expected::Version(v) => pb::compare_and_swap_request::Expected::ExpectedVersion(v),
+            Expected::Value(v) => pb::compare_and_swap_request::Expected::ExpectedValue(v),
+            Expected::Absent => pb::compare_and_swap_request::Expected::ExpectAbsent(true),
+        };
+        let req = pb::CompareAndSwapRequest {
+            keyspace: keyspace.into(),
+            key: key.to_vec(),
+            expected: Some(expected),
+            new_value: new_value.to_vec(),
+            options: Some(opts.to_pb()),
+        };
+        let resp = self
+            .call(keyspace, key, &opts, Idempotence::Unsafe, move |mut c, r| {
+                let req = req.clone();
+                Box::pin(async move {
+                    let mut request = tonic::Request::new(req);
+                    request.set_timeout(r);
+                    c.compare_and_swap(request).await.map(|r| r.into_inner())
+                })
+            })
+            .await?;
+        Ok(CasResult {
+            succeeded: resp.succeeded,
+            version: resp.version,
+            current_value: resp.found.then_some(resp.current_value),
+            served_by: resp.served_by,
+        })
+    }
+
+    /// The cluster as the first answering node sees it (or `node`, when given).
+    pub async fn status(&self, node: Option<&str>) -> Result<pb::ClusterStatusResponse, Error> {
+        let addrs = match node {
+            Some(n) => vec![n.to_string()],
+            None => self.allowed_nodes(),
+        };
+        let mut last = None;
+        for addr in addrs {
+            let mut grpc = self.grpc(&addr)?;
+            let mut req = tonic::Request::new(pb::ClusterStatusRequest {});
+            req.set_timeout(self.inner.config.timeout);
+            match tokio::time::timeout(self.inner.config.timeout, grpc.cluster_status(req)).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) => last = Some(Error::from_status(s, &addr)),
+                Err(_) => {
+                    last = Some(Error::DeadlineExceeded {
+                        elapsed_ms: self.inner.config.timeout.as_millis() as u64,
+                        message: format!("{addr} did not answer"),
+                    })
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Config("no endpoints".into())))
+    }
+
+    /// Lists keyspaces.
+    pub async fn list_keyspaces(&self) -> Result<Vec<pb::Keyspace>, Error> {
+        let addr = self.allowed_nodes().into_iter().next().unwrap_or_default();
+        let mut grpc = self.grpc(&addr)?;
+        let mut req = tonic::Request::new(pb::ListKeyspacesRequest {});
+        req.set_timeout(self.inner.config.timeout);
+        grpc.list_keyspaces(req)
+            .await
+            .map(|r| r.into_inner().keyspaces)
+            .map_err(|s| Error::from_status(s, &addr))
+    }
+
+    /// Creates a keyspace.
+    pub async fn create_keyspace(&self, keyspace: pb::Keyspace) -> Result<pb::Keyspace, Error> {
+        let addr = self.allowed_nodes().into_iter().next().unwrap_or_default();
+        let mut grpc = self.grpc(&addr)?;
+        let mut req = tonic::Request::new(pb::CreateKeyspaceRequest {
+            keyspace: Some(keyspace),
+        });
+        req.set_timeout(self.inner.config.timeout);
+        grpc.create_keyspace(req)
+            .await
+            .map(|r| r.into_inner().keyspace.unwrap_or_default())
+            .map_err(|s| Error::from_status(s, &addr))
+    }
+
+    /// The nodes this client may send requests to, in ring order.
+    fn allowed_nodes(&self) -> Vec<String> {
+        if self.inner.config.seeds_only {
+            return self.inner.config.seeds.clone();
+        }
+        let ring = self.inner.ring.lock().expect("ring lock");
+        if ring.addr_of.is_empty() {
+            self.inner.config.seeds.clone()
+        } else {
+            ring.addr_of.values().cloned().collect()
+        }
+    }
+
+    /// Picks the node for attempt `attempt` of a request on `key`.
+    fn pick(&self, keyspace: &str, key: &[u8], attempt: u32, avoid: &[String]) -> String {
+        let allowed = self.allowed_nodes();
+        let candidates: Vec<&String> = allowed.iter().filter(|a| !avoid.contains(a)).collect();
+        let candidates = if candidates.is_empty() {
+            allowed.iter().collect()
+        } else {
+            candidates
+        };
+        match self.inner.config.routing {
+            Routing::TokenAware => {
+                let ring = self.inner.ring.lock().expect("ring lock");
+                if ring.partition_count > 0 {
+                    let partition = partition_for_key(key, ring.partition_count);
+                    let leader = self
+                        .inner
+                        .leaders
+                        .lock()
+                        .expect("leader lock")
+                        .get(&(keyspace.to_string(), partition))
+                        .cloned();
+                    let preferred = leader.into_iter().chain(
+                        ring.preference
+                            .get(partition as usize)
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|id| ring.addr_of.get(id).cloned()),
+                    );
+                    for addr in preferred {
+                        if candidates.contains(&&addr) {
+                            return addr;
+                        }
+                    }
+                }
+                let i = self.inner.next.fetch_add(1, Ordering::Relaxed) + attempt as usize;
+                candidates[i % candidates.len()].clone()
+            }
+            Routing::RoundRobin => {
+                let i = self.inner.next.fetch_add(1, Ordering::Relaxed);
+                candidates[i % candidates.len()].clone()
+            }
+            Routing::LeastOutstanding => {
+                let outstanding = self.inner.outstanding.lock().expect("outstanding lock");
+                candidates
+                    .iter()
+                    .min_by_key(|a| outstanding.get(a.as_str()).copied().unwrap_or(0))
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    fn grpc(&self, addr: &str) -> Result<KvClient<Channel>, Error> {
+        let mut channels = self.inner.channels.lock().expect("channel lock");
+        if let Some(ch) = channels.get(addr) {
+            return Ok(KvClient::new(ch.clone()));
+        }
+        let ch = self
+            .inner
+            .config
+            .dialer
+            .channel(addr)
+            .map_err(Error::Config)?;
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(KvClient::new(ch))
+    }
+
+    /// Runs one request with routing, deadline and retries.
+    async fn call<T, F>(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        opts: &Options,
+        idempotence: Idempotence,
+        f: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn(
+            KvClient<Channel>,
+            Duration,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, tonic::Status>> + Send>,
+        >,
+    {
+        let timeout = opts.timeout.unwrap_or(self.inner.config.timeout);
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let mut backoff = BACKOFF_START;
+        let mut avoid: Vec<String> = Vec::new();
+        let mut leader_hint: Option<String> = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let addr = leader_hint
+                .take()
+                .unwrap_or_else(|| self.pick(keyspace, key, attempt, &avoid));
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Error::DeadlineExceeded {
+                    elapsed_ms: start.elapsed().as_millis() as u64,
+                    message: format!("{attempt} attempt(s), last to {addr}"),
+                });
+            }
+            let grpc = self.grpc(&addr)?;
+            self.track(&addr, 1);
+            let result = tokio::time::timeout(remaining, f(grpc, remaining)).await;
+            self.track(&addr, -1);
+            let err = match result {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(status)) => Error::from_status(status, &addr),
+                Err(_) => Error::DeadlineExceeded {
+                    elapsed_ms: start.elapsed().as_millis() as u64,
+                    message: format!("no answer from {addr} within the deadline"),
+                },
+            };
+            if let Error::DeadlineExceeded { message, .. } = err {
+                return Err(Error::DeadlineExceeded {
+                    elapsed_ms: start.elapsed().as_millis() as u64,
+                    message,
+                });
+            }
+            let may_retry = match idempotence {
+                Idempotence::Safe => err.is_retryable(),
+                Idempotence::Unsafe => err.certainly_not_applied(),
+            };
+            if !may_retry || attempt >= MAX_ATTEMPTS {
+                return Err(err);
+            }
+            if let Error::NotLeader {
+                leader: Some(leader),
+                ..
+            } = &err
+            {
+                let ring = self.inner.ring.lock().expect("ring lock");
+                if ring.partition_count > 0 {
+                    let p = partition_for_key(key, ring.partition_count);
+                    self.inner
+                        .leaders
+                        .lock()
+                        .expect("leader lock")
+                        .insert((keyspace.to_string(), p), leader.clone());
+                }
+                leader_hint = Some(leader.clone());
+                continue;
+            }
+            tracing::debug!(%addr, error = %err, attempt, "retrying");
+            avoid.push(addr);
+            let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    fn track(&self, addr: &str, delta: isize) {
+        let mut map = self.inner.outstanding.lock().expect("outstanding lock");
+        let entry = map.entry(addr.to_string()).or_insert(0);
+        *entry = entry.saturating_add_signed(delta);
+    }
+}

@@ -1,0 +1,153 @@
+//! Typed client errors, converted from gRPC statuses in one place.
+
+use tonic::{Code, Status};
+
+/// Everything a kv request can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The request was malformed (empty key, too long, value too large...). Nothing changed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The keyspace does not exist.
+    #[error("{0}")]
+    KeyspaceNotFound(String),
+    /// The operation is not allowed here (e.g. compare-and-swap on an AP keyspace).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// A keyspace with that name already exists with another definition.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// The owner of the key, or a quorum, could not be reached.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request deadline passed; a write may or may not have been applied.
+    #[error("deadline exceeded after {elapsed_ms} ms: {message}")]
+    DeadlineExceeded {
+        /// Time spent before giving up.
+        elapsed_ms: u64,
+        /// What was happening.
+        message: String,
+    },
+    /// The node is not the leader of the key's CP partition (retry at `leader`).
+    #[error("not leader: {message}")]
+    NotLeader {
+        /// The leader's address, when known.
+        leader: Option<String>,
+        /// Server message.
+        message: String,
+    },
+    /// A stored record failed its checksum on the serving node.
+    #[error("data loss: {0}")]
+    DataLoss(String),
+    /// The connection to a node failed before the request was sent (safe to retry).
+    #[error("cannot reach node {addr}: {message}")]
+    Connect {
+        /// The node's address.
+        addr: String,
+        /// What the transport said.
+        message: String,
+    },
+    /// The connection failed after the request may have been sent (outcome unknown).
+    #[error("connection to {addr} failed: {message}")]
+    Transport {
+        /// The node's address.
+        addr: String,
+        /// What the transport said.
+        message: String,
+    },
+    /// Bad client configuration (no endpoints, malformed address).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Anything else the server reported.
+    #[error("{code:?}: {message}")]
+    Other {
+        /// gRPC code.
+        code: Code,
+        /// Server message.
+        message: String,
+    },
+}
+
+/// Metadata key a node sets on every status it sends, naming itself.
+pub const NODE_HEADER: &str = "kv-node";
+/// Metadata key holding the leader's address on an `ABORTED` (not leader) status.
+pub const LEADER_HEADER: &str = "kv-leader";
+
+impl Error {
+    /// Classifies a status received from `addr`.
+    pub fn from_status(status: Status, addr: &str) -> Error {
+        let message = status.message().to_string();
+        let from_server = status.metadata().get(NODE_HEADER).is_some();
+        match status.code() {
+            Code::InvalidArgument => Error::InvalidArgument(message),
+            Code::NotFound => Error::KeyspaceNotFound(message),
+            Code::FailedPrecondition => Error::FailedPrecondition(message),
+            Code::AlreadyExists => Error::AlreadyExists(message),
+            Code::DataLoss => Error::DataLoss(message),
+            Code::Aborted => Error::NotLeader {
+                leader: status
+                    .metadata()
+                    .get(LEADER_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                message,
+            },
+            Code::DeadlineExceeded | Code::Cancelled if !from_server => Error::DeadlineExceeded {
+                elapsed_ms: 0,
+                message: format!("no answer from {addr} in time"),
+            },
+            Code::DeadlineExceeded => Error::DeadlineExceeded {
+                elapsed_ms: 0,
+                message,
+            },
+            Code::Unavailable if from_server => Error::Unavailable(message),
+            Code::Unavailable | Code::Unknown | Code::Internal if !from_server => {
+                if is_connect_failure(&status) {
+                    Error::Connect {
+                        addr: addr.to_string(),
+                        message: describe(&status),
+                    }
+                } else {
+                    Error::Transport {
+                        addr: addr.to_string(),
+                        message: describe(&status),
+                    }
+                }
+            }
+            code => Error::Other { code, message },
+        }
+    }
+
+    /// True when the request certainly was not applied, so any request may be retried.
+    pub fn certainly_not_applied(&self) -> bool {
+        matches!(self, Error::Connect { .. } | Error::NotLeader { .. })
+    }
+
+    /// True when trying again (elsewhere or later) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { .. }
+                | Error::NotLeader { .. }
+                | Error::Unavailable(_)
+                | Error::Transport { .. }
+        )
+    }
+}
+
+fn describe(status: &Status) -> String {
+    let mut out = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn is_connect_failure(status: &Status) -> bool {
+    // tonic reports a failed dial as Unavailable whose source chain is a connect error.
+    let text = describe(status).to_lowercase();
+    text.contains("connect") || text.contains("connection refused") || text.contains("dns")
+}
