@@ -1,1 +1,3 @@
 //! Async client library for kv.
+
+pub mod placement;
