@@ -138,6 +138,7 @@ pub struct CasResult {
 struct RingView {
     partition_count: u32,
     addr_of: BTreeMap<u64, String>,
+    name_of: BTreeMap<String, String>,
     preference: Vec<Vec<u64>>,
 }
 
@@ -206,6 +207,11 @@ impl Client {
                             .members
                             .iter()
                             .map(|m| (m.id, m.address.clone()))
+                            .collect(),
+                        name_of: ring
+                            .members
+                            .iter()
+                            .map(|m| (m.address.clone(), m.name.clone()))
                             .collect(),
                         preference: ring
                             .partitions
@@ -503,6 +509,9 @@ impl Client {
         let mut backoff = BACKOFF_START;
         let mut avoid: Vec<String> = Vec::new();
         let mut leader_hint: Option<String> = None;
+        // The error to report if every attempt fails: a node's own answer says more (which
+        // node owns the key and is down) than a transport failure does.
+        let mut reported: Option<Error> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -522,7 +531,7 @@ impl Client {
             self.track(&addr, -1);
             let err = match result {
                 Ok(Ok(v)) => return Ok(v),
-                Ok(Err(status)) => Error::from_status(status, &addr),
+                Ok(Err(status)) => Error::from_status(status, &self.describe(&addr)),
                 Err(_) => Error::DeadlineExceeded {
                     elapsed_ms: start.elapsed().as_millis() as u64,
                     message: format!("no answer from {addr} within the deadline"),
@@ -539,7 +548,13 @@ impl Client {
                 Idempotence::Unsafe => err.certainly_not_applied(),
             };
             if !may_retry || attempt >= MAX_ATTEMPTS {
-                return Err(err);
+                return Err(match (reported, &err) {
+                    (Some(r), Error::Connect { .. } | Error::Transport { .. }) => r,
+                    _ => err,
+                });
+            }
+            if !matches!(err, Error::Connect { .. } | Error::Transport { .. }) {
+                reported = Some(err.clone());
             }
             if let Error::NotLeader {
                 leader: Some(leader),
@@ -563,6 +578,14 @@ impl Client {
             let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// "n2 (127.0.0.1:7002)" when the ring names the address, else the address.
+    fn describe(&self, addr: &str) -> String {
+        match self.inner.ring.lock().expect("ring lock").name_of.get(addr) {
+            Some(name) => format!("{name} ({addr})"),
+            None => addr.to_string(),
         }
     }
 

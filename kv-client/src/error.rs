@@ -139,8 +139,12 @@ fn describe(status: &Status) -> String {
     let mut out = status.message().to_string();
     let mut source = std::error::Error::source(status);
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        let text = s.to_string();
+        // Transport errors repeat their cause's text at every level; keep each part once.
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         source = s.source();
     }
     out

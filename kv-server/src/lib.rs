@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod local;
 pub mod membership;
 pub mod node;
 pub mod ring;

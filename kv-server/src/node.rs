@@ -188,7 +188,7 @@ impl Node {
 /// Opens the engine a config asks for: sled in `data_dir`, else memory.
 pub fn open_engine(config: &NodeConfig) -> Result<Arc<dyn Engine>, storage::StorageError> {
     match &config.data_dir {
-        Some(dir) => Ok(Arc::new(storage::sled::SledEngine::open(dir)?)),
-        None => Ok(Arc::new(storage::memory::MemoryEngine::new())),
+        Some(dir) => storage::open_engine(storage::EngineKind::Sled, Some(dir)),
+        None => storage::open_engine(storage::EngineKind::Memory, None),
     }
 }
