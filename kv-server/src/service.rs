@@ -107,13 +107,20 @@ impl KvService {
         F: FnOnce(kv_proto::v1::kv_client::KvClient<tonic::transport::Channel>, Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
+        let partition = self.node.ring.partition_for_key(key);
+        if self.node.membership.state(owner) == kv_proto::v1::NodeState::Down {
+            return Err(NodeError::Unavailable(format!(
+                "node {}, owner of partition {partition}, is down (no heartbeat for {} ms); retry when it is back",
+                self.node.describe(owner),
+                crate::membership::DOWN_AFTER.as_millis()
+            )));
+        }
         let client = self.node.kv_client(owner)?;
         let mut request = Request::new(body);
         request.set_timeout(timeout);
         if let Ok(v) = self.node.me.name.parse() {
             request.metadata_mut().insert(FORWARDED_HEADER, v);
         }
-        let partition = self.node.ring.partition_for_key(key);
         match tokio::time::timeout(timeout, call(client, request)).await {
             Ok(Ok(resp)) => {
                 self.node.membership.heard_from(owner);
