@@ -1,0 +1,131 @@
+//! End-to-end test of the `kv` binary on real processes: `kv local up` starts three nodes, a
+//! value put through one node is read back through each of the others, a killed node's keys
+//! fail fast naming it while the rest are served, and `kv local up` recovers from the crash.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn kv(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kv"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("KV_ENDPOINTS")
+        .output()
+        .expect("running kv")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "kv failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stops the cluster even when an assertion fails.
+struct Cleanup<'a>(&'a Path);
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let _ = kv(self.0, &["local", "down", "--purge"]);
+    }
+}
+
+fn cluster(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join(".kv-local/cluster.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn local_cluster_serves_through_every_node_and_survives_a_killed_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _cleanup = Cleanup(dir);
+    let up = ok(&kv(dir, &["local", "up", "--base-port", "0"]));
+    assert!(up.contains("local cluster ready"), "{up}");
+    let c = cluster(dir);
+    let addrs: Vec<String> = c["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["addr"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(addrs.len(), 3);
+
+    // Put through one node, read through each of the others.
+    for i in 0..12 {
+        ok(&kv(dir, &["put", &format!("key{i}"), &format!("value{i}"), "--endpoints", &addrs[0]]));
+    }
+    for addr in &addrs[1..] {
+        for i in 0..12 {
+            let got = ok(&kv(dir, &["get", &format!("key{i}"), "--endpoints", addr]));
+            assert_eq!(got.trim(), format!("value{i}"));
+        }
+    }
+
+    // Kill node n3 (SIGKILL: a crash, not a shutdown).
+    let pid = c["nodes"][2]["pid"].as_u64().unwrap();
+    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let (mut served, mut refused) = (0, 0);
+    for i in 0..12 {
+        let start = Instant::now();
+        let out = kv(dir, &["get", &format!("key{i}"), "--endpoints", &addrs[0]]);
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("value{i}"));
+            served += 1;
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("n3"), "the error must name the node: {err}");
+            assert!(err.contains("unavailable"), "{err}");
+            assert!(start.elapsed() < Duration::from_secs(4), "not fast: {:?}", start.elapsed());
+            refused += 1;
+        }
+    }
+    assert!(served > 0 && refused > 0, "served {served}, refused {refused}");
+
+    // `kv local up` notices the stale pid and restarts n3 with its data.
+    let up = ok(&kv(dir, &["local", "up"]));
+    assert!(up.contains("local cluster ready"), "{up}");
+    for i in 0..12 {
+        let got = ok(&kv(dir, &["get", &format!("key{i}"), "--endpoints", &addrs[2]]));
+        assert_eq!(got.trim(), format!("value{i}"));
+    }
+    let status = ok(&kv(dir, &["local", "status"]));
+    assert_eq!(status.matches("running").count(), 3, "{status}");
+}
+
+#[test]
+fn client_commands_without_a_cluster_say_how_to_get_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = kv(tmp.path(), &["get", "k"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kv local up"), "{err}");
+    let out = kv(tmp.path(), &["get", "k", "--endpoints", "localhost"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("malformed address"), "{err}");
+}
+
+#[test]
+fn server_with_a_malformed_peer_address_refuses_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = kv(tmp.path(), &["server", "--name", "n1", "--peers", "n1=127.0.0.1:1,n2=nowhere"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("peer n2") && err.contains("malformed address"), "{err}");
+}
+
+#[test]
+fn local_up_on_a_port_in_use_says_which_and_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let _cleanup = Cleanup(tmp.path());
+    let out = kv(tmp.path(), &["local", "up", "--base-port", &port]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("in use"), "{err}");
+    assert!(err.contains("--base-port"), "{err}");
+}
