@@ -132,6 +132,18 @@ pub async fn up(opts: &UpOptions) -> Result<LocalCluster> {
             LocalCluster { nodes }
         }
     };
+    // Check every port first, so a busy port starts nothing.
+    for node in &cluster.nodes {
+        let running = node.pid.is_some_and(pid_alive);
+        if !running && !port_free(&node.addr) {
+            bail!(
+                "port of node {} ({}) is in use by another process; stop it (see `ss -ltnp`), or remove {} and run `kv local up --base-port PORT` to use other ports",
+                node.name,
+                node.addr,
+                opts.dir.join(CLUSTER_FILE).display()
+            );
+        }
+    }
     let exe = std::env::current_exe().context("finding the kv binary")?;
     let peers = cluster.peers_arg();
     for node in cluster.nodes.iter_mut() {
@@ -141,14 +153,6 @@ pub async fn up(opts: &UpOptions) -> Result<LocalCluster> {
             }
             eprintln!("{}: stale pid {pid} from an earlier run (process gone); restarting", node.name);
             node.pid = None;
-        }
-        if !port_free(&node.addr) {
-            bail!(
-                "port of node {} ({}) is in use by another process; stop it (see `ss -ltnp`), or remove {} and run `kv local up --base-port PORT` to use other ports",
-                node.name,
-                node.addr,
-                opts.dir.join(CLUSTER_FILE).display()
-            );
         }
         let data = opts.dir.join(&node.name);
         std::fs::create_dir_all(&data)?;
