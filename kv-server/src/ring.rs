@@ -41,7 +41,7 @@
 
 use crate::types::{Member, NodeId};
 use kv_client::placement::{key_hash, partition_for_key};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// Largest accepted partition count Q.
 pub const MAX_PARTITIONS: u32 = 1 << 12;
@@ -428,6 +428,7 @@ mod tests {
     use super::*;
     use crate::types::{DEFAULT_PARTITIONS, DEFAULT_REPLICAS, DEFAULT_TOKENS_PER_NODE};
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
 
     const Q: u32 = DEFAULT_PARTITIONS;
     const T: u32 = DEFAULT_TOKENS_PER_NODE;
