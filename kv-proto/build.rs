@@ -7,7 +7,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // prost-build reads PROTOC from this build script's environment.
     std::env::set_var("PROTOC", &protoc);
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = [PathBuf::from("proto/kv.proto"), PathBuf::from("proto/internal.proto")];
+    let protos = [
+        PathBuf::from("proto/kv.proto"),
+        PathBuf::from("proto/internal.proto"),
+    ];
     let includes = [PathBuf::from("proto"), well_known];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("kv_descriptor.bin"))

@@ -19,12 +19,18 @@ async fn main() -> Result<(), kv_client::Error> {
     let written = client
         .put("cp", b"example:counter", b"1", Options::default())
         .await?;
-    println!("put committed at {:?} via {}", written.version, written.served_by);
+    println!(
+        "put committed at {:?} via {}",
+        written.version, written.served_by
+    );
 
     let got = client
         .get("cp", b"example:counter", Options::default())
         .await?;
-    println!("get -> {:?}", got.value.as_deref().map(String::from_utf8_lossy));
+    println!(
+        "get -> {:?}",
+        got.value.as_deref().map(String::from_utf8_lossy)
+    );
 
     let swapped = client
         .cas(

@@ -273,14 +273,20 @@ impl Client {
             options: Some(opts.to_pb()),
         };
         let resp = self
-            .call(keyspace, key, &opts, Idempotence::Unsafe, move |mut c, r| {
-                let req = req.clone();
-                Box::pin(async move {
-                    let mut request = tonic::Request::new(req);
-                    request.set_timeout(r);
-                    c.put(request).await.map(|r| r.into_inner())
-                })
-            })
+            .call(
+                keyspace,
+                key,
+                &opts,
+                Idempotence::Unsafe,
+                move |mut c, r| {
+                    let req = req.clone();
+                    Box::pin(async move {
+                        let mut request = tonic::Request::new(req);
+                        request.set_timeout(r);
+                        c.put(request).await.map(|r| r.into_inner())
+                    })
+                },
+            )
             .await?;
         Ok(WriteResult {
             version: resp.version,
@@ -301,14 +307,20 @@ impl Client {
             options: Some(opts.to_pb()),
         };
         let resp = self
-            .call(keyspace, key, &opts, Idempotence::Unsafe, move |mut c, r| {
-                let req = req.clone();
-                Box::pin(async move {
-                    let mut request = tonic::Request::new(req);
-                    request.set_timeout(r);
-                    c.delete(request).await.map(|r| r.into_inner())
-                })
-            })
+            .call(
+                keyspace,
+                key,
+                &opts,
+                Idempotence::Unsafe,
+                move |mut c, r| {
+                    let req = req.clone();
+                    Box::pin(async move {
+                        let mut request = tonic::Request::new(req);
+                        request.set_timeout(r);
+                        c.delete(request).await.map(|r| r.into_inner())
+                    })
+                },
+            )
             .await?;
         Ok(WriteResult {
             version: resp.version,
@@ -338,14 +350,20 @@ impl Client {
             options: Some(opts.to_pb()),
         };
         let resp = self
-            .call(keyspace, key, &opts, Idempotence::Unsafe, move |mut c, r| {
-                let req = req.clone();
-                Box::pin(async move {
-                    let mut request = tonic::Request::new(req);
-                    request.set_timeout(r);
-                    c.compare_and_swap(request).await.map(|r| r.into_inner())
-                })
-            })
+            .call(
+                keyspace,
+                key,
+                &opts,
+                Idempotence::Unsafe,
+                move |mut c, r| {
+                    let req = req.clone();
+                    Box::pin(async move {
+                        let mut request = tonic::Request::new(req);
+                        request.set_timeout(r);
+                        c.compare_and_swap(request).await.map(|r| r.into_inner())
+                    })
+                },
+            )
             .await?;
         Ok(CasResult {
             succeeded: resp.succeeded,

@@ -72,7 +72,15 @@ mod tests {
 
     #[test]
     fn malformed_addresses_are_refused_with_the_reason() {
-        for bad in ["", "localhost", "http://a:1", "a:0", "a:99999", ":7001", "a:port"] {
+        for bad in [
+            "",
+            "localhost",
+            "http://a:1",
+            "a:0",
+            "a:99999",
+            ":7001",
+            "a:port",
+        ] {
             let err = validate_addr(bad).unwrap_err();
             assert!(err.contains("malformed address"), "{bad}: {err}");
         }

@@ -161,10 +161,16 @@ mod tests {
     #[test]
     fn node_must_list_itself_and_partitions_must_be_power_of_two() {
         let peers = parse_peers("n1=127.0.0.1:7001").unwrap();
-        let err = NodeConfig::new("n9", "c", peers.clone()).validate().unwrap_err();
+        let err = NodeConfig::new("n9", "c", peers.clone())
+            .validate()
+            .unwrap_err();
         assert!(err.to_string().contains("n9"), "{err}");
         let mut cfg = NodeConfig::new("n1", "c", peers);
         cfg.partitions = 12;
-        assert!(cfg.validate().unwrap_err().to_string().contains("power of two"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("power of two"));
     }
 }

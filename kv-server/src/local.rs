@@ -43,7 +43,10 @@ impl LocalCluster {
         let path = dir.join(CLUSTER_FILE);
         match std::fs::read_to_string(&path) {
             Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| {
-                format!("{} is not a valid cluster file; remove it (kv local down --purge)", path.display())
+                format!(
+                    "{} is not a valid cluster file; remove it (kv local down --purge)",
+                    path.display()
+                )
             })?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -81,7 +84,10 @@ pub fn pid_alive(pid: u32) -> bool {
         return false;
     };
     // A zombie (state Z) has exited but not been reaped.
-    let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().next());
     state != Some("Z") && String::from_utf8_lossy(&cmdline).contains("server")
 }
 
@@ -151,7 +157,10 @@ pub async fn up(opts: &UpOptions) -> Result<LocalCluster> {
             if pid_alive(pid) {
                 continue;
             }
-            eprintln!("{}: stale pid {pid} from an earlier run (process gone); restarting", node.name);
+            eprintln!(
+                "{}: stale pid {pid} from an earlier run (process gone); restarting",
+                node.name
+            );
             node.pid = None;
         }
         let data = opts.dir.join(&node.name);
@@ -188,7 +197,13 @@ pub async fn up(opts: &UpOptions) -> Result<LocalCluster> {
             .spawn()
             .with_context(|| format!("starting node {}", node.name))?;
         node.pid = Some(child.id());
-        eprintln!("started {} on {} (pid {}, log {})", node.name, node.addr, child.id(), log_path.display());
+        eprintln!(
+            "started {} on {} (pid {}, log {})",
+            node.name,
+            node.addr,
+            child.id(),
+            log_path.display()
+        );
         // Dropping a Child neither waits nor kills: the node outlives this command.
         drop(child);
     }
@@ -208,9 +223,22 @@ async fn wait_ready(cluster: &LocalCluster, dir: &Path) -> Result<()> {
                 if !pid_alive(pid) {
                     let log = dir.join(format!("{}.log", node.name));
                     let tail = std::fs::read_to_string(&log)
-                        .map(|t| t.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"))
+                        .map(|t| {
+                            t.lines()
+                                .rev()
+                                .take(5)
+                                .collect::<Vec<_>>()
+                                .into_iter()
+                                .rev()
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        })
                         .unwrap_or_default();
-                    bail!("node {} exited during start-up; last lines of {}:\n{tail}", node.name, log.display());
+                    bail!(
+                        "node {} exited during start-up; last lines of {}:\n{tail}",
+                        node.name,
+                        log.display()
+                    );
                 }
             }
             let mut cfg = kv_client::ClientConfig::new([node.addr.clone()]);

@@ -272,7 +272,9 @@ fn version_json(v: &Option<kv_proto::v1::Version>) -> serde_json::Value {
     match v {
         None => serde_json::Value::Null,
         Some(v) => match &v.hlc {
-            Some(h) => json!({"hlc": {"physical_ms": h.physical_ms, "logical": h.logical, "node_id": h.node_id}}),
+            Some(h) => {
+                json!({"hlc": {"physical_ms": h.physical_ms, "logical": h.logical, "node_id": h.node_id}})
+            }
             None => json!({"revision": v.revision}),
         },
     }
@@ -351,7 +353,11 @@ async fn run() -> Result<()> {
                     dir: dir.dir.clone(),
                     nodes,
                     base_port,
-                    server_args: if chaos { vec!["--chaos".into()] } else { vec![] },
+                    server_args: if chaos {
+                        vec!["--chaos".into()]
+                    } else {
+                        vec![]
+                    },
                 };
                 let cluster = local::up(&opts).await?;
                 println!("local cluster ready in {}", dir.dir.display());
@@ -368,11 +374,17 @@ async fn run() -> Result<()> {
             }
             LocalCmd::Down { dir, purge } => {
                 let stopped = local::down(&dir.dir, purge)?;
-                println!("stopped {stopped} node(s){}", if purge { ", data removed" } else { "" });
+                println!(
+                    "stopped {stopped} node(s){}",
+                    if purge { ", data removed" } else { "" }
+                );
             }
             LocalCmd::Status { dir } => {
                 let Some(cluster) = LocalCluster::load(&dir.dir)? else {
-                    bail!("no local cluster in {}; start one with `kv local up`", dir.dir.display());
+                    bail!(
+                        "no local cluster in {}; start one with `kv local up`",
+                        dir.dir.display()
+                    );
                 };
                 println!("{:<6} {:<22} {:<8} {}", "NODE", "ADDRESS", "PID", "PROCESS");
                 for n in &cluster.nodes {
@@ -389,19 +401,37 @@ async fn run() -> Result<()> {
         },
         Cmd::Put { key, value, client } => {
             let c = client.connect().await?;
-            let r = c.put(&client.keyspace, key.as_bytes(), value.as_bytes(), client.options()).await?;
+            let r = c
+                .put(
+                    &client.keyspace,
+                    key.as_bytes(),
+                    value.as_bytes(),
+                    client.options(),
+                )
+                .await?;
             if client.output == Output::Json {
-                println!("{}", json!({"key": key, "version": version_json(&r.version), "served_by": r.served_by}));
+                println!(
+                    "{}",
+                    json!({"key": key, "version": version_json(&r.version), "served_by": r.served_by})
+                );
             } else {
                 println!("OK ({}, via {})", version_text(&r.version), r.served_by);
             }
         }
         Cmd::Get { key, client } => {
             let c = client.connect().await?;
-            let r = c.get(&client.keyspace, key.as_bytes(), client.options()).await?;
-            let value = r.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned());
+            let r = c
+                .get(&client.keyspace, key.as_bytes(), client.options())
+                .await?;
+            let value = r
+                .value
+                .as_ref()
+                .map(|v| String::from_utf8_lossy(v).into_owned());
             if client.output == Output::Json {
-                println!("{}", json!({"key": key, "found": value.is_some(), "value": value, "version": version_json(&r.version), "served_by": r.served_by, "maybe_stale": r.maybe_stale}));
+                println!(
+                    "{}",
+                    json!({"key": key, "found": value.is_some(), "value": value, "version": version_json(&r.version), "served_by": r.served_by, "maybe_stale": r.maybe_stale})
+                );
             } else {
                 match value {
                     Some(v) => println!("{v}"),
@@ -414,14 +444,26 @@ async fn run() -> Result<()> {
         }
         Cmd::Delete { key, client } => {
             let c = client.connect().await?;
-            let r = c.delete(&client.keyspace, key.as_bytes(), client.options()).await?;
+            let r = c
+                .delete(&client.keyspace, key.as_bytes(), client.options())
+                .await?;
             if client.output == Output::Json {
-                println!("{}", json!({"key": key, "version": version_json(&r.version), "served_by": r.served_by}));
+                println!(
+                    "{}",
+                    json!({"key": key, "version": version_json(&r.version), "served_by": r.served_by})
+                );
             } else {
                 println!("OK ({}, via {})", version_text(&r.version), r.served_by);
             }
         }
-        Cmd::Cas { key, new_value, expect_version, expect_value, expect_absent, client } => {
+        Cmd::Cas {
+            key,
+            new_value,
+            expect_version,
+            expect_value,
+            expect_absent,
+            client,
+        } => {
             let expected = match (expect_version, expect_value, expect_absent) {
                 (Some(v), _, _) => Expected::Version(v),
                 (_, Some(v), _) => Expected::Value(v.into_bytes()),
@@ -429,14 +471,35 @@ async fn run() -> Result<()> {
                 _ => bail!("cas needs one of --expect-version, --expect-value, --expect-absent"),
             };
             let c = client.connect().await?;
-            let r = c.cas(&client.keyspace, key.as_bytes(), expected, new_value.as_bytes(), client.options()).await?;
-            let current = r.current_value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned());
+            let r = c
+                .cas(
+                    &client.keyspace,
+                    key.as_bytes(),
+                    expected,
+                    new_value.as_bytes(),
+                    client.options(),
+                )
+                .await?;
+            let current = r
+                .current_value
+                .as_ref()
+                .map(|v| String::from_utf8_lossy(v).into_owned());
             if client.output == Output::Json {
-                println!("{}", json!({"key": key, "succeeded": r.succeeded, "version": version_json(&r.version), "current_value": current, "served_by": r.served_by}));
+                println!(
+                    "{}",
+                    json!({"key": key, "succeeded": r.succeeded, "version": version_json(&r.version), "current_value": current, "served_by": r.served_by})
+                );
             } else if r.succeeded {
                 println!("OK ({}, via {})", version_text(&r.version), r.served_by);
             } else {
-                println!("MISMATCH: current value {} ({})", current.as_deref().map(|v| format!("{v:?}")).unwrap_or("absent".into()), version_text(&r.version));
+                println!(
+                    "MISMATCH: current value {} ({})",
+                    current
+                        .as_deref()
+                        .map(|v| format!("{v:?}"))
+                        .unwrap_or("absent".into()),
+                    version_text(&r.version)
+                );
                 std::process::exit(2);
             }
         }
@@ -458,11 +521,20 @@ async fn run() -> Result<()> {
             KeyspaceCmd::List { client } => {
                 let c = client.connect().await?;
                 for k in c.list_keyspaces().await? {
-                    let mode = if k.mode == kv_proto::v1::Mode::Cp as i32 { "cp" } else { "ap" };
+                    let mode = if k.mode == kv_proto::v1::Mode::Cp as i32 {
+                        "cp"
+                    } else {
+                        "ap"
+                    };
                     println!("{:<16} {:<3} replicas={}", k.name, mode, k.replicas);
                 }
             }
-            KeyspaceCmd::Create { name, mode, replicas, client } => {
+            KeyspaceCmd::Create {
+                name,
+                mode,
+                replicas,
+                client,
+            } => {
                 let c = client.connect().await?;
                 let k = c
                     .create_keyspace(kv_proto::v1::Keyspace {
@@ -503,17 +575,42 @@ fn print_ring(ring: &kv_proto::v1::RingResponse, as_json: bool) {
             .iter()
             .map(|m| json!({"id": m.id, "name": m.name, "address": m.address, "owned": owned.get(&m.id).copied().unwrap_or(0), "replicas": replicas.get(&m.id).copied().unwrap_or(0)}))
             .collect();
-        let partitions: Vec<_> = ring.partitions.iter().map(|p| json!({"id": p.id, "preference": p.preference})).collect();
-        println!("{}", json!({"partition_count": ring.partition_count, "tokens_per_node": ring.tokens_per_node, "members": members, "partitions": partitions, "imbalance": max / mean}));
+        let partitions: Vec<_> = ring
+            .partitions
+            .iter()
+            .map(|p| json!({"id": p.id, "preference": p.preference}))
+            .collect();
+        println!(
+            "{}",
+            json!({"partition_count": ring.partition_count, "tokens_per_node": ring.tokens_per_node, "members": members, "partitions": partitions, "imbalance": max / mean})
+        );
         return;
     }
-    println!("{} partitions, {} tokens per node, replication {n}", ring.partition_count, ring.tokens_per_node);
-    println!("{:<6} {:<22} {:>6} {:>9}", "NODE", "ADDRESS", "OWNED", "REPLICAS");
+    println!(
+        "{} partitions, {} tokens per node, replication {n}",
+        ring.partition_count, ring.tokens_per_node
+    );
+    println!(
+        "{:<6} {:<22} {:>6} {:>9}",
+        "NODE", "ADDRESS", "OWNED", "REPLICAS"
+    );
     for m in &ring.members {
-        println!("{:<6} {:<22} {:>6} {:>9}", m.name, m.address, owned.get(&m.id).copied().unwrap_or(0), replicas.get(&m.id).copied().unwrap_or(0));
+        println!(
+            "{:<6} {:<22} {:>6} {:>9}",
+            m.name,
+            m.address,
+            owned.get(&m.id).copied().unwrap_or(0),
+            replicas.get(&m.id).copied().unwrap_or(0)
+        );
     }
     println!("imbalance (busiest / mean replicas): {:.2}", max / mean);
-    let name = |id: &u64| ring.members.iter().find(|m| m.id == *id).map(|m| m.name.clone()).unwrap_or(id.to_string());
+    let name = |id: &u64| {
+        ring.members
+            .iter()
+            .find(|m| m.id == *id)
+            .map(|m| m.name.clone())
+            .unwrap_or(id.to_string())
+    };
     println!("\n{:<10} PREFERENCE LIST (replicas first)", "PARTITION");
     for p in &ring.partitions {
         let list: Vec<String> = p.preference.iter().map(name).collect();
@@ -521,7 +618,10 @@ fn print_ring(ring: &kv_proto::v1::RingResponse, as_json: bool) {
     }
 }
 
-type View = (String, Result<kv_proto::v1::ClusterStatusResponse, kv_client::Error>);
+type View = (
+    String,
+    Result<kv_proto::v1::ClusterStatusResponse, kv_client::Error>,
+);
 
 fn print_status(views: &[View], as_json: bool) {
     let state = |s: i32| match kv_proto::v1::NodeState::try_from(s).unwrap_or_default() {
@@ -546,7 +646,13 @@ fn print_status(views: &[View], as_json: bool) {
             Ok(s) => {
                 println!("view of {name} (cluster {}):", s.cluster_name);
                 for n in &s.nodes {
-                    println!("  {:<6} {:<22} {:<8} hints pending {}", n.name, n.address, state(n.state), n.hints_pending);
+                    println!(
+                        "  {:<6} {:<22} {:<8} hints pending {}",
+                        n.name,
+                        n.address,
+                        state(n.state),
+                        n.hints_pending
+                    );
                 }
             }
             Err(e) => println!("view of {name}: unreachable ({e})"),

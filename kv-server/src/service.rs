@@ -104,7 +104,10 @@ impl KvService {
         call: F,
     ) -> NodeResult<Resp>
     where
-        F: FnOnce(kv_proto::v1::kv_client::KvClient<tonic::transport::Channel>, Request<Req>) -> Fut,
+        F: FnOnce(
+            kv_proto::v1::kv_client::KvClient<tonic::transport::Channel>,
+            Request<Req>,
+        ) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
         let partition = self.node.ring.partition_for_key(key);
@@ -156,7 +159,9 @@ impl pb::kv_server::Kv for KvService {
             if let Some(owner) = owner {
                 let key = body.key.clone();
                 return self
-                    .forward(owner, &key, timeout, body, |mut c, r| async move { c.get(r).await })
+                    .forward(owner, &key, timeout, body, |mut c, r| async move {
+                        c.get(r).await
+                    })
                     .await;
             }
             let rec = self.node.local_get(&ks, &body.key)?;
@@ -192,7 +197,9 @@ impl pb::kv_server::Kv for KvService {
             if let Some(owner) = owner {
                 let key = body.key.clone();
                 return self
-                    .forward(owner, &key, timeout, body, |mut c, r| async move { c.put(r).await })
+                    .forward(owner, &key, timeout, body, |mut c, r| async move {
+                        c.put(r).await
+                    })
                     .await;
             }
             let rev = self.node.local_put(&ks, &body.key, Some(body.value))?;
@@ -218,7 +225,9 @@ impl pb::kv_server::Kv for KvService {
             if let Some(owner) = owner {
                 let key = body.key.clone();
                 return self
-                    .forward(owner, &key, timeout, body, |mut c, r| async move { c.delete(r).await })
+                    .forward(owner, &key, timeout, body, |mut c, r| async move {
+                        c.delete(r).await
+                    })
                     .await;
             }
             let rev = self.node.local_put(&ks, &body.key, None)?;
@@ -328,7 +337,10 @@ impl pb::kv_server::Kv for KvService {
         }))
     }
 
-    async fn ring(&self, _req: Request<pb::RingRequest>) -> Result<Response<pb::RingResponse>, Status> {
+    async fn ring(
+        &self,
+        _req: Request<pb::RingRequest>,
+    ) -> Result<Response<pb::RingResponse>, Status> {
         let ring = &self.node.ring;
         Ok(Response::new(pb::RingResponse {
             cluster_name: self.node.config.cluster_name.clone(),
@@ -435,7 +447,10 @@ impl ipb::internal_server::Internal for InternalService {
         }))
     }
 
-    async fn raft(&self, _req: Request<ipb::RaftRequest>) -> Result<Response<ipb::RaftResponse>, Status> {
+    async fn raft(
+        &self,
+        _req: Request<ipb::RaftRequest>,
+    ) -> Result<Response<ipb::RaftResponse>, Status> {
         Err(self.unimplemented("raft"))
     }
 
@@ -446,7 +461,10 @@ impl ipb::internal_server::Internal for InternalService {
         Err(self.unimplemented("AP replication"))
     }
 
-    async fn ap_read(&self, _req: Request<ipb::ApReadRequest>) -> Result<Response<ipb::ApReadResponse>, Status> {
+    async fn ap_read(
+        &self,
+        _req: Request<ipb::ApReadRequest>,
+    ) -> Result<Response<ipb::ApReadResponse>, Status> {
         Err(self.unimplemented("AP replication"))
     }
 
@@ -464,11 +482,17 @@ impl ipb::internal_server::Internal for InternalService {
         Err(self.unimplemented("anti-entropy"))
     }
 
-    async fn gossip(&self, _req: Request<ipb::GossipPacket>) -> Result<Response<ipb::GossipAck>, Status> {
+    async fn gossip(
+        &self,
+        _req: Request<ipb::GossipPacket>,
+    ) -> Result<Response<ipb::GossipAck>, Status> {
         Err(self.unimplemented("gossip"))
     }
 
-    async fn chaos(&self, _req: Request<ipb::ChaosRequest>) -> Result<Response<ipb::ChaosResponse>, Status> {
+    async fn chaos(
+        &self,
+        _req: Request<ipb::ChaosRequest>,
+    ) -> Result<Response<ipb::ChaosResponse>, Status> {
         if !self.node.config.chaos {
             return Err(NodeError::FailedPrecondition(
                 "fault injection is off on this node; start it with --chaos to allow it".into(),

@@ -56,7 +56,16 @@ fn local_cluster_serves_through_every_node_and_survives_a_killed_node() {
 
     // Put through one node, read through each of the others.
     for i in 0..12 {
-        ok(&kv(dir, &["put", &format!("key{i}"), &format!("value{i}"), "--endpoints", &addrs[0]]));
+        ok(&kv(
+            dir,
+            &[
+                "put",
+                &format!("key{i}"),
+                &format!("value{i}"),
+                "--endpoints",
+                &addrs[0],
+            ],
+        ));
     }
     for addr in &addrs[1..] {
         for i in 0..12 {
@@ -67,29 +76,45 @@ fn local_cluster_serves_through_every_node_and_survives_a_killed_node() {
 
     // Kill node n3 (SIGKILL: a crash, not a shutdown).
     let pid = c["nodes"][2]["pid"].as_u64().unwrap();
-    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
     let (mut served, mut refused) = (0, 0);
     for i in 0..12 {
         let start = Instant::now();
         let out = kv(dir, &["get", &format!("key{i}"), "--endpoints", &addrs[0]]);
         if out.status.success() {
-            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("value{i}"));
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                format!("value{i}")
+            );
             served += 1;
         } else {
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(err.contains("n3"), "the error must name the node: {err}");
             assert!(err.contains("unavailable"), "{err}");
-            assert!(start.elapsed() < Duration::from_secs(4), "not fast: {:?}", start.elapsed());
+            assert!(
+                start.elapsed() < Duration::from_secs(4),
+                "not fast: {:?}",
+                start.elapsed()
+            );
             refused += 1;
         }
     }
-    assert!(served > 0 && refused > 0, "served {served}, refused {refused}");
+    assert!(
+        served > 0 && refused > 0,
+        "served {served}, refused {refused}"
+    );
 
     // `kv local up` notices the stale pid and restarts n3 with its data.
     let up = ok(&kv(dir, &["local", "up"]));
     assert!(up.contains("local cluster ready"), "{up}");
     for i in 0..12 {
-        let got = ok(&kv(dir, &["get", &format!("key{i}"), "--endpoints", &addrs[2]]));
+        let got = ok(&kv(
+            dir,
+            &["get", &format!("key{i}"), "--endpoints", &addrs[2]],
+        ));
         assert_eq!(got.trim(), format!("value{i}"));
     }
     let status = ok(&kv(dir, &["local", "status"]));
@@ -111,10 +136,22 @@ fn client_commands_without_a_cluster_say_how_to_get_one() {
 #[test]
 fn server_with_a_malformed_peer_address_refuses_to_start() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = kv(tmp.path(), &["server", "--name", "n1", "--peers", "n1=127.0.0.1:1,n2=nowhere"]);
+    let out = kv(
+        tmp.path(),
+        &[
+            "server",
+            "--name",
+            "n1",
+            "--peers",
+            "n1=127.0.0.1:1,n2=nowhere",
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("peer n2") && err.contains("malformed address"), "{err}");
+    assert!(
+        err.contains("peer n2") && err.contains("malformed address"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -126,6 +163,9 @@ fn local_up_on_a_port_in_use_says_which_and_what_to_do() {
     let out = kv(tmp.path(), &["local", "up", "--base-port", &port]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("in use"), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("in use"),
+        "{err}"
+    );
     assert!(err.contains("--base-port"), "{err}");
 }

@@ -20,14 +20,25 @@ fn put_through_one_node_is_read_through_every_other() {
         let writer = client(&["n1:7000"], Duration::from_secs(5)).await?;
         for i in 0..20 {
             writer
-                .put("cp", format!("key-{i}").as_bytes(), format!("v{i}").as_bytes(), Default::default())
+                .put(
+                    "cp",
+                    format!("key-{i}").as_bytes(),
+                    format!("v{i}").as_bytes(),
+                    Default::default(),
+                )
                 .await?;
         }
         for reader_addr in ["n2:7000", "n3:7000"] {
             let reader = client(&[reader_addr], Duration::from_secs(5)).await?;
             for i in 0..20 {
-                let got = reader.get("cp", format!("key-{i}").as_bytes(), Default::default()).await?;
-                assert_eq!(got.value, Some(format!("v{i}").into_bytes()), "via {reader_addr}");
+                let got = reader
+                    .get("cp", format!("key-{i}").as_bytes(), Default::default())
+                    .await?;
+                assert_eq!(
+                    got.value,
+                    Some(format!("v{i}").into_bytes()),
+                    "via {reader_addr}"
+                );
             }
         }
         Ok(())
@@ -41,34 +52,69 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     add_nodes(&mut sim, &SimOptions::default());
     sim.client("client", async {
         let c = client(&["n1:7000"], Duration::from_secs(5)).await?;
-        c.put("cp", b"kept", b"original", Default::default()).await?;
+        c.put("cp", b"kept", b"original", Default::default())
+            .await?;
 
-        let err = c.put("cp", b"", b"v", Default::default()).await.unwrap_err();
+        let err = c
+            .put("cp", b"", b"v", Default::default())
+            .await
+            .unwrap_err();
         assert!(matches!(err, kv_client::Error::InvalidArgument(_)), "{err}");
         assert!(err.to_string().contains("key is empty"), "{err}");
 
         let long_key = vec![b'k'; 1025];
-        let err = c.put("cp", &long_key, b"v", Default::default()).await.unwrap_err();
-        assert!(err.to_string().contains("1025 bytes, over the limit of 1024"), "{err}");
-        let err = c.get("cp", &long_key, Default::default()).await.unwrap_err();
+        let err = c
+            .put("cp", &long_key, b"v", Default::default())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("1025 bytes, over the limit of 1024"),
+            "{err}"
+        );
+        let err = c
+            .get("cp", &long_key, Default::default())
+            .await
+            .unwrap_err();
         assert!(matches!(err, kv_client::Error::InvalidArgument(_)), "{err}");
         // A key of exactly the limit is fine.
         c.put("cp", &[b'k'; 1024], b"v", Default::default()).await?;
 
         let big = vec![0u8; kv_server::types::DEFAULT_MAX_VALUE_BYTES + 1];
-        let err = c.put("cp", b"kept", &big, Default::default()).await.unwrap_err();
-        assert!(err.to_string().contains("over the limit of 1048576 bytes"), "{err}");
+        let err = c
+            .put("cp", b"kept", &big, Default::default())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("over the limit of 1048576 bytes"),
+            "{err}"
+        );
 
-        let err = c.put("nope", b"kept", b"v", Default::default()).await.unwrap_err();
-        assert!(matches!(err, kv_client::Error::KeyspaceNotFound(_)), "{err}");
+        let err = c
+            .put("nope", b"kept", b"v", Default::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, kv_client::Error::KeyspaceNotFound(_)),
+            "{err}"
+        );
         assert!(err.to_string().contains("\"nope\" does not exist"), "{err}");
         assert!(err.to_string().contains("ap, cp"), "{err}");
 
         let err = c
-            .cas("ap", b"kept", kv_client::Expected::Absent, b"v", Default::default())
+            .cas(
+                "ap",
+                b"kept",
+                kv_client::Expected::Absent,
+                b"v",
+                Default::default(),
+            )
             .await
             .unwrap_err();
-        assert!(matches!(err, kv_client::Error::FailedPrecondition(_)), "{err}");
+        assert!(
+            matches!(err, kv_client::Error::FailedPrecondition(_)),
+            "{err}"
+        );
 
         // None of the refused writes changed the key.
         let got = c.get("cp", b"kept", Default::default()).await?;
@@ -86,7 +132,8 @@ fn keys_owned_by_a_down_node_fail_fast_naming_it_and_the_rest_are_served() {
     sim.client("setup", async {
         let c = client(&["n1:7000"], Duration::from_secs(5)).await?;
         for i in 0..40 {
-            c.put("cp", format!("k{i}").as_bytes(), b"v", Default::default()).await?;
+            c.put("cp", format!("k{i}").as_bytes(), b"v", Default::default())
+                .await?;
         }
         Ok(())
     });
@@ -98,7 +145,11 @@ fn keys_owned_by_a_down_node_fail_fast_naming_it_and_the_rest_are_served() {
         // mark n3 down (on real TCP a killed process's connections are refused at once).
         tests::eventually(Duration::from_secs(20), || async {
             let status = c.status(Some("n1:7000")).await.map_err(|e| e.to_string())?;
-            let n3 = status.nodes.iter().find(|n| n.name == "n3").expect("n3 listed");
+            let n3 = status
+                .nodes
+                .iter()
+                .find(|n| n.name == "n3")
+                .expect("n3 listed");
             if n3.state == kv_proto::v1::NodeState::Down as i32 {
                 Ok(())
             } else {
@@ -109,7 +160,10 @@ fn keys_owned_by_a_down_node_fail_fast_naming_it_and_the_rest_are_served() {
         let (mut served, mut refused) = (0, 0);
         for i in 0..40 {
             let start = tokio::time::Instant::now();
-            match c.get("cp", format!("k{i}").as_bytes(), Default::default()).await {
+            match c
+                .get("cp", format!("k{i}").as_bytes(), Default::default())
+                .await
+            {
                 Ok(got) => {
                     assert_eq!(got.value.as_deref(), Some(&b"v"[..]));
                     assert_ne!(got.served_by, "n3");
@@ -118,14 +172,24 @@ fn keys_owned_by_a_down_node_fail_fast_naming_it_and_the_rest_are_served() {
                 Err(e) => {
                     let msg = e.to_string();
                     assert!(matches!(e, kv_client::Error::Unavailable(_)), "{msg}");
-                    assert!(msg.contains("n3 (n3:7000)"), "error must name the node: {msg}");
+                    assert!(
+                        msg.contains("n3 (n3:7000)"),
+                        "error must name the node: {msg}"
+                    );
                     // Fast: well inside the 5 s deadline (the dial is refused at once).
-                    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+                    assert!(
+                        start.elapsed() < Duration::from_secs(2),
+                        "took {:?}",
+                        start.elapsed()
+                    );
                     refused += 1;
                 }
             }
         }
-        assert!(served > 0 && refused > 0, "served {served}, refused {refused}");
+        assert!(
+            served > 0 && refused > 0,
+            "served {served}, refused {refused}"
+        );
         Ok(())
     });
     sim.run().unwrap();
