@@ -20,7 +20,7 @@ use crate::types::{Hlc, KeyspaceDef, Mode, NodeId, DEFAULT_MAX_VALUE_BYTES, MAX_
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -389,6 +389,9 @@ struct Inner {
     stores: Mutex<BTreeMap<u32, Arc<ApStore>>>,
     hints: HintStore,
     read_repairs: AtomicU64,
+    /// Write drivers still running (they outlive `put` when W < N).
+    writes_in_flight: AtomicUsize,
+    writes_idle: tokio::sync::Notify,
 }
 
 /// One node's AP engine; cloning shares it.
@@ -431,6 +434,8 @@ impl ApEngine {
                 stores: Mutex::new(BTreeMap::new()),
                 hints,
                 read_repairs: AtomicU64::new(0),
+                writes_in_flight: AtomicUsize::new(0),
+                writes_idle: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -590,6 +595,7 @@ impl ApEngine {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         // The writes run in their own task: the caller returns after W acks while the remaining
         // replicas (and fallbacks for failed ones) still get the write.
+        self.inner.writes_in_flight.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(
             self.clone()
                 .drive_write(ks.id, record, targets, fallbacks, w, done_tx),
@@ -648,6 +654,24 @@ impl ApEngine {
         }
         if let Some(d) = done.take() {
             let _ = d.send(acks);
+        }
+        if self.inner.writes_in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.inner.writes_idle.notify_waiters();
+        }
+    }
+
+    /// Waits until every write this node coordinated has finished with all of its replicas and
+    /// fallbacks (a write returns after W acks; the rest continues in the background).
+    pub async fn wait_writes_idle(&self) {
+        loop {
+            let notified = self.inner.writes_idle.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a notification between the check and the await is kept.
+            notified.as_mut().enable();
+            if self.inner.writes_in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 

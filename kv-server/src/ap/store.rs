@@ -114,11 +114,11 @@ impl ApStore {
     pub fn for_each_in_partition(
         &self,
         partition: u32,
-        mut f: impl FnMut(ApRecord) -> Result<()>,
+        f: impl FnMut(ApRecord) -> Result<()>,
     ) -> Result<()> {
         let start = partition.to_be_bytes().to_vec();
         let end = partition.checked_add(1).map(|p| p.to_be_bytes().to_vec());
-        self.scan(Bound::Included(start), end, |r| f(r))
+        self.scan(Bound::Included(start), end, f)
     }
 
     /// Calls `f` on every record of the store.

@@ -49,7 +49,8 @@ impl ApRing for StaticRing {
     }
     fn preference_list(&self, partition: u32) -> Vec<NodeId> {
         let mut v = self.nodes.clone();
-        v.rotate_left(partition as usize % v.len());
+        let len = v.len();
+        v.rotate_left(partition as usize % len);
         v
     }
 }
@@ -63,6 +64,8 @@ pub struct MemNet {
     cut: Mutex<BTreeSet<(NodeId, NodeId)>>,
     /// Nodes the liveness fake reports down although the network reaches them.
     suspected: Mutex<BTreeSet<NodeId>>,
+    /// Nodes that answer every write with an error while liveness still reports them alive.
+    refuse_writes: Mutex<BTreeSet<NodeId>>,
     /// Records carried by `merkle_range` answers.
     pub range_records: AtomicUsize,
     /// Writes delivered (replica, hint, repair, replay and anti-entropy pushes).
@@ -115,7 +118,14 @@ impl ApTransport for MemTransport {
         record: ApRecord,
         hint_for: Option<NodeId>,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
+        let refused = self.net.refuse_writes.lock().unwrap().contains(&to);
         let r = self.net.engine(self.from, to).and_then(|e| {
+            if refused {
+                return Err(TransportError::Remote {
+                    node: to,
+                    message: "write refused by the test".into(),
+                });
+            }
             e.apply_replica(keyspace_id, record, hint_for)
                 .map(|_| ())
                 .map_err(remote(to))
@@ -263,6 +273,16 @@ impl Cluster {
         }
     }
 
+    /// Makes `id` fail every write sent to it (or stop failing).
+    pub fn refuse_writes(&self, id: NodeId, refuse: bool) {
+        let mut s = self.net.refuse_writes.lock().unwrap();
+        if refuse {
+            s.insert(id);
+        } else {
+            s.remove(&id);
+        }
+    }
+
     /// Cuts every link between the two sides.
     pub fn partition(&self, a: &[NodeId], b: &[NodeId]) {
         let mut cut = self.net.cut.lock().unwrap();
@@ -281,11 +301,6 @@ impl Cluster {
     /// The preference list of `key`.
     pub fn pref(&self, key: &[u8]) -> Vec<NodeId> {
         self.ring.preference_list(self.ring.partition_for_key(key))
-    }
-
-    /// The first N nodes of `key`'s preference list.
-    pub fn replicas(&self, key: &[u8]) -> Vec<NodeId> {
-        self.pref(key)[..self.ks.replicas as usize].to_vec()
     }
 
     /// What `node` stores locally for `key`.
