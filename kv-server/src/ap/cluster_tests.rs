@@ -528,3 +528,92 @@ async fn invalid_requests_are_refused_before_any_write() {
     ));
     assert_eq!(c.local(1, b"k"), None);
 }
+
+/// Per-call timeout used by the timeout test: short, because the hung call never completes and
+/// the test waits for exactly this long (the result does not depend on machine load).
+const TEST_TIMEOUT_MS: u64 = 50;
+
+#[tokio::test]
+async fn a_replica_that_never_answers_times_out_and_is_replaced_by_a_hint() {
+    let c = Cluster::new(5, |cfg| {
+        cfg.write_timeout_ms = TEST_TIMEOUT_MS;
+        cfg.read_timeout_ms = TEST_TIMEOUT_MS;
+    });
+    let k = key("hung");
+    let pref = c.pref(&k);
+    c.hang(2);
+    // Node 2's ack never comes: after the timeout node 4 takes a hint for it, and W = 3 is met.
+    c.node(1)
+        .put(&c.ks, &pref, &k, b"v".to_vec(), ALL)
+        .await
+        .unwrap();
+    assert_eq!(c.node(4).hint_counts(), BTreeMap::from([(2, 1)]));
+    // A read that needs node 2 cannot finish: the timeout turns the hang into Unavailable.
+    let err = c.node(1).get(&c.ks, &pref, &k, ALL).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ApError::Unavailable {
+                op: "read",
+                needed: 3,
+                answered: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let got = c.node(1).get(&c.ks, &pref, &k, QUORUM).await.unwrap();
+    assert_eq!(got.map(|(v, _)| v), Some(b"v".to_vec()));
+}
+
+/// Yields until `done()` holds; fails (never hangs) after a generous bound of iterations.
+async fn until(mut done: impl FnMut() -> bool) {
+    const MAX_YIELDS: usize = 100_000;
+    for _ in 0..MAX_YIELDS {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition not reached after {MAX_YIELDS} yields");
+}
+
+#[tokio::test]
+async fn background_work_replays_hints_and_repairs_a_wiped_replica() {
+    let mut c = Cluster::new(3, defaults);
+    let keys: Vec<Vec<u8>> = (0..30u8).map(|i| vec![b'a' + i % 3, i]).collect();
+    c.kill(3);
+    for k in &keys {
+        c.node(1)
+            .put(&c.ks, &c.pref(k), k, b"v".to_vec(), QUORUM)
+            .await
+            .unwrap();
+    }
+    // With 3 nodes there is no fallback beyond N: node 3 misses every write, and no hints exist.
+    assert!(c.node(1).hint_counts().is_empty() && c.node(2).hint_counts().is_empty());
+    c.disks.insert(3, MemoryEngine::new());
+    let n3 = c.start(3);
+    // Intervals tick immediately on start, so the first anti-entropy round runs right away.
+    let ks = c.ks.clone();
+    let task = n3.spawn_background(std::sync::Arc::new(move || vec![ks.clone()]));
+    until(|| keys.iter().all(|k| c.local(3, k).is_some())).await;
+    task.abort();
+    for k in &keys {
+        assert_eq!(c.local(3, k), c.local(1, k));
+    }
+
+    // Hints: node 4 of a 5-node cluster holds one for node 3 and delivers it once 3 is back.
+    let c = Cluster::new(5, defaults);
+    let k = key("bg");
+    c.kill(3);
+    c.node(1)
+        .put(&c.ks, &c.pref(&k), &k, b"v".to_vec(), ALL)
+        .await
+        .unwrap();
+    assert_eq!(c.node(4).hint_counts(), BTreeMap::from([(3, 1)]));
+    c.revive(3);
+    let task = c.node(4).spawn_background(std::sync::Arc::new(Vec::new));
+    until(|| c.node(4).hint_counts().is_empty()).await;
+    task.abort();
+    assert_eq!(c.local(3, &k).unwrap().value.as_deref(), Some(&b"v"[..]));
+}

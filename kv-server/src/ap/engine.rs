@@ -532,6 +532,11 @@ impl ApEngine {
 
     // ---- coordinator ----
 
+    /// This node is always alive to itself, whatever the failure detector has converged to.
+    fn is_alive(&self, node: NodeId) -> bool {
+        node == self.node_id() || self.inner.liveness.is_alive(node)
+    }
+
     fn check_key(&self, key: &[u8]) -> Result<(), ApError> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(ApError::InvalidArgument(format!(
@@ -589,9 +594,8 @@ impl ApEngine {
             hlc,
             value,
         };
-        let liveness = self.inner.liveness.clone();
         let (targets, fallbacks) =
-            plan_write(preference, ks.replicas as usize, |n| liveness.is_alive(n));
+            plan_write(preference, ks.replicas as usize, |n| self.is_alive(n));
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         // The writes run in their own task: the caller returns after W acks while the remaining
         // replicas (and fallbacks for failed ones) still get the write.
@@ -735,7 +739,7 @@ impl ApEngine {
         let mut candidates: VecDeque<NodeId> = preference[..n]
             .iter()
             .copied()
-            .filter(|&node| self.inner.liveness.is_alive(node))
+            .filter(|&node| self.is_alive(node))
             .collect();
         let mut pending = FuturesUnordered::new();
         while pending.len() < r {

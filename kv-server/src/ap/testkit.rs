@@ -66,6 +66,8 @@ pub struct MemNet {
     suspected: Mutex<BTreeSet<NodeId>>,
     /// Nodes that answer every write with an error while liveness still reports them alive.
     refuse_writes: Mutex<BTreeSet<NodeId>>,
+    /// Nodes whose answers never come back (the request itself is carried out: a lost ack).
+    hang: Mutex<BTreeSet<NodeId>>,
     /// Records carried by `merkle_range` answers.
     pub range_records: AtomicUsize,
     /// Writes delivered (replica, hint, repair, replay and anti-entropy pushes).
@@ -73,6 +75,10 @@ pub struct MemNet {
 }
 
 impl MemNet {
+    fn hangs(&self, to: NodeId) -> bool {
+        self.hang.lock().unwrap().contains(&to)
+    }
+
     fn reachable(&self, from: NodeId, to: NodeId) -> bool {
         !self.killed.lock().unwrap().contains(&to)
             && !self.cut.lock().unwrap().contains(&(from, to))
@@ -110,6 +116,21 @@ fn remote(node: NodeId) -> impl Fn(super::engine::ApError) -> TransportError {
     }
 }
 
+impl MemTransport {
+    /// The answer as a future, or a future that never completes if `to` hangs.
+    fn answer<T: Send + 'static>(
+        &self,
+        to: NodeId,
+        r: Result<T, TransportError>,
+    ) -> BoxFuture<'static, Result<T, TransportError>> {
+        if self.net.hangs(to) {
+            Box::pin(futures::future::pending())
+        } else {
+            Box::pin(async move { r })
+        }
+    }
+}
+
 impl ApTransport for MemTransport {
     fn write(
         &self,
@@ -133,7 +154,7 @@ impl ApTransport for MemTransport {
         if r.is_ok() {
             self.net.writes.fetch_add(1, Ordering::SeqCst);
         }
-        Box::pin(async move { r })
+        self.answer(to, r)
     }
     fn read(
         &self,
@@ -145,7 +166,7 @@ impl ApTransport for MemTransport {
             .net
             .engine(self.from, to)
             .and_then(|e| e.read_replica(keyspace_id, &key).map_err(remote(to)));
-        Box::pin(async move { r })
+        self.answer(to, r)
     }
     fn merkle_leaves(
         &self,
@@ -281,6 +302,11 @@ impl Cluster {
         } else {
             s.remove(&id);
         }
+    }
+
+    /// Makes every call to `id` hang (liveness still reports it alive).
+    pub fn hang(&self, id: NodeId) {
+        self.net.hang.lock().unwrap().insert(id);
     }
 
     /// Cuts every link between the two sides.
