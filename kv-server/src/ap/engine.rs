@@ -915,10 +915,13 @@ impl ApEngine {
                 })
                 .collect();
             for r in &their_records {
-                if self.apply_replica(keyspace_id, r.clone(), None)? {
+                self.inner.clock.observe(r.hlc);
+                if store.apply(r)? {
                     stats.records_applied += 1;
                 }
             }
+            // One flush per batch rather than per record (replica writes flush one by one).
+            self.inner.engine.flush()?;
             let pushes = futures::stream::iter(to_push.into_iter().map(|r| {
                 let fut = self.inner.transport.write(peer, keyspace_id, r, None);
                 with_timeout(peer, self.inner.config.write_timeout_ms, fut)

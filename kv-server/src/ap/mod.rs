@@ -20,7 +20,7 @@ mod cluster_tests;
 mod testkit;
 
 pub use engine::{
-    AntiEntropyStats, ApConfig, ApEngine, ApError, ApRing, ApTransport, Consistency, Liveness,
-    ReplayStats, RequestOptions, TransportError,
+    AntiEntropyStats, ApConfig, ApEngine, ApError, ApRing, ApStatus, ApTransport, Consistency,
+    Liveness, ReplayStats, RequestOptions, TransportError,
 };
 pub use lww::ApRecord;
