@@ -1,6 +1,7 @@
 //! The kv node: ring, storage, CP engine (multi-Raft), AP engine (Dynamo), membership, gRPC
 //! services and configuration. A library first; `src/main.rs` (the `kv` binary) is thin.
 
+pub mod ap;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -1,0 +1,619 @@
+//! Cluster tests of the AP engine: several `ApEngine`s over the in-memory network of `testkit`,
+//! with kills, link cuts, restarts over the same disk, and background work driven by hand.
+
+use super::engine::{ApError, Consistency, RequestOptions};
+use super::merkle::MERKLE_LEAVES;
+use super::store::DEFAULT_TOMBSTONE_GRACE_MS;
+use super::testkit::Cluster;
+use crate::storage::memory::MemoryEngine;
+use crate::types::{Hlc, NodeId};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+/// An acknowledged write: its timestamp and value (`None` for a delete).
+type AckedWrite = (Hlc, Option<Vec<u8>>);
+
+fn defaults(_: &mut super::engine::ApConfig) {}
+
+const ALL: RequestOptions = RequestOptions {
+    consistency: Some(Consistency::All),
+};
+const QUORUM: RequestOptions = RequestOptions {
+    consistency: Some(Consistency::Quorum),
+};
+
+/// A key whose preference list (5 nodes) is [1, 2, 3, 4, 5]: first byte ≡ 0 (mod 5).
+fn key(name: &str) -> Vec<u8> {
+    let mut k = b"d".to_vec(); // 'd' = 100
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+#[tokio::test]
+async fn a_write_with_a_replica_down_is_acknowledged_through_a_durable_hint() {
+    let c = Cluster::new(5, defaults);
+    let k = key("hinted");
+    assert_eq!(c.pref(&k), vec![1, 2, 3, 4, 5]);
+    c.kill(3);
+    // W = N = 3: nodes 1 and 2 ack directly, node 4 acks by storing a hint for node 3.
+    let hlc = c
+        .node(1)
+        .put(&c.ks, &c.pref(&k), &k, b"v1".to_vec(), ALL)
+        .await
+        .expect("sloppy quorum reaches W through the hint holder");
+    assert_eq!(c.node(4).hint_counts(), BTreeMap::from([(3, 1)]));
+    assert_eq!(
+        c.local(4, &k),
+        None,
+        "a hint holder does not store the record as a replica"
+    );
+
+    // The hint survives a restart of its holder over the same disk.
+    let n4 = c.start(4);
+    assert_eq!(n4.status().hints, BTreeMap::from([(3, 1)]));
+
+    // Owner still down: the hint waits.
+    let stats = n4.replay_hints_once().await.unwrap();
+    assert_eq!((stats.waiting, stats.delivered), (1, 0));
+
+    // Owner back but failing writes: the hint is kept (deleted only after an ack).
+    c.revive(3);
+    c.refuse_writes(3, true);
+    let stats = n4.replay_hints_once().await.unwrap();
+    assert_eq!((stats.failed, stats.delivered), (1, 0));
+    assert_eq!(n4.hint_counts(), BTreeMap::from([(3, 1)]));
+    assert_eq!(c.local(3, &k), None);
+
+    // Owner acks: delivered, then deleted.
+    c.refuse_writes(3, false);
+    let stats = n4.replay_hints_once().await.unwrap();
+    assert_eq!((stats.failed, stats.delivered), (0, 1));
+    assert!(n4.hint_counts().is_empty());
+    let on_3 = c.local(3, &k).expect("hint delivered to its owner");
+    assert_eq!((on_3.value.as_deref(), on_3.hlc), (Some(&b"v1"[..]), hlc));
+    assert_eq!(n4.replay_hints_once().await.unwrap().delivered, 0);
+}
+
+#[tokio::test]
+async fn a_failed_replica_write_falls_back_to_a_hint_on_the_next_node() {
+    let c = Cluster::new(5, defaults);
+    let k = key("refused");
+    // Liveness says node 2 is alive, but its write fails: the coordinator learns it at run time.
+    c.refuse_writes(2, true);
+    c.node(1)
+        .put(&c.ks, &c.pref(&k), &k, b"v".to_vec(), ALL)
+        .await
+        .unwrap();
+    assert_eq!(c.node(4).hint_counts(), BTreeMap::from([(2, 1)]));
+    assert_eq!(c.local(2, &k), None);
+    assert!(c.local(1, &k).is_some() && c.local(3, &k).is_some());
+}
+
+#[tokio::test]
+async fn too_few_reachable_nodes_is_unavailable_with_counts() {
+    let c = Cluster::new(5, defaults);
+    let k = key("lonely");
+    for n in [2, 3, 4, 5] {
+        c.kill(n);
+    }
+    let err = c
+        .node(1)
+        .put(&c.ks, &c.pref(&k), &k, b"v".to_vec(), QUORUM)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ApError::Unavailable {
+                op: "write",
+                needed: 2,
+                answered: 1,
+                partition: 0
+            }
+        ),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("1 of the 2 required replicas answered"),
+        "{msg}"
+    );
+    // The write is indeterminate, not rolled back: the coordinator's own replica kept it.
+    assert!(c.local(1, &k).is_some());
+
+    let err = c
+        .node(1)
+        .get(&c.ks, &c.pref(&k), &k, QUORUM)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ApError::Unavailable {
+                op: "read",
+                needed: 2,
+                answered: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // One is enough for both.
+    let one = RequestOptions::with(Consistency::One);
+    c.node(1)
+        .put(&c.ks, &c.pref(&k), &k, b"w".to_vec(), one)
+        .await
+        .unwrap();
+    let got = c.node(1).get(&c.ks, &c.pref(&k), &k, one).await.unwrap();
+    assert_eq!(got.map(|(v, _)| v), Some(b"w".to_vec()));
+}
+
+#[tokio::test]
+async fn the_hint_bound_moves_hints_to_the_next_fallback_then_refuses() {
+    let c = Cluster::new(5, |cfg| cfg.max_hints_per_node = 2);
+    c.kill(3);
+    let pref = c.pref(&key("x"));
+    for i in 0..4 {
+        let k = key(&format!("k{i}"));
+        c.node(1)
+            .put(&c.ks, &pref, &k, b"v".to_vec(), ALL)
+            .await
+            .unwrap();
+    }
+    assert_eq!(c.node(4).hint_counts(), BTreeMap::from([(3, 2)]));
+    assert_eq!(c.node(5).hint_counts(), BTreeMap::from([(3, 2)]));
+    let k = key("k4");
+    let err = c
+        .node(1)
+        .put(&c.ks, &pref, &k, b"v".to_vec(), ALL)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ApError::Unavailable {
+                needed: 3,
+                answered: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let direct = c
+        .node(4)
+        .apply_replica(c.ks.id, c.local(1, &k).unwrap(), Some(3));
+    let msg = direct.unwrap_err().to_string();
+    assert!(
+        msg.contains("hint store full for node 3") && msg.contains("2 hints"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn read_repair_fixes_stale_and_missing_replicas() {
+    let c = Cluster::new(5, defaults);
+    let k = key("repair");
+    let pref = c.pref(&k);
+    c.node(1)
+        .put(&c.ks, &pref, &k, b"old".to_vec(), ALL)
+        .await
+        .unwrap();
+    // Node 3 is believed down for one write: it keeps "old" (its hint is never replayed here).
+    c.suspect(3, true);
+    let new = c
+        .node(2)
+        .put(&c.ks, &pref, &k, b"new".to_vec(), QUORUM)
+        .await
+        .unwrap();
+    c.node(2).wait_writes_idle().await;
+    c.suspect(3, false);
+    assert_eq!(c.local(3, &k).unwrap().value.as_deref(), Some(&b"old"[..]));
+
+    let got = c.node(1).get(&c.ks, &pref, &k, ALL).await.unwrap();
+    assert_eq!(got, Some((b"new".to_vec(), new)));
+    let on_3 = c.local(3, &k).unwrap();
+    assert_eq!((on_3.value.as_deref(), on_3.hlc), (Some(&b"new"[..]), new));
+    assert_eq!(c.node(1).status().read_repairs, 1);
+
+    // A record only one replica holds is written to the two that miss it.
+    let lone = key("lone");
+    let rec = c.local(1, &k).map(|mut r| {
+        r.key = lone.clone();
+        r
+    });
+    c.node(2)
+        .apply_replica(c.ks.id, rec.unwrap(), None)
+        .unwrap();
+    let got = c.node(1).get(&c.ks, &pref, &lone, ALL).await.unwrap();
+    assert_eq!(got.map(|(v, _)| v), Some(b"new".to_vec()));
+    assert!(c.local(1, &lone).is_some() && c.local(3, &lone).is_some());
+    assert_eq!(c.node(1).status().read_repairs, 3);
+}
+
+#[tokio::test]
+async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves() {
+    // 3 nodes, N = 3: every node replicates every partition.
+    let mut c = Cluster::new(3, defaults);
+    let total = 600;
+    let mut per_partition = BTreeMap::<u32, usize>::new();
+    for i in 0..total {
+        let k = format!("key-{i:04}").into_bytes();
+        let k = [vec![b'a' + (i % 3) as u8], k].concat();
+        *per_partition.entry(u32::from(k[0]) % 3).or_default() += 1;
+        c.node(1)
+            .put(&c.ks, &c.pref(&k), &k, format!("v{i}").into_bytes(), ALL)
+            .await
+            .unwrap();
+    }
+    // Node 3 loses its disk and restarts empty (no hints exist for it).
+    c.disks.insert(3, MemoryEngine::new());
+    let n3 = c.start(3);
+    let fetched_before = c.net.range_records.load(Ordering::SeqCst);
+    let mut fetched = 0;
+    for p in 0..3 {
+        let s = n3.anti_entropy_once(c.ks.id, p, 1).await.unwrap();
+        assert_eq!(s.records_fetched, per_partition[&p]);
+        assert_eq!(s.records_applied, per_partition[&p]);
+        assert_eq!(s.records_pushed, 0, "the wiped node has nothing to offer");
+        fetched += s.records_fetched;
+        assert_eq!(
+            n3.merkle_leaves(c.ks.id, p).unwrap(),
+            c.node(1).merkle_leaves(c.ks.id, p).unwrap()
+        );
+        assert_eq!(
+            n3.merkle_leaves(c.ks.id, p).unwrap(),
+            c.node(2).merkle_leaves(c.ks.id, p).unwrap()
+        );
+    }
+    assert_eq!(fetched, total);
+    assert_eq!(
+        c.net.range_records.load(Ordering::SeqCst) - fetched_before,
+        total
+    );
+
+    // A second exchange finds nothing to do.
+    let s = n3.anti_entropy_once(c.ks.id, 0, 2).await.unwrap();
+    assert_eq!(
+        (s.differing_leaves, s.records_fetched, s.records_pushed),
+        (0, 0, 0)
+    );
+
+    // Three newer writes land on node 1 only: only their leaves are exchanged.
+    let changed: Vec<Vec<u8>> = (0..3)
+        .map(|i| format!("akey-{:04}", i * 3).into_bytes())
+        .collect();
+    for k in &changed {
+        let mut r = c.local(1, k).unwrap();
+        r.hlc = c.node(1).hlc().now();
+        r.value = Some(b"changed".to_vec());
+        c.node(1).apply_replica(c.ks.id, r, None).unwrap();
+    }
+    let p_a = u32::from(b'a') % 3;
+    let s = n3.anti_entropy_once(c.ks.id, p_a, 1).await.unwrap();
+    let leaves_touched = {
+        let mut l: Vec<u32> = changed.iter().map(|k| super::merkle::leaf_of(k)).collect();
+        l.sort_unstable();
+        l.dedup();
+        l.len()
+    };
+    assert_eq!(s.differing_leaves, leaves_touched);
+    assert_eq!(s.records_applied, 3);
+    // Only the records of the differing leaves travel: about total / 3 / MERKLE_LEAVES each.
+    assert!(
+        s.records_fetched >= 3 && s.records_fetched < 3 * 10,
+        "{s:?}"
+    );
+    println!(
+        "anti-entropy: wiped replica fetched {fetched} of {total} records; after 3 changed keys \
+         {} of {} leaves differed and {} of {} records of the partition were fetched",
+        s.differing_leaves, MERKLE_LEAVES, s.records_fetched, per_partition[&p_a]
+    );
+    for k in &changed {
+        assert_eq!(
+            c.local(3, k).unwrap().value.as_deref(),
+            Some(&b"changed"[..])
+        );
+    }
+    // The exchange is two-way: node 3 pushes what node 1 lacks.
+    let k = b"cnew".to_vec();
+    let rec = super::lww::ApRecord {
+        key: k.clone(),
+        hlc: n3.hlc().now(),
+        value: Some(b"x".to_vec()),
+    };
+    n3.apply_replica(c.ks.id, rec.clone(), None).unwrap();
+    let s = n3
+        .anti_entropy_once(c.ks.id, u32::from(b'c') % 3, 1)
+        .await
+        .unwrap();
+    assert_eq!((s.records_pushed, s.records_applied), (1, 0));
+    assert_eq!(c.local(1, &k), Some(rec));
+}
+
+#[tokio::test]
+async fn partition_then_heal_converges_on_the_newest_write_and_deletes_stay_deleted() {
+    let c = Cluster::new(5, defaults);
+    let pref = c.pref(&key(""));
+    assert_eq!(pref, vec![1, 2, 3, 4, 5]);
+    let (d1, d2, gone, late_del) = (key("both-1"), key("both-2"), key("gone"), key("late-del"));
+    let mut acked: BTreeMap<Vec<u8>, Vec<AckedWrite>> = BTreeMap::new();
+    let mut ack = |k: &Vec<u8>, h: Hlc, v: Option<&[u8]>| {
+        acked
+            .entry(k.clone())
+            .or_default()
+            .push((h, v.map(<[u8]>::to_vec)))
+    };
+    for k in [&d1, &d2, &gone] {
+        let h = c
+            .node(1)
+            .put(&c.ks, &pref, k, b"base".to_vec(), ALL)
+            .await
+            .unwrap();
+        ack(k, h, Some(b"base"));
+    }
+
+    // Side A = {1, 2, 4} holds replicas 1 and 2; side B = {3, 5} holds replica 3.
+    let (a, b): (&[NodeId], &[NodeId]) = (&[1, 2, 4], &[3, 5]);
+    c.partition(a, b);
+    for clock in c.clocks.values() {
+        clock.advance(10);
+    }
+    // Both sides accept writes to the same keys (quorum through hints on each side).
+    let h = c
+        .node(1)
+        .put(&c.ks, &pref, &d1, b"A".to_vec(), QUORUM)
+        .await
+        .unwrap();
+    ack(&d1, h, Some(b"A"));
+    let h = c
+        .node(3)
+        .put(&c.ks, &pref, &d1, b"B".to_vec(), QUORUM)
+        .await
+        .unwrap();
+    ack(&d1, h, Some(b"B"));
+    // Node 3's clock runs ahead: its write to d2 wins even though node 1 writes after it.
+    c.clocks[&3].advance(50);
+    let h = c
+        .node(3)
+        .put(&c.ks, &pref, &d2, b"B".to_vec(), QUORUM)
+        .await
+        .unwrap();
+    ack(&d2, h, Some(b"B"));
+    let h = c
+        .node(1)
+        .put(&c.ks, &pref, &d2, b"A".to_vec(), QUORUM)
+        .await
+        .unwrap();
+    ack(&d2, h, Some(b"A"));
+    // B deletes `gone`; B writes `late-del`, then A deletes it later.
+    let h = c.node(3).delete(&c.ks, &pref, &gone, QUORUM).await.unwrap();
+    ack(&gone, h, None);
+    let h = c
+        .node(3)
+        .put(&c.ks, &pref, &late_del, b"B".to_vec(), QUORUM)
+        .await
+        .unwrap();
+    ack(&late_del, h, Some(b"B"));
+    c.clocks[&1].advance(100);
+    let h = c
+        .node(1)
+        .delete(&c.ks, &pref, &late_del, QUORUM)
+        .await
+        .unwrap();
+    ack(&late_del, h, None);
+    for n in 1..=5 {
+        c.node(n).wait_writes_idle().await;
+    }
+    // Side A wrote d1, d2 and deleted late-del; side B wrote d1, d2, late-del and deleted gone.
+    assert_eq!(
+        c.node(4).hint_counts(),
+        BTreeMap::from([(3, 3)]),
+        "side A's hints for node 3"
+    );
+    assert_eq!(
+        c.node(5).hint_counts(),
+        BTreeMap::from([(1, 4)]),
+        "side B's hints for node 1"
+    );
+
+    // Heal: hints first, then anti-entropy between every pair of replicas.
+    c.heal();
+    for n in 1..=5 {
+        c.node(n).replay_hints_once().await.unwrap();
+        assert!(
+            c.node(n).hint_counts().is_empty(),
+            "node {n} still holds hints"
+        );
+    }
+    for (x, y) in [(1, 2), (1, 3), (2, 3)] {
+        c.node(x).anti_entropy_once(c.ks.id, 0, y).await.unwrap();
+    }
+    let leaves = c.node(1).merkle_leaves(c.ks.id, 0).unwrap();
+    for n in [2, 3] {
+        assert_eq!(
+            c.node(n).merkle_leaves(c.ks.id, 0).unwrap(),
+            leaves,
+            "node {n}"
+        );
+    }
+    for (k, writes) in &acked {
+        let (hlc, value) = writes.iter().max_by_key(|(h, _)| *h).unwrap().clone();
+        for n in [1, 2, 3] {
+            let r = c.local(n, k).unwrap();
+            assert_eq!(
+                (r.hlc, &r.value),
+                (hlc, &value),
+                "node {n} key {:?}",
+                String::from_utf8_lossy(k)
+            );
+        }
+        let got = c.node(5).get(&c.ks, &pref, k, ALL).await.unwrap();
+        assert_eq!(got.map(|(v, _)| v), value);
+    }
+    assert_eq!(
+        c.local(1, &d1).unwrap().value.as_deref(),
+        Some(&b"B"[..]),
+        "B's write was later"
+    );
+    assert_eq!(
+        c.local(1, &d2).unwrap().value.as_deref(),
+        Some(&b"B"[..]),
+        "B's clock was ahead"
+    );
+    assert_eq!(c.local(1, &gone).unwrap().value, None);
+    assert_eq!(c.local(1, &late_del).unwrap().value, None);
+
+    // Tombstones stay through the grace period, then go; the deleted keys stay deleted.
+    for clock in c.clocks.values() {
+        clock.advance(DEFAULT_TOMBSTONE_GRACE_MS - 1_000);
+    }
+    for n in [1, 2, 3] {
+        assert_eq!(c.node(n).purge_tombstones_once().unwrap(), 0, "node {n}");
+    }
+    for clock in c.clocks.values() {
+        clock.advance(2_000);
+    }
+    for n in [1, 2, 3] {
+        assert_eq!(c.node(n).purge_tombstones_once().unwrap(), 2, "node {n}");
+        assert_eq!(c.local(n, &gone), None);
+    }
+    for k in [&gone, &late_del] {
+        assert_eq!(c.node(2).get(&c.ks, &pref, k, ALL).await.unwrap(), None);
+    }
+    assert!(c.local(1, &d1).is_some(), "values are never purged");
+}
+
+#[tokio::test]
+async fn a_coordinator_from_the_future_advances_replica_clocks_and_is_counted() {
+    let c = Cluster::new(3, defaults);
+    let k = b"ahead".to_vec();
+    let pref = c.pref(&k);
+    c.clocks[&1].advance(60_000);
+    let h1 = c
+        .node(1)
+        .put(&c.ks, &pref, &k, b"1".to_vec(), ALL)
+        .await
+        .unwrap();
+    for n in [2, 3] {
+        assert_eq!(c.node(n).status().skew_events, 1, "node {n}");
+    }
+    assert_eq!(c.node(1).status().skew_events, 0);
+    // Node 2's next write is ordered after node 1's despite node 2's slower wall clock.
+    let h2 = c
+        .node(2)
+        .put(&c.ks, &pref, &k, b"2".to_vec(), ALL)
+        .await
+        .unwrap();
+    assert!(h2 > h1, "{h2:?} must follow {h1:?}");
+    let got = c.node(3).get(&c.ks, &pref, &k, ALL).await.unwrap();
+    assert_eq!(got, Some((b"2".to_vec(), h2)));
+}
+
+#[tokio::test]
+async fn invalid_requests_are_refused_before_any_write() {
+    let c = Cluster::new(3, |cfg| cfg.max_value_bytes = 4);
+    let pref = c.pref(b"k");
+    let n1 = c.node(1);
+    let big = n1
+        .put(&c.ks, &pref, b"k", vec![0; 5], ALL)
+        .await
+        .unwrap_err();
+    assert!(big.to_string().contains("limit is 4 bytes"), "{big}");
+    let empty = n1.put(&c.ks, &pref, b"", vec![], ALL).await.unwrap_err();
+    assert!(matches!(empty, ApError::InvalidArgument(_)));
+    let long = vec![b'k'; crate::types::MAX_KEY_BYTES + 1];
+    assert!(matches!(
+        n1.get(&c.ks, &pref, &long, ALL).await,
+        Err(ApError::InvalidArgument(_))
+    ));
+    assert_eq!(c.local(1, b"k"), None);
+}
+
+/// Per-call timeout used by the timeout test: short, because the hung call never completes and
+/// the test waits for exactly this long (the result does not depend on machine load).
+const TEST_TIMEOUT_MS: u64 = 50;
+
+#[tokio::test]
+async fn a_replica_that_never_answers_times_out_and_is_replaced_by_a_hint() {
+    let c = Cluster::new(5, |cfg| {
+        cfg.write_timeout_ms = TEST_TIMEOUT_MS;
+        cfg.read_timeout_ms = TEST_TIMEOUT_MS;
+    });
+    let k = key("hung");
+    let pref = c.pref(&k);
+    c.hang(2);
+    // Node 2's ack never comes: after the timeout node 4 takes a hint for it, and W = 3 is met.
+    c.node(1)
+        .put(&c.ks, &pref, &k, b"v".to_vec(), ALL)
+        .await
+        .unwrap();
+    assert_eq!(c.node(4).hint_counts(), BTreeMap::from([(2, 1)]));
+    // A read that needs node 2 cannot finish: the timeout turns the hang into Unavailable.
+    let err = c.node(1).get(&c.ks, &pref, &k, ALL).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ApError::Unavailable {
+                op: "read",
+                needed: 3,
+                answered: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let got = c.node(1).get(&c.ks, &pref, &k, QUORUM).await.unwrap();
+    assert_eq!(got.map(|(v, _)| v), Some(b"v".to_vec()));
+}
+
+/// Yields until `done()` holds; fails (never hangs) after a generous bound of iterations.
+async fn until(mut done: impl FnMut() -> bool) {
+    const MAX_YIELDS: usize = 100_000;
+    for _ in 0..MAX_YIELDS {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition not reached after {MAX_YIELDS} yields");
+}
+
+#[tokio::test]
+async fn background_work_replays_hints_and_repairs_a_wiped_replica() {
+    let mut c = Cluster::new(3, defaults);
+    let keys: Vec<Vec<u8>> = (0..30u8).map(|i| vec![b'a' + i % 3, i]).collect();
+    c.kill(3);
+    for k in &keys {
+        c.node(1)
+            .put(&c.ks, &c.pref(k), k, b"v".to_vec(), QUORUM)
+            .await
+            .unwrap();
+    }
+    // With 3 nodes there is no fallback beyond N: node 3 misses every write, and no hints exist.
+    assert!(c.node(1).hint_counts().is_empty() && c.node(2).hint_counts().is_empty());
+    c.disks.insert(3, MemoryEngine::new());
+    let n3 = c.start(3);
+    // Intervals tick immediately on start, so the first anti-entropy round runs right away.
+    let ks = c.ks.clone();
+    let task = n3.spawn_background(std::sync::Arc::new(move || vec![ks.clone()]));
+    until(|| keys.iter().all(|k| c.local(3, k).is_some())).await;
+    task.abort();
+    for k in &keys {
+        assert_eq!(c.local(3, k), c.local(1, k));
+    }
+
+    // Hints: node 4 of a 5-node cluster holds one for node 3 and delivers it once 3 is back.
+    let c = Cluster::new(5, defaults);
+    let k = key("bg");
+    c.kill(3);
+    c.node(1)
+        .put(&c.ks, &c.pref(&k), &k, b"v".to_vec(), ALL)
+        .await
+        .unwrap();
+    assert_eq!(c.node(4).hint_counts(), BTreeMap::from([(3, 1)]));
+    c.revive(3);
+    let task = c.node(4).spawn_background(std::sync::Arc::new(Vec::new));
+    until(|| c.node(4).hint_counts().is_empty()).await;
+    task.abort();
+    assert_eq!(c.local(3, &k).unwrap().value.as_deref(), Some(&b"v"[..]));
+}
