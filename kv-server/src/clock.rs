@@ -9,6 +9,8 @@ use std::sync::Arc;
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch, as this node believes.
     fn now_ms(&self) -> u64;
+    /// Sets the offset added to the time (fault injection).
+    fn set_skew_ms(&self, skew_ms: i64);
 }
 
 /// The system clock plus an adjustable skew (for chaos testing).
@@ -17,14 +19,11 @@ pub struct SystemClock {
     skew_ms: AtomicI64,
 }
 
-impl SystemClock {
-    /// Sets the offset added to the system time.
-    pub fn set_skew_ms(&self, skew_ms: i64) {
+impl Clock for SystemClock {
+    fn set_skew_ms(&self, skew_ms: i64) {
         self.skew_ms.store(skew_ms, Ordering::Relaxed);
     }
-}
 
-impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         let real = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -50,14 +49,13 @@ impl TokioClock {
             skew_ms: AtomicI64::new(0),
         }
     }
-
-    /// Sets the offset added to the time.
-    pub fn set_skew_ms(&self, skew_ms: i64) {
-        self.skew_ms.store(skew_ms, Ordering::Relaxed);
-    }
 }
 
 impl Clock for TokioClock {
+    fn set_skew_ms(&self, skew_ms: i64) {
+        self.skew_ms.store(skew_ms, Ordering::Relaxed);
+    }
+
     fn now_ms(&self) -> u64 {
         let elapsed = self.start.elapsed().as_millis() as i64;
         (self.epoch_ms as i64 + elapsed + self.skew_ms.load(Ordering::Relaxed)).max(0) as u64

@@ -308,7 +308,9 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     let listen = args.listen.unwrap_or(me.addr.clone());
     kv_client::net::validate_addr(&listen).map_err(anyhow::Error::msg)?;
     let engine = node::open_engine(&cfg)?;
-    let node = node::Node::new(cfg, engine, Arc::new(kv_client::net::TcpDialer))?;
+    let clock = Arc::new(kv_server::clock::SystemClock::default());
+    let node = node::Node::new(cfg, engine, Arc::new(kv_client::net::TcpDialer), clock)?;
+    let _background = node.start_background();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen} (is another process using the port?)"))?;

@@ -63,9 +63,10 @@ impl Membership {
         }
     }
 
-    /// Whether `id` should receive traffic (alive or suspect).
+    /// Whether `id` should receive traffic: anything but down. A peer not heard from yet is
+    /// tried (a failed call falls back anyway), so a starting cluster does not hint everything.
     pub fn is_alive(&self, id: NodeId) -> bool {
-        matches!(self.state(id), NodeState::Alive | NodeState::Suspect)
+        self.state(id) != NodeState::Down
     }
 }
 
@@ -92,5 +93,7 @@ mod tests {
         tokio::time::advance(DOWN_AFTER).await;
         assert_eq!(m.state(2), NodeState::Down);
         assert!(!m.is_alive(2));
+        m.heard_from(2);
+        assert!(m.is_alive(2));
     }
 }

@@ -2,7 +2,11 @@
 //! paths that the gRPC services call. **Architecture invariant:** every request is validated
 //! (key, value, keyspace, options) before anything is read or written.
 
+use crate::ap::engine::{ApConfig, ApEngine, ApRing, Liveness};
+use crate::clock::Clock;
 use crate::config::{ConfigError, NodeConfig};
+use crate::faults::Faults;
+use crate::transport::GrpcTransport;
 use crate::error::{NodeError, NodeResult};
 use crate::membership::Membership;
 use crate::ring::Ring;
@@ -27,13 +31,19 @@ pub struct Node {
     /// This node.
     pub me: Member,
     /// The ring every node computes from the same membership.
-    pub ring: Ring,
+    pub ring: Arc<Ring>,
     /// Keyspace definitions by name.
     pub keyspaces: RwLock<BTreeMap<String, KeyspaceDef>>,
     /// The storage engine.
     pub engine: Arc<dyn Engine>,
     /// Liveness of peers.
     pub membership: Membership,
+    /// Wall clock (skewable by fault injection).
+    pub clock: Arc<dyn Clock>,
+    /// Faults injected on outgoing traffic (`--chaos`).
+    pub faults: Faults,
+    /// The AP engine (Dynamo-style keyspaces).
+    pub ap: ApEngine,
     dialer: Arc<dyn Dialer>,
     channels: Mutex<BTreeMap<NodeId, Channel>>,
     local: Mutex<BTreeMap<u32, RecordTree>>,
@@ -41,32 +51,99 @@ pub struct Node {
 }
 
 impl Node {
-    /// Builds a node from its config, engine and dialer.
+    /// Builds a node from its config, engine, dialer and clock (engines open, nothing runs yet).
     pub fn new(
         config: NodeConfig,
         engine: Arc<dyn Engine>,
         dialer: Arc<dyn Dialer>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Arc<Node>, ConfigError> {
         let me = config.validate()?;
-        let ring = Ring::new(&config.peers, config.partitions, config.tokens_per_node)
-            .map_err(|e| ConfigError(e.to_string()))?;
+        let ring = Arc::new(
+            Ring::new(&config.peers, config.partitions, config.tokens_per_node)
+                .map_err(|e| ConfigError(e.to_string()))?,
+        );
         let keyspaces = KeyspaceDef::builtin()
             .into_iter()
             .map(|k| (k.name.clone(), k))
             .collect();
         let membership = Membership::new(me.id, &config.peers);
-        Ok(Arc::new(Node {
-            config,
-            me,
-            ring,
-            keyspaces: RwLock::new(keyspaces),
-            engine,
-            membership,
-            dialer,
-            channels: Mutex::new(BTreeMap::new()),
-            local: Mutex::new(BTreeMap::new()),
-            revision: AtomicU64::new(0),
-        }))
+        let mut ap_config = ApConfig::new(me.id);
+        ap_config.max_value_bytes = config.max_value_bytes;
+        let mut ap_error = None;
+        let node = Arc::new_cyclic(|weak: &std::sync::Weak<Node>| {
+            let transport = Arc::new(GrpcTransport::new(weak.clone()));
+            let liveness = Arc::new(NodeLiveness(weak.clone()));
+            let ap = ApEngine::open(
+                ap_config,
+                engine.clone(),
+                clock.clone(),
+                transport,
+                liveness,
+                Arc::new(RingView(ring.clone())),
+            );
+            let ap = ap.unwrap_or_else(|e| {
+                ap_error = Some(e.to_string());
+                // A placeholder over an empty memory engine; `new` returns the error below.
+                ApEngine::open(
+                    ApConfig::new(me.id),
+                    Arc::new(storage::memory::MemoryEngine::new()),
+                    clock.clone(),
+                    Arc::new(GrpcTransport::new(weak.clone())),
+                    Arc::new(NodeLiveness(weak.clone())),
+                    Arc::new(RingView(ring.clone())),
+                )
+                .expect("an empty memory engine opens")
+            });
+            Node {
+                config,
+                me,
+                ring,
+                keyspaces: RwLock::new(keyspaces),
+                engine,
+                membership,
+                clock,
+                faults: Faults::default(),
+                ap,
+                dialer,
+                channels: Mutex::new(BTreeMap::new()),
+                local: Mutex::new(BTreeMap::new()),
+                revision: AtomicU64::new(0),
+            }
+        });
+        match ap_error {
+            Some(e) => Err(ConfigError(format!("opening the AP engine: {e}"))),
+            None => Ok(node),
+        }
+    }
+
+    /// Starts background work (AP hint replay, anti-entropy, tombstone purge).
+    pub fn start_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        let weak = Arc::downgrade(self);
+        let keyspaces = Arc::new(move || {
+            weak.upgrade()
+                .map(|n| {
+                    n.keyspaces
+                        .read()
+                        .expect("keyspace lock")
+                        .values()
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        vec![self.ap.spawn_background(keyspaces)]
+    }
+
+    /// The keyspace with this id.
+    pub fn keyspace_by_id(&self, id: u32) -> NodeResult<KeyspaceDef> {
+        self.keyspaces
+            .read()
+            .expect("keyspace lock")
+            .values()
+            .find(|k| k.id == id)
+            .cloned()
+            .ok_or_else(|| NodeError::InvalidArgument(format!("unknown keyspace id {id}")))
     }
 
     /// The member with this id.
@@ -190,5 +267,29 @@ pub fn open_engine(config: &NodeConfig) -> Result<Arc<dyn Engine>, storage::Stor
     match &config.data_dir {
         Some(dir) => storage::open_engine(storage::EngineKind::Sled, Some(dir)),
         None => storage::open_engine(storage::EngineKind::Memory, None),
+    }
+}
+
+/// The node's membership as the AP engine's failure detector.
+struct NodeLiveness(std::sync::Weak<Node>);
+
+impl Liveness for NodeLiveness {
+    fn is_alive(&self, node: NodeId) -> bool {
+        self.0.upgrade().is_some_and(|n| n.membership.is_alive(node))
+    }
+}
+
+/// The ring as the AP engine sees it.
+struct RingView(Arc<Ring>);
+
+impl ApRing for RingView {
+    fn partition_for_key(&self, key: &[u8]) -> u32 {
+        self.0.partition_for_key(key)
+    }
+    fn partition_count(&self) -> u32 {
+        self.0.partition_count()
+    }
+    fn preference_list(&self, partition: u32) -> Vec<NodeId> {
+        self.0.preference_list(partition).to_vec()
     }
 }

@@ -2,7 +2,9 @@
 //! they parse, validate, pick the path (serve here or forward to the owner) and convert errors
 //! to statuses through `NodeError::into_status`.
 
+use crate::ap::engine::{ApError, Consistency as ApConsistency, RequestOptions as ApOptions};
 use crate::error::{NodeError, NodeResult};
+use crate::transport::{record_from_pb, record_to_pb};
 use crate::node::{Node, FORWARDED_HEADER};
 use crate::storage::record::StoredRecord;
 use crate::types::{KeyspaceDef, Mode, NodeId, Version};
@@ -69,6 +71,46 @@ fn keyspace_pb(k: &KeyspaceDef) -> pb::Keyspace {
     }
 }
 
+/// The AP engine's options for a request.
+fn ap_options(o: &Option<pb::RequestOptions>) -> NodeResult<ApOptions> {
+    let Some(o) = o else {
+        return Ok(ApOptions::default());
+    };
+    if o.read_replicas > 0 || o.write_replicas > 0 {
+        return Ok(ApOptions {
+            consistency: Some(ApConsistency::Explicit {
+                r: if o.read_replicas > 0 { o.read_replicas } else { o.write_replicas },
+                w: if o.write_replicas > 0 { o.write_replicas } else { o.read_replicas },
+            }),
+        });
+    }
+    let consistency = match pb::Consistency::try_from(o.consistency) {
+        Ok(pb::Consistency::Default) => None,
+        Ok(pb::Consistency::One) => Some(ApConsistency::One),
+        Ok(pb::Consistency::Quorum) => Some(ApConsistency::Quorum),
+        Ok(pb::Consistency::All) => Some(ApConsistency::All),
+        Err(_) => {
+            return Err(NodeError::InvalidArgument(format!(
+                "unknown consistency level {}; use one, quorum or all",
+                o.consistency
+            )))
+        }
+    };
+    Ok(ApOptions { consistency })
+}
+
+impl From<ApError> for NodeError {
+    fn from(e: ApError) -> Self {
+        match e {
+            ApError::InvalidArgument(m) => NodeError::InvalidArgument(m),
+            ApError::Storage(s) => s.into(),
+            e @ (ApError::Unavailable { .. } | ApError::HintsFull { .. } | ApError::Transport(_)) => {
+                NodeError::Unavailable(e.to_string())
+            }
+        }
+    }
+}
+
 /// The public API.
 pub struct KvService {
     node: Arc<Node>,
@@ -82,6 +124,12 @@ impl KvService {
 
     fn status(&self, e: NodeError) -> Status {
         e.into_status(&self.node.me.name)
+    }
+
+    /// The key's full preference list (replicas first, then fallbacks).
+    fn preference(&self, key: &[u8]) -> Vec<NodeId> {
+        let p = self.node.ring.partition_for_key(key);
+        self.node.ring.preference_list(p).to_vec()
     }
 
     /// Where a key's request is served: here, or the owner to forward to.
@@ -194,6 +242,15 @@ impl pb::kv_server::Kv for KvService {
             self.node.validate_key(&body.key)?;
             self.node.validate_value(&body.value)?;
             let ks = self.node.keyspace(&body.keyspace)?;
+            if ks.mode == Mode::Ap {
+                let opts = ap_options(&body.options)?;
+                let pref = self.preference(&body.key);
+                let hlc = self.node.ap.put(&ks, &pref, &body.key, body.value, opts).await?;
+                return Ok(pb::PutResponse {
+                    version: Some(version_pb(Version::Hlc(hlc))),
+                    served_by: self.node.me.name.clone(),
+                });
+            }
             if let Some(owner) = owner {
                 let key = body.key.clone();
                 return self
@@ -308,6 +365,7 @@ impl pb::kv_server::Kv for KvService {
         _req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let node = &self.node;
+        let hints = node.ap.hint_counts();
         let nodes = node
             .config
             .peers
@@ -317,7 +375,7 @@ impl pb::kv_server::Kv for KvService {
                 name: m.name.clone(),
                 address: m.addr.clone(),
                 state: node.membership.state(m.id) as i32,
-                hints_pending: 0,
+                hints_pending: hints.get(&m.id).copied().unwrap_or(0) as u64,
             })
             .collect();
         let keyspaces = node
@@ -402,6 +460,35 @@ impl InternalService {
         Self { node }
     }
 
+    fn status(&self, e: NodeError) -> Status {
+        e.into_status(&self.node.me.name)
+    }
+
+    /// Parses the keyspace id an internal AP request carries, checking it is an AP keyspace.
+    fn keyspace_id(&self, s: &str) -> NodeResult<u32> {
+        let id: u32 = s
+            .parse()
+            .map_err(|_| NodeError::InvalidArgument(format!("malformed keyspace id {s:?}")))?;
+        let ks = self.node.keyspace_by_id(id)?;
+        if ks.mode != Mode::Ap {
+            return Err(NodeError::InvalidArgument(format!(
+                "keyspace {} is not an AP keyspace",
+                ks.name
+            )));
+        }
+        Ok(id)
+    }
+
+    fn check_partition(&self, p: u32) -> NodeResult<()> {
+        if p >= self.node.ring.partition_count() {
+            return Err(NodeError::InvalidArgument(format!(
+                "partition {p} does not exist (the ring has {})",
+                self.node.ring.partition_count()
+            )));
+        }
+        Ok(())
+    }
+
     fn unimplemented(&self, what: &str) -> Status {
         NodeError::FailedPrecondition(format!("{what} is not available in this build"))
             .into_status(&self.node.me.name)
@@ -456,30 +543,70 @@ impl ipb::internal_server::Internal for InternalService {
 
     async fn ap_write(
         &self,
-        _req: Request<ipb::ApWriteRequest>,
+        req: Request<ipb::ApWriteRequest>,
     ) -> Result<Response<ipb::ApWriteResponse>, Status> {
-        Err(self.unimplemented("AP replication"))
+        let req = req.into_inner();
+        let result = async {
+            let ks = self.keyspace_id(&req.keyspace)?;
+            let record = req
+                .record
+                .ok_or_else(|| NodeError::InvalidArgument("ApWrite without a record".into()))?;
+            self.node.validate_key(&record.key)?;
+            let hint_for = (req.hint_for != 0).then_some(req.hint_for);
+            self.node.membership.heard_from(req.from);
+            self.node.ap.apply_replica(ks, record_from_pb(record), hint_for)?;
+            Ok(ipb::ApWriteResponse {})
+        }
+        .await;
+        result.map(Response::new).map_err(|e| self.status(e))
     }
 
     async fn ap_read(
         &self,
-        _req: Request<ipb::ApReadRequest>,
+        req: Request<ipb::ApReadRequest>,
     ) -> Result<Response<ipb::ApReadResponse>, Status> {
-        Err(self.unimplemented("AP replication"))
+        let req = req.into_inner();
+        let result = async {
+            let ks = self.keyspace_id(&req.keyspace)?;
+            let record = self.node.ap.read_replica(ks, &req.key)?;
+            Ok(ipb::ApReadResponse {
+                record: record.as_ref().map(record_to_pb),
+            })
+        }
+        .await;
+        result.map(Response::new).map_err(|e| self.status(e))
     }
 
     async fn merkle_tree(
         &self,
-        _req: Request<ipb::MerkleTreeRequest>,
+        req: Request<ipb::MerkleTreeRequest>,
     ) -> Result<Response<ipb::MerkleTreeResponse>, Status> {
-        Err(self.unimplemented("anti-entropy"))
+        let req = req.into_inner();
+        let result = async {
+            let ks = self.keyspace_id(&req.keyspace)?;
+            self.check_partition(req.partition)?;
+            let leaves = self.node.ap.merkle_leaves(ks, req.partition)?;
+            Ok(ipb::MerkleTreeResponse { leaves })
+        }
+        .await;
+        result.map(Response::new).map_err(|e| self.status(e))
     }
 
     async fn merkle_range(
         &self,
-        _req: Request<ipb::MerkleRangeRequest>,
+        req: Request<ipb::MerkleRangeRequest>,
     ) -> Result<Response<ipb::MerkleRangeResponse>, Status> {
-        Err(self.unimplemented("anti-entropy"))
+        let req = req.into_inner();
+        let result = async {
+            let ks = self.keyspace_id(&req.keyspace)?;
+            self.check_partition(req.partition)?;
+            let records = self.node.ap.merkle_range(ks, req.partition, &req.leaves)?;
+            Ok(ipb::MerkleRangeResponse {
+                records: records.iter().map(record_to_pb).collect(),
+            })
+        }
+        .await;
+        result.map(Response::new).map_err(|e| self.status(e))
     }
 
     async fn gossip(
@@ -491,14 +618,37 @@ impl ipb::internal_server::Internal for InternalService {
 
     async fn chaos(
         &self,
-        _req: Request<ipb::ChaosRequest>,
+        req: Request<ipb::ChaosRequest>,
     ) -> Result<Response<ipb::ChaosResponse>, Status> {
         if !self.node.config.chaos {
-            return Err(NodeError::FailedPrecondition(
+            return Err(self.status(NodeError::FailedPrecondition(
                 "fault injection is off on this node; start it with --chaos to allow it".into(),
-            )
-            .into_status(&self.node.me.name));
+            )));
         }
-        Err(self.unimplemented("fault injection"))
+        let req = req.into_inner();
+        for id in req.drop_to.iter().chain(req.delay_ms.keys()) {
+            if self.node.member(*id).is_none() {
+                return Err(self.status(NodeError::InvalidArgument(format!(
+                    "node id {id} is not a member of the cluster"
+                ))));
+            }
+        }
+        if let Some(ms) = req
+            .delay_ms
+            .values()
+            .find(|ms| **ms > crate::faults::MAX_DELAY_MS)
+        {
+            return Err(self.status(NodeError::InvalidArgument(format!(
+                "delay {ms} ms is over the limit of {} ms",
+                crate::faults::MAX_DELAY_MS
+            ))));
+        }
+        tracing::warn!(drop_to = ?req.drop_to, delay_ms = ?req.delay_ms, clock_skew_ms = req.clock_skew_ms, "fault injection");
+        self.node.faults.set(
+            req.drop_to.into_iter().collect(),
+            req.delay_ms.into_iter().collect(),
+        );
+        self.node.clock.set_skew_ms(req.clock_skew_ms);
+        Ok(Response::new(ipb::ChaosResponse {}))
     }
 }

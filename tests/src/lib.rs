@@ -19,6 +19,8 @@ use tonic::transport::{Channel, Uri};
 
 /// Port every simulated node listens on.
 pub const SIM_PORT: u16 = 7000;
+/// Wall-clock time at the start of every simulation (2026-01-01), so runs repeat exactly.
+pub const SIM_EPOCH_MS: u64 = 1_767_225_600_000;
 /// Cluster name of simulated clusters.
 pub const SIM_CLUSTER: &str = "sim";
 
@@ -136,7 +138,9 @@ pub fn add_nodes(sim: &mut turmoil::Sim<'_>, opts: &SimOptions) -> Vec<Member> {
                 let mut cfg = NodeConfig::new(&name, SIM_CLUSTER, peers);
                 cfg.partitions = opts.partitions;
                 (opts.tweak)(&mut cfg);
-                let node = Node::new(cfg, Arc::new(engine), Arc::new(TurmoilDialer))?;
+                let clock = Arc::new(kv_server::clock::TokioClock::new(SIM_EPOCH_MS));
+                let node = Node::new(cfg, Arc::new(engine), Arc::new(TurmoilDialer), clock)?;
+                let _background = node.start_background();
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SIM_PORT)).await?;
                 let heartbeats = tokio::spawn(kv_server::server::heartbeat_loop(node.clone()));
                 tokio::select! {

@@ -209,6 +209,7 @@ fn a_node_with_another_peer_list_is_refused_at_handshake() {
                 cfg,
                 std::sync::Arc::new(kv_server::storage::memory::MemoryEngine::new()),
                 std::sync::Arc::new(tests::TurmoilDialer),
+                std::sync::Arc::new(kv_server::clock::TokioClock::new(tests::SIM_EPOCH_MS)),
             )?;
             let err = kv_server::server::heartbeat_loop(node).await.unwrap_err();
             assert!(err.contains("refused this node"), "{err}");

@@ -31,6 +31,9 @@ impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
     }
+    fn set_skew_ms(&self, _skew_ms: i64) {
+        // Tests move this clock explicitly; skew has no meaning here.
+    }
 }
 
 /// Partitions: key's first byte mod `partitions`; preference list of partition p: all nodes
