@@ -2,5 +2,6 @@
 //! services and configuration. A library first; `src/main.rs` (the `kv` binary) is thin.
 
 pub mod clock;
+pub mod cp;
 pub mod storage;
 pub mod types;
