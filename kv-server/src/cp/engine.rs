@@ -301,6 +301,7 @@ impl CpEngine {
             value,
         };
         written(
+            partition,
             self.execute(keyspace, partition, req, self.deadline())
                 .await?,
         )
@@ -315,6 +316,7 @@ impl CpEngine {
     ) -> Result<u64, CpError> {
         let req = Request::Delete { keyspace, key };
         written(
+            partition,
             self.execute(keyspace, partition, req, self.deadline())
                 .await?,
         )
@@ -584,11 +586,11 @@ impl CpEngine {
     }
 }
 
-fn written(resp: Response) -> Result<u64, CpError> {
+fn written(partition: u32, resp: Response) -> Result<u64, CpError> {
     match resp {
         Response::Written { revision } => Ok(revision),
         other => Err(CpError::Raft {
-            partition: 0,
+            partition,
             message: format!("state machine answered {other:?} to a write"),
         }),
     }

@@ -23,6 +23,8 @@ const POLL: Duration = Duration::from_millis(20);
 const MINORITY_DEADLINE: Duration = Duration::from_millis(1000);
 /// Extra time a failing call may take past its deadline (scheduling on a loaded machine).
 const DEADLINE_SLACK: Duration = Duration::from_millis(1000);
+/// Attempts at a racy test setup step (isolating the current leader) before failing.
+const MAX_SETUP_ATTEMPTS: usize = 10;
 const KS: u32 = 1;
 
 /// Routes Raft messages between in-process engines, dropping blocked pairs.
@@ -92,8 +94,9 @@ fn test_config() -> CpConfig {
     CpConfig {
         cluster_name: "test".into(),
         heartbeat_interval_ms: 50,
-        election_timeout_min_ms: 150,
-        election_timeout_max_ms: 300,
+        // 6x the heartbeat: a loaded 2-core machine must not cause spurious elections.
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
         request_timeout_ms: 5000,
         rpc_timeout_ms: 500,
         unreachable_backoff_ms: 100,
@@ -182,6 +185,64 @@ impl Cluster {
 
     fn heal(&self) {
         self.router.blocked.lock().unwrap().clear();
+    }
+
+    /// Isolates the leader of `partition` and returns it. Retries if leadership moved between
+    /// finding and isolating it; once isolated, a leader stays one (it sees no higher term).
+    async fn isolate_leader(&self, partition: u32) -> NodeId {
+        let group = group_id(KS, partition);
+        for _ in 0..MAX_SETUP_ATTEMPTS {
+            let leader = self.leader(partition, &[1, 2, 3]).await;
+            self.isolate(leader);
+            if self.node(leader).groups_led().contains(&group) {
+                return leader;
+            }
+            self.heal();
+        }
+        panic!("leadership of partition {partition} never held still");
+    }
+
+    /// A client's delete, following `NotLeader` hints (nothing applied on those).
+    async fn delete(&self, partition: u32, key: &str) -> u64 {
+        let deadline = Instant::now() + WAIT_MAX;
+        let mut target = self.leader(partition, &[1, 2, 3]).await;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no delete of {key} within {WAIT_MAX:?}"
+            );
+            match self.node(target).delete(KS, partition, key.into()).await {
+                Ok(revision) => return revision,
+                Err(CpError::NotLeader { .. }) => target = self.leader(partition, &[1, 2, 3]).await,
+                Err(e) => panic!("delete failed with no partition in place: {e}"),
+            }
+        }
+    }
+
+    /// A client's compare-and-swap, following `NotLeader` hints (nothing applied on those).
+    async fn cas(&self, key: &str, expected: Expected, new_value: &str) -> CasOutcome {
+        let deadline = Instant::now() + WAIT_MAX;
+        let mut target = self.leader(0, &[1, 2, 3]).await;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no cas of {key} within {WAIT_MAX:?}"
+            );
+            let res = self
+                .node(target)
+                .cas(KS, 0, key.into(), expected.clone(), new_value.into())
+                .await;
+            match res {
+                Ok(outcome) => return outcome,
+                Err(CpError::NotLeader {
+                    leader: Some(l), ..
+                }) => target = l,
+                Err(CpError::NotLeader { leader: None, .. }) => {
+                    target = self.leader(0, &[1, 2, 3]).await
+                }
+                Err(e) => panic!("cas failed with no partition in place: {e}"),
+            }
+        }
     }
 
     /// Waits until one of `among` leads `partition` as seen by itself; returns it.
@@ -284,17 +345,23 @@ async fn writes_through_the_leader_are_read_linearizably_from_every_node() {
             })
             .await;
         }
+        // A follower refuses writes and names the leader it knows.
         let leader = cluster.leader(partition, &[1, 2, 3]).await;
-        for follower in [1, 2, 3].into_iter().filter(|n| *n != leader) {
-            let err = cluster
-                .node(follower)
-                .put(KS, partition, key.clone().into(), b"w".to_vec())
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(err, CpError::NotLeader { partition: p, leader: Some(l) } if p == partition && l == leader),
-                "{err}"
-            );
+        let follower = [1, 2, 3].into_iter().find(|n| *n != leader).unwrap();
+        match cluster
+            .node(follower)
+            .put(KS, partition, key.clone().into(), b"w".to_vec())
+            .await
+        {
+            Err(CpError::NotLeader {
+                partition: p,
+                leader: Some(l),
+            }) => assert!(p == partition && l != follower),
+            // Only if the follower was elected meanwhile (a spurious election on a slow machine).
+            Ok(_) => {
+                assert!(cluster.node(follower).leader_of(group_id(KS, partition)) == Some(follower))
+            }
+            Err(e) => panic!("{e}"),
         }
     }
     let unknown = cluster.node(1).get(KS, 99, b"k", false).await.unwrap_err();
@@ -322,51 +389,46 @@ async fn writes_through_the_leader_are_read_linearizably_from_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cas_compares_revision_value_or_absence_and_reports_the_current_record() {
     let cluster = Cluster::new(3, 1, test_config()).await;
-    let leader = cluster.leader(0, &[1, 2, 3]).await;
-    let n = cluster.node(leader);
-    let cas = |expected, new: &str| n.cas(KS, 0, b"c".to_vec(), expected, new.into());
-    let r1 = match cas(Expected::Absent, "one").await.unwrap() {
+    let cas = |expected, new: &'static str| cluster.cas("c", expected, new);
+    let r1 = match cas(Expected::Absent, "one").await {
         CasOutcome::Swapped { revision } => revision,
         other => panic!("{other:?}"),
     };
     assert_eq!(
-        cas(Expected::Absent, "x").await.unwrap(),
+        cas(Expected::Absent, "x").await,
         CasOutcome::Mismatch {
             current: value("one", r1)
         }
     );
     assert_eq!(
-        cas(Expected::Revision(r1 + 100), "x").await.unwrap(),
+        cas(Expected::Revision(r1 + 100), "x").await,
         CasOutcome::Mismatch {
             current: value("one", r1)
         }
     );
-    let r2 = match cas(Expected::Revision(r1), "two").await.unwrap() {
+    let r2 = match cas(Expected::Revision(r1), "two").await {
         CasOutcome::Swapped { revision } => revision,
         other => panic!("{other:?}"),
     };
     assert!(r2 > r1);
     assert_eq!(
-        cas(Expected::Value(b"one".to_vec()), "x").await.unwrap(),
+        cas(Expected::Value(b"one".to_vec()), "x").await,
         CasOutcome::Mismatch {
             current: value("two", r2)
         }
     );
-    let r3 = match cas(Expected::Value(b"two".to_vec()), "three")
-        .await
-        .unwrap()
-    {
+    let r3 = match cas(Expected::Value(b"two".to_vec()), "three").await {
         CasOutcome::Swapped { revision } => revision,
         other => panic!("{other:?}"),
     };
-    let rd = n.delete(KS, 0, b"c".to_vec()).await.unwrap();
+    let rd = cluster.delete(0, "c").await;
     assert!(rd > r3);
     assert_eq!(
-        cas(Expected::Revision(r3), "x").await.unwrap(),
+        cas(Expected::Revision(r3), "x").await,
         CasOutcome::Mismatch { current: None }
     );
     assert!(matches!(
-        cas(Expected::Absent, "again").await.unwrap(),
+        cas(Expected::Absent, "again").await,
         CasOutcome::Swapped { .. }
     ));
 }
@@ -374,11 +436,9 @@ async fn cas_compares_revision_value_or_absence_and_reports_the_current_record()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minority_side_fails_with_unavailable_by_the_deadline_and_catches_up_after_heal() {
     let cluster = Cluster::new(3, 1, test_config()).await;
-    let old = cluster.leader(0, &[1, 2, 3]).await;
-    let r1 = cluster.put(0, "k", "before", &[old]).await;
-    let majority: Vec<NodeId> = [1, 2, 3].into_iter().filter(|n| *n != old).collect();
-    wait_until("majority to apply", || {
-        majority
+    let r1 = cluster.put(0, "k", "before", &[1, 2, 3]).await;
+    wait_until("every replica to apply", || {
+        [1, 2, 3]
             .iter()
             .all(|m| {
                 cluster
@@ -391,7 +451,8 @@ async fn a_minority_side_fails_with_unavailable_by_the_deadline_and_catches_up_a
             .then_some(())
     })
     .await;
-    cluster.isolate(old);
+    let old = cluster.isolate_leader(0).await;
+    let majority: Vec<NodeId> = [1, 2, 3].into_iter().filter(|n| *n != old).collect();
 
     // The old leader, now alone: writes and linearizable reads fail by the deadline.
     let n = cluster.node(old);
@@ -471,13 +532,13 @@ async fn a_minority_side_fails_with_unavailable_by_the_deadline_and_catches_up_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_and_no_acknowledged_write_is_lost() {
     let mut cluster = Cluster::new(3, 1, test_config()).await;
-    let old = cluster.leader(0, &[1, 2, 3]).await;
     let mut acked = BTreeMap::new();
     for i in 0..20 {
         let key = format!("k{i}");
-        let rev = cluster.put(0, &key, &format!("v{i}"), &[old]).await;
+        let rev = cluster.put(0, &key, &format!("v{i}"), &[1, 2, 3]).await;
         acked.insert(key, (format!("v{i}"), rev));
     }
+    let old = cluster.leader(0, &[1, 2, 3]).await;
     let survivors: Vec<NodeId> = [1, 2, 3].into_iter().filter(|n| *n != old).collect();
     let killed_at = Instant::now();
     cluster.kill(old).await;
@@ -522,7 +583,7 @@ async fn a_lagging_follower_receives_a_snapshot_after_the_log_is_purged() {
             .find(|s| s.group == group)
             .unwrap()
     };
-    cluster.put(0, "first", "1", &[leader]).await;
+    cluster.put(0, "first", "1", &[1, 2, 3]).await;
     cluster.isolate(lagging);
     let behind = lagging_status().last_log_index.unwrap_or(0);
     let up: Vec<NodeId> = [1, 2, 3].into_iter().filter(|n| *n != lagging).collect();
@@ -612,9 +673,22 @@ async fn restarting_every_node_over_the_same_disks_keeps_acknowledged_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_skip_read_index_bug_serves_stale_reads_on_an_isolated_leader() {
     let cluster = Cluster::new(3, 1, test_config()).await;
-    let old = cluster.leader(0, &[1, 2, 3]).await;
-    let r1 = cluster.put(0, "k", "old", &[old]).await;
-    cluster.isolate(old);
+    let r1 = cluster.put(0, "k", "old", &[1, 2, 3]).await;
+    wait_until("every replica to apply", || {
+        [1, 2, 3]
+            .iter()
+            .all(|m| {
+                cluster
+                    .node(*m)
+                    .get(KS, 0, b"k", true)
+                    .now_or_never()
+                    .and_then(Result::ok)
+                    == Some(value("old", r1))
+            })
+            .then_some(())
+    })
+    .await;
+    let old = cluster.isolate_leader(0).await;
     let majority: Vec<NodeId> = [1, 2, 3].into_iter().filter(|n| *n != old).collect();
     let r2 = cluster.put(0, "k", "new", &majority).await;
     assert_eq!(cluster.get(0, "k", majority[0]).await, value("new", r2));

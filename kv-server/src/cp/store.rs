@@ -15,6 +15,10 @@
 //!   failing its checksum is an error, never a value.
 //! - A delete removes the key: the Raft log orders CP writes, so no tombstone is needed.
 
+// openraft's trait methods return its `StorageError` (224 bytes); our helpers return the same
+// type so `?` works without boxing and unboxing at every call.
+#![allow(clippy::result_large_err)]
+
 use crate::cp::codec::{self, CodecError};
 use crate::cp::types::{
     CasOutcome, Entry, Expected, LogId, RaftStorageError, Request, Response, SnapshotMeta,
@@ -70,12 +74,11 @@ fn io_write(e: impl std::error::Error + 'static) -> RaftStorageError {
     StorageIOError::write(AnyError::new(&e)).into()
 }
 
+/// Key-value pairs read from a tree, in key order.
+type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Reads every entry of a tree between `start` and `end`, a page at a time.
-fn scan(
-    tree: &dyn Tree,
-    start: &[u8],
-    end: Bound<&[u8]>,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+fn scan(tree: &dyn Tree, start: &[u8], end: Bound<&[u8]>) -> Result<Rows, StorageError> {
     let mut out = Vec::new();
     let mut from = start.to_vec();
     let mut first = true;
@@ -544,7 +547,7 @@ pub struct SnapshotBuilder {
     snap: Arc<dyn Tree>,
     applied: Option<LogId>,
     membership: StoredMembership,
-    records: Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>,
+    records: Result<Rows, StorageError>,
     seq: u64,
 }
 
