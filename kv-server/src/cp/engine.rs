@@ -7,12 +7,12 @@
 //! - a read is linearizable (leader read index, no log write) unless the caller asks for `stale`;
 //! - groups are fixed at construction; the map is never mutated, so lookups take no lock.
 
-use crate::cp::codec::CodecError;
+use crate::cp::codec::{self, CodecError};
 use crate::cp::network::{self, NetworkFactory, RaftKind, RaftTransport};
-use crate::cp::store::{open_group, SmReader};
-use crate::cp::types::{CasOutcome, Expected, Raft, Request, Response};
+use crate::cp::store::{open_group, SmReader, KEYSPACE_PREFIX};
+use crate::cp::types::{CasOutcome, Expected, KeyspaceOutcome, Raft, Request, Response};
 use crate::storage::{Engine, StorageError};
-use crate::types::NodeId;
+use crate::types::{KeyspaceDef, NodeId};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +23,13 @@ use tokio::time::Instant;
 
 /// How many times one call waits for a new leader before giving up (the deadline bounds it too).
 pub const MAX_LEADER_WAITS: usize = 3;
+
+/// Keyspace id reserved for the metadata group (never a user keyspace's id).
+pub const META_KEYSPACE: u32 = u32::MAX;
+/// Partition of the metadata group (it has one).
+pub const META_PARTITION: u32 = u32::MAX;
+/// Group id of the metadata group, whose state machine holds the keyspace definitions.
+pub const META_GROUP: u64 = u64::MAX;
 
 /// The Raft group id of a keyspace's partition: keyspace id in the high 32 bits.
 pub fn group_id(keyspace_id: u32, partition: u32) -> u64 {
@@ -162,6 +169,17 @@ pub struct GroupSpec {
     pub partition: u32,
     /// Voting members.
     pub members: Vec<NodeId>,
+}
+
+impl GroupSpec {
+    /// The metadata group with these members (all nodes, or the first 3-5).
+    pub fn meta(members: Vec<NodeId>) -> GroupSpec {
+        GroupSpec {
+            keyspace: META_KEYSPACE,
+            partition: META_PARTITION,
+            members,
+        }
+    }
 }
 
 /// What one group looks like from this node.
@@ -347,6 +365,35 @@ impl CpEngine {
                 message: format!("state machine answered {other:?} to a cas"),
             }),
         }
+    }
+
+    /// Adds a keyspace definition through the metadata group (this node must lead it).
+    pub async fn create_keyspace(&self, def: KeyspaceDef) -> Result<KeyspaceOutcome, CpError> {
+        let req = Request::CreateKeyspace(def);
+        match self
+            .execute(META_KEYSPACE, META_PARTITION, req, self.deadline())
+            .await?
+        {
+            Response::Keyspace(outcome) => Ok(outcome),
+            other => Err(CpError::Raft {
+                partition: META_PARTITION,
+                message: format!("state machine answered {other:?} to create_keyspace"),
+            }),
+        }
+    }
+
+    /// Every keyspace definition, in name order: linearizable unless `stale`.
+    pub async fn list_keyspaces(&self, stale: bool) -> Result<Vec<KeyspaceDef>, CpError> {
+        let group = self.group(META_KEYSPACE, META_PARTITION)?;
+        if !stale {
+            self.read_index(group, self.deadline()).await?;
+        }
+        group
+            .reader
+            .scan_prefix(KEYSPACE_PREFIX)?
+            .into_iter()
+            .map(|(_, v, _)| Ok(codec::decode("keyspace", &v)?))
+            .collect()
     }
 
     /// Reads `key`: linearizable unless `stale`, which reads this replica as it is.

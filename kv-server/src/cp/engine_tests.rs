@@ -702,3 +702,71 @@ async fn the_skip_read_index_bug_serves_stale_reads_on_an_isolated_leader() {
     n.set_unsafe_skip_read_index(true);
     assert_eq!(n.get(KS, 0, b"k", false).await.unwrap(), value("old", r1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metadata_group_creates_and_lists_keyspaces_consistently() {
+    use crate::cp::engine::META_PARTITION;
+    use crate::cp::types::KeyspaceOutcome;
+    use crate::types::KeyspaceDef;
+    let mut cluster = Cluster::new(3, 0, test_config()).await;
+    cluster.specs.push(GroupSpec::meta(vec![1, 2, 3]));
+    for id in [1, 2, 3] {
+        cluster.kill(id).await;
+        cluster.start(id).await;
+    }
+    let builtin = KeyspaceDef::builtin();
+    let create = |def: KeyspaceDef| {
+        let cluster = &cluster;
+        async move {
+            let deadline = Instant::now() + WAIT_MAX;
+            loop {
+                assert!(
+                    Instant::now() < deadline,
+                    "no keyspace created within {WAIT_MAX:?}"
+                );
+                let leader = wait_until("a metadata leader", || {
+                    [1, 2, 3].into_iter().find(|id| {
+                        cluster
+                            .node(*id)
+                            .groups_led()
+                            .contains(&crate::cp::META_GROUP)
+                    })
+                })
+                .await;
+                match cluster.node(leader).create_keyspace(def.clone()).await {
+                    Ok(outcome) => return outcome,
+                    Err(CpError::NotLeader { partition, .. }) => {
+                        assert_eq!(partition, META_PARTITION)
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+    };
+    for def in &builtin {
+        assert_eq!(create(def.clone()).await, KeyspaceOutcome::Created);
+    }
+    assert_eq!(
+        create(builtin[0].clone()).await,
+        KeyspaceOutcome::NameExists(builtin[0].clone())
+    );
+    let clash = KeyspaceDef {
+        name: "other".into(),
+        ..builtin[1].clone()
+    };
+    assert_eq!(
+        create(clash).await,
+        KeyspaceOutcome::IdTaken(builtin[1].clone())
+    );
+    // Every member lists the same definitions (stale reads converge; linearizable at the leader).
+    for id in [1, 2, 3] {
+        let listed = wait_until("member to apply the keyspaces", || {
+            let l = cluster.node(id).list_keyspaces(true).now_or_never()?.ok()?;
+            (l.len() == 2).then_some(l)
+        })
+        .await;
+        let mut by_name = builtin.clone();
+        by_name.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(listed, by_name);
+    }
+}

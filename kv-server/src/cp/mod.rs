@@ -14,9 +14,12 @@ pub mod network;
 pub mod store;
 pub mod types;
 
-pub use engine::{group_id, CpConfig, CpEngine, CpError, GroupSpec, GroupStatus};
+pub use engine::{
+    group_id, CpConfig, CpEngine, CpError, GroupSpec, GroupStatus, META_GROUP, META_KEYSPACE,
+    META_PARTITION,
+};
 pub use network::{RaftKind, RaftTransport, TransportError};
-pub use types::{CasOutcome, Expected, Request, Response, TypeConfig};
+pub use types::{CasOutcome, Expected, KeyspaceOutcome, Request, Response, TypeConfig};
 
 #[cfg(test)]
 mod engine_tests;

@@ -21,12 +21,12 @@
 
 use crate::cp::codec::{self, CodecError};
 use crate::cp::types::{
-    CasOutcome, Entry, Expected, LogId, RaftStorageError, Request, Response, SnapshotMeta,
-    StoredMembership, TypeConfig,
+    CasOutcome, Entry, Expected, KeyspaceOutcome, LogId, RaftStorageError, Request, Response,
+    SnapshotMeta, StoredMembership, TypeConfig,
 };
 use crate::storage::record::{self, RecordTree, StoredRecord};
 use crate::storage::{BatchOp, Engine, StorageError, Tree};
-use crate::types::Version;
+use crate::types::{KeyspaceDef, Version};
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
     AnyError, EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder, Snapshot,
@@ -50,6 +50,8 @@ const KEY_PURGED: &[u8] = b"purged";
 const KEY_SNAPSHOT: &[u8] = b"current";
 const SM_APPLIED: &[u8] = b"m/applied";
 const SM_MEMBERSHIP: &[u8] = b"m/membership";
+/// Key prefix (inside the data records) of keyspace definitions in the metadata group.
+pub const KEYSPACE_PREFIX: &[u8] = b"keyspace/";
 /// Prefix of data records in the sm tree; `DATA_END` is the first key past them.
 const DATA_PREFIX: u8 = b'd';
 const DATA_END: &[u8] = b"e";
@@ -297,6 +299,31 @@ impl SmReader {
     pub fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>, StorageError> {
         Ok(self.records.get(&data_key(key))?.and_then(live))
     }
+
+    /// Every live (key, value, revision) whose key starts with `prefix`, checksum-verified.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<LiveRecord>, StorageError> {
+        let start = data_key(prefix);
+        let tree = self.records.raw();
+        let mut out = Vec::new();
+        for (k, v) in scan(&**tree, &start, Bound::Unbounded)? {
+            if !k.starts_with(&start) {
+                break;
+            }
+            let rec = record::decode(&v, &k[1..], tree.name(), self.records.location())?;
+            if let Some((value, revision)) = live(rec) {
+                out.push((k[1..].to_vec(), value, revision));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A live record as (key, value, revision).
+pub type LiveRecord = (Vec<u8>, Vec<u8>, u64);
+
+/// The stored key of a keyspace definition.
+pub fn keyspace_key(name: &str) -> Vec<u8> {
+    [KEYSPACE_PREFIX, name.as_bytes()].concat()
 }
 
 fn live(record: StoredRecord) -> Option<(Vec<u8>, u64)> {
@@ -388,6 +415,40 @@ impl StateMachineStore {
                 } else {
                     Response::Cas(CasOutcome::Mismatch { current })
                 }
+            }
+            Request::CreateKeyspace(def) => {
+                let key = keyspace_key(&def.name);
+                let mut defs = BTreeMap::new();
+                for (k, v, _) in self.reader.scan_prefix(KEYSPACE_PREFIX).map_err(io_read)? {
+                    defs.insert(k, v);
+                }
+                for (k, rec) in overlay
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(KEYSPACE_PREFIX))
+                {
+                    match rec.as_ref().and_then(|r| r.value.clone()) {
+                        Some(v) => defs.insert(k.clone(), v),
+                        None => defs.remove(k),
+                    };
+                }
+                let decode =
+                    |v: &Vec<u8>| codec::decode::<KeyspaceDef>("keyspace", v).map_err(io_read);
+                let mut outcome = KeyspaceOutcome::Created;
+                for (k, v) in &defs {
+                    let existing = decode(v)?;
+                    if *k == key {
+                        outcome = KeyspaceOutcome::NameExists(existing);
+                        break;
+                    }
+                    if existing.id == def.id {
+                        outcome = KeyspaceOutcome::IdTaken(existing);
+                    }
+                }
+                if outcome == KeyspaceOutcome::Created {
+                    let bytes = codec::encode("keyspace", &def).map_err(io_write)?;
+                    overlay.insert(key, Some(put(bytes)));
+                }
+                Response::Keyspace(outcome)
             }
         })
     }

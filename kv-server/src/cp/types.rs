@@ -2,6 +2,7 @@
 //! machine applies with their results (`Response`). Requests carry the keyspace id and key so an
 //! entry is self-describing in the log; the group already implies both keyspace and partition.
 
+use crate::types::KeyspaceDef;
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 
@@ -71,6 +72,19 @@ pub enum Request {
         /// The value written when the condition holds.
         new_value: Vec<u8>,
     },
+    /// Metadata group only: adds a keyspace definition unless its name or id is taken.
+    CreateKeyspace(KeyspaceDef),
+}
+
+/// Result of creating a keyspace. Existing names and ids are outcomes, not errors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyspaceOutcome {
+    /// The definition was added.
+    Created,
+    /// A keyspace of that name exists (this is its definition); nothing changed.
+    NameExists(KeyspaceDef),
+    /// Another keyspace has that id (this is its definition); nothing changed.
+    IdTaken(KeyspaceDef),
 }
 
 /// Result of a compare-and-swap. A mismatch is an expected outcome, not an error.
@@ -100,4 +114,6 @@ pub enum Response {
     },
     /// A compare-and-swap's outcome.
     Cas(CasOutcome),
+    /// A keyspace creation's outcome.
+    Keyspace(KeyspaceOutcome),
 }
