@@ -4,6 +4,7 @@
 pub mod ap;
 pub mod clock;
 pub mod config;
+pub mod cp;
 pub mod error;
 pub mod faults;
 pub mod local;

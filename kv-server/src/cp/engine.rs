@@ -1,0 +1,644 @@
+//! `CpEngine`: the multi-Raft manager of one node. It runs one `openraft::Raft` per CP group this
+//! node is a member of, all over one shared storage `Engine`, and serves put/delete/cas and reads
+//! on them. Invariants:
+//! - every client call finishes by its deadline: a side without a quorum answers `Unavailable`
+//!   naming the partition, a follower answers `NotLeader` with the leader it knows;
+//! - a write is acknowledged only after openraft reports it committed and applied;
+//! - a read is linearizable (leader read index, no log write) unless the caller asks for `stale`;
+//! - groups are fixed at construction; the map is never mutated, so lookups take no lock.
+
+use crate::cp::codec::{self, CodecError};
+use crate::cp::network::{self, NetworkFactory, RaftKind, RaftTransport};
+use crate::cp::store::{open_group, SmReader, KEYSPACE_PREFIX};
+use crate::cp::types::{CasOutcome, Expected, KeyspaceOutcome, Raft, Request, Response};
+use crate::storage::{Engine, StorageError};
+use crate::types::{KeyspaceDef, NodeId};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How many times one call waits for a new leader before giving up (the deadline bounds it too).
+pub const MAX_LEADER_WAITS: usize = 3;
+
+/// Keyspace id reserved for the metadata group (never a user keyspace's id).
+pub const META_KEYSPACE: u32 = u32::MAX;
+/// Partition of the metadata group (it has one).
+pub const META_PARTITION: u32 = u32::MAX;
+/// Group id of the metadata group, whose state machine holds the keyspace definitions.
+pub const META_GROUP: u64 = u64::MAX;
+
+/// The Raft group id of a keyspace's partition: keyspace id in the high 32 bits.
+pub fn group_id(keyspace_id: u32, partition: u32) -> u64 {
+    (u64::from(keyspace_id) << 32) | u64::from(partition)
+}
+
+/// Errors of the CP engine; each names the partition a caller must act on.
+#[derive(Debug, thiserror::Error)]
+pub enum CpError {
+    /// This node is not the partition's leader; retry at `leader` when known. Nothing applied.
+    #[error("node is not the leader of partition {partition}; leader: {leader:?}")]
+    NotLeader {
+        /// The partition.
+        partition: u32,
+        /// The leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// No quorum answered by the deadline (minority side, or an election in progress). A write
+    /// may still apply later: its outcome is unknown.
+    #[error("partition {partition} is unavailable: {reason}")]
+    Unavailable {
+        /// The partition.
+        partition: u32,
+        /// What was missing.
+        reason: String,
+    },
+    /// This node holds no replica of the group.
+    #[error("node {node} holds no replica of keyspace {keyspace} partition {partition}")]
+    UnknownGroup {
+        /// This node.
+        node: NodeId,
+        /// The keyspace id.
+        keyspace: u32,
+        /// The partition.
+        partition: u32,
+    },
+    /// A Raft message names a group this node does not run.
+    #[error("node {node} runs no Raft group {group}")]
+    UnknownRaftGroup {
+        /// This node.
+        node: NodeId,
+        /// The group id.
+        group: u64,
+    },
+    /// A Raft message has an unknown kind code.
+    #[error("unknown Raft message kind {0}")]
+    UnknownKind(u32),
+    /// The local store failed (a corrupt record included: it is never returned).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A Raft message could not be decoded or encoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The group's Raft stopped (storage failure or shutdown) or failed to start.
+    #[error("raft group of partition {partition} failed: {message}")]
+    Raft {
+        /// The partition.
+        partition: u32,
+        /// openraft's error.
+        message: String,
+    },
+    /// The configuration is invalid.
+    #[error("invalid CP configuration: {0}")]
+    Config(String),
+}
+
+/// Settings of the CP engine (timeouts in milliseconds).
+#[derive(Debug, Clone)]
+pub struct CpConfig {
+    /// Cluster name (openraft's `cluster_name`, shows in its traces).
+    pub cluster_name: String,
+    /// Leader heartbeat interval.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Deadline applied to client calls that are given none.
+    pub request_timeout_ms: u64,
+    /// Upper bound on one Raft RPC.
+    pub rpc_timeout_ms: u64,
+    /// Pause before re-contacting an unreachable peer.
+    pub unreachable_backoff_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Log entries kept behind the snapshot when purging (room for slow followers).
+    pub log_entries_kept_after_snapshot: u64,
+}
+
+impl Default for CpConfig {
+    fn default() -> Self {
+        Self {
+            cluster_name: "kv".into(),
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            request_timeout_ms: 3000,
+            rpc_timeout_ms: 1000,
+            unreachable_backoff_ms: 200,
+            snapshot_every_entries: 10_000,
+            log_entries_kept_after_snapshot: 1000,
+        }
+    }
+}
+
+impl CpConfig {
+    fn raft_config(&self) -> Result<Arc<Config>, CpError> {
+        let config = Config {
+            cluster_name: self.cluster_name.clone(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
+            purge_batch_size: 1,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map(Arc::new)
+            .map_err(|e| CpError::Config(e.to_string()))
+    }
+
+    /// The default request deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// One CP group to run: a partition of a keyspace and its members (the first N nodes of the
+/// partition's preference list, identical on every node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSpec {
+    /// Keyspace id.
+    pub keyspace: u32,
+    /// Partition.
+    pub partition: u32,
+    /// Voting members.
+    pub members: Vec<NodeId>,
+}
+
+impl GroupSpec {
+    /// The metadata group with these members (all nodes, or the first 3-5).
+    pub fn meta(members: Vec<NodeId>) -> GroupSpec {
+        GroupSpec {
+            keyspace: META_KEYSPACE,
+            partition: META_PARTITION,
+            members,
+        }
+    }
+}
+
+/// What one group looks like from this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// Group id.
+    pub group: u64,
+    /// Keyspace id.
+    pub keyspace: u32,
+    /// Partition.
+    pub partition: u32,
+    /// Voting members.
+    pub members: Vec<NodeId>,
+    /// Leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// "leader", "follower", "candidate", "learner" or "shutdown".
+    pub role: &'static str,
+    /// Last log index.
+    pub last_log_index: Option<u64>,
+    /// Last applied index.
+    pub last_applied_index: Option<u64>,
+    /// Index covered by the last snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Index up to which the log is purged.
+    pub purged_index: Option<u64>,
+}
+
+struct Group {
+    spec: GroupSpec,
+    raft: Raft,
+    reader: SmReader,
+}
+
+/// The multi-Raft manager of one node.
+pub struct CpEngine {
+    node_id: NodeId,
+    config: CpConfig,
+    groups: BTreeMap<u64, Group>,
+    unsafe_skip_read_index: AtomicBool,
+}
+
+impl CpEngine {
+    /// Starts every group of `groups` that has this node as a member, over `engine`, and
+    /// initializes each with its membership (an already initialized group keeps its state).
+    pub async fn start(
+        node_id: NodeId,
+        engine: Arc<dyn Engine>,
+        transport: Arc<dyn RaftTransport>,
+        config: CpConfig,
+        groups: Vec<GroupSpec>,
+    ) -> Result<CpEngine, CpError> {
+        let raft_config = config.raft_config()?;
+        let mut map = BTreeMap::new();
+        for spec in groups {
+            if !spec.members.contains(&node_id) {
+                continue;
+            }
+            let group = group_id(spec.keyspace, spec.partition);
+            let raft_err = |e: &dyn std::fmt::Display| CpError::Raft {
+                partition: spec.partition,
+                message: e.to_string(),
+            };
+            let (log, sm) = open_group(&engine, group).map_err(|e| raft_err(&e))?;
+            let reader = sm.reader();
+            let factory = NetworkFactory {
+                from: node_id,
+                group,
+                transport: transport.clone(),
+                rpc_timeout: Duration::from_millis(config.rpc_timeout_ms),
+                unreachable_backoff: Duration::from_millis(config.unreachable_backoff_ms),
+            };
+            let raft = Raft::new(node_id, raft_config.clone(), factory, log, sm)
+                .await
+                .map_err(|e| raft_err(&e))?;
+            let members: BTreeMap<NodeId, BasicNode> = spec
+                .members
+                .iter()
+                .map(|id| (*id, BasicNode::default()))
+                .collect();
+            // Every member initializes with the same membership, so the group forms even when
+            // one member is down; a member with any state refuses (NotAllowed), which is fine.
+            match raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(raft_err(&e)),
+            }
+            map.insert(group, Group { spec, raft, reader });
+        }
+        tracing::info!(node_id, groups = map.len(), "cp engine started");
+        Ok(CpEngine {
+            node_id,
+            config,
+            groups: map,
+            unsafe_skip_read_index: AtomicBool::new(false),
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CpConfig {
+        &self.config
+    }
+
+    /// **Deliberate bug, for tests only:** when set, linearizable reads skip the read index and
+    /// read the local state machine of whoever believes it leads — so an isolated old leader
+    /// serves stale data. It exists to prove the linearizability checker catches stale reads.
+    pub fn set_unsafe_skip_read_index(&self, on: bool) {
+        self.unsafe_skip_read_index.store(on, Ordering::Relaxed);
+    }
+
+    fn group(&self, keyspace: u32, partition: u32) -> Result<&Group, CpError> {
+        self.groups
+            .get(&group_id(keyspace, partition))
+            .ok_or(CpError::UnknownGroup {
+                node: self.node_id,
+                keyspace,
+                partition,
+            })
+    }
+
+    /// Sets `key`; returns the write's revision.
+    pub async fn put(
+        &self,
+        keyspace: u32,
+        partition: u32,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<u64, CpError> {
+        let req = Request::Put {
+            keyspace,
+            key,
+            value,
+        };
+        written(
+            partition,
+            self.execute(keyspace, partition, req, self.deadline())
+                .await?,
+        )
+    }
+
+    /// Removes `key`; returns the delete's revision.
+    pub async fn delete(
+        &self,
+        keyspace: u32,
+        partition: u32,
+        key: Vec<u8>,
+    ) -> Result<u64, CpError> {
+        let req = Request::Delete { keyspace, key };
+        written(
+            partition,
+            self.execute(keyspace, partition, req, self.deadline())
+                .await?,
+        )
+    }
+
+    /// Sets `key` to `new_value` if it matches `expected`.
+    pub async fn cas(
+        &self,
+        keyspace: u32,
+        partition: u32,
+        key: Vec<u8>,
+        expected: Expected,
+        new_value: Vec<u8>,
+    ) -> Result<CasOutcome, CpError> {
+        let req = Request::Cas {
+            keyspace,
+            key,
+            expected,
+            new_value,
+        };
+        match self
+            .execute(keyspace, partition, req, self.deadline())
+            .await?
+        {
+            Response::Cas(outcome) => Ok(outcome),
+            other => Err(CpError::Raft {
+                partition,
+                message: format!("state machine answered {other:?} to a cas"),
+            }),
+        }
+    }
+
+    /// Adds a keyspace definition through the metadata group (this node must lead it).
+    pub async fn create_keyspace(&self, def: KeyspaceDef) -> Result<KeyspaceOutcome, CpError> {
+        let req = Request::CreateKeyspace(def);
+        match self
+            .execute(META_KEYSPACE, META_PARTITION, req, self.deadline())
+            .await?
+        {
+            Response::Keyspace(outcome) => Ok(outcome),
+            other => Err(CpError::Raft {
+                partition: META_PARTITION,
+                message: format!("state machine answered {other:?} to create_keyspace"),
+            }),
+        }
+    }
+
+    /// Every keyspace definition, in name order: linearizable unless `stale`.
+    pub async fn list_keyspaces(&self, stale: bool) -> Result<Vec<KeyspaceDef>, CpError> {
+        let group = self.group(META_KEYSPACE, META_PARTITION)?;
+        if !stale {
+            self.read_index(group, self.deadline()).await?;
+        }
+        group
+            .reader
+            .scan_prefix(KEYSPACE_PREFIX)?
+            .into_iter()
+            .map(|(_, v, _)| Ok(codec::decode("keyspace", &v)?))
+            .collect()
+    }
+
+    /// Reads `key`: linearizable unless `stale`, which reads this replica as it is.
+    pub async fn get(
+        &self,
+        keyspace: u32,
+        partition: u32,
+        key: &[u8],
+        stale: bool,
+    ) -> Result<Option<(Vec<u8>, u64)>, CpError> {
+        self.read(keyspace, partition, key, stale, self.deadline())
+            .await
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.config.request_timeout()
+    }
+
+    /// Replicates one request through the group's leader (this node) and returns what the state
+    /// machine answered, by `deadline`.
+    pub async fn execute(
+        &self,
+        keyspace: u32,
+        partition: u32,
+        req: Request,
+        deadline: Instant,
+    ) -> Result<Response, CpError> {
+        let group = self.group(keyspace, partition)?;
+        for _ in 0..=MAX_LEADER_WAITS {
+            let res = tokio::time::timeout_at(deadline, group.raft.client_write(req.clone())).await;
+            match res {
+                Err(_) => {
+                    return Err(self.unavailable(
+                        group,
+                        "the write was not committed by a quorum before the deadline; \
+                         it may still apply",
+                    ))
+                }
+                Ok(Ok(resp)) => return Ok(resp.data),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    self.not_leader_or_wait(group, f.leader_id, deadline)
+                        .await?;
+                }
+                Ok(Err(e)) => {
+                    return Err(CpError::Raft {
+                        partition,
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
+        Err(self.unavailable(group, "leadership kept changing"))
+    }
+
+    /// Reads `key` by `deadline`: through the read index unless `stale`.
+    pub async fn read(
+        &self,
+        keyspace: u32,
+        partition: u32,
+        key: &[u8],
+        stale: bool,
+        deadline: Instant,
+    ) -> Result<Option<(Vec<u8>, u64)>, CpError> {
+        let group = self.group(keyspace, partition)?;
+        if !stale {
+            if self.unsafe_skip_read_index.load(Ordering::Relaxed) {
+                let leader = group.raft.metrics().borrow().current_leader;
+                if leader != Some(self.node_id) {
+                    return Err(CpError::NotLeader { partition, leader });
+                }
+            } else {
+                self.read_index(group, deadline).await?;
+            }
+        }
+        Ok(group.reader.get(key)?)
+    }
+
+    /// Confirms leadership with a quorum and waits until the read index is applied.
+    async fn read_index(&self, group: &Group, deadline: Instant) -> Result<(), CpError> {
+        let partition = group.spec.partition;
+        for _ in 0..=MAX_LEADER_WAITS {
+            let res = tokio::time::timeout_at(deadline, group.raft.ensure_linearizable()).await;
+            match res {
+                Err(_) => {
+                    return Err(self.unavailable(
+                        group,
+                        "no quorum confirmed the read index before the deadline",
+                    ))
+                }
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    self.not_leader_or_wait(group, f.leader_id, deadline)
+                        .await?;
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+                    return Err(self.unavailable(group, &q.to_string()));
+                }
+                Ok(Err(RaftError::Fatal(e))) => {
+                    return Err(CpError::Raft {
+                        partition,
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
+        Err(self.unavailable(group, "leadership kept changing"))
+    }
+
+    /// A known other leader is a `NotLeader`; no known leader means waiting (until the
+    /// deadline) for an election, after which the caller retries.
+    async fn not_leader_or_wait(
+        &self,
+        group: &Group,
+        leader: Option<NodeId>,
+        deadline: Instant,
+    ) -> Result<(), CpError> {
+        let partition = group.spec.partition;
+        if let Some(leader) = leader.filter(|l| *l != self.node_id) {
+            return Err(CpError::NotLeader {
+                partition,
+                leader: Some(leader),
+            });
+        }
+        let mut rx = group.raft.metrics();
+        let elected = tokio::time::timeout_at(deadline, async {
+            loop {
+                if let Some(l) = rx.borrow_and_update().current_leader {
+                    return Some(l);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match elected {
+            Ok(Some(l)) if l == self.node_id => Ok(()),
+            Ok(Some(l)) => Err(CpError::NotLeader {
+                partition,
+                leader: Some(l),
+            }),
+            Ok(None) => Err(CpError::Raft {
+                partition,
+                message: "raft stopped".into(),
+            }),
+            Err(_) => Err(self.unavailable(group, "no leader was elected before the deadline")),
+        }
+    }
+
+    fn unavailable(&self, group: &Group, what: &str) -> CpError {
+        CpError::Unavailable {
+            partition: group.spec.partition,
+            reason: format!(
+                "{what} (node {} sees no majority of members {:?})",
+                self.node_id, group.spec.members
+            ),
+        }
+    }
+
+    /// Handles one Raft message from a peer (called by the internal gRPC service).
+    pub async fn handle_raft(
+        &self,
+        group: u64,
+        kind: u32,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, CpError> {
+        let kind = RaftKind::from_code(kind).ok_or(CpError::UnknownKind(kind))?;
+        let g = self.groups.get(&group).ok_or(CpError::UnknownRaftGroup {
+            node: self.node_id,
+            group,
+        })?;
+        Ok(network::serve(&g.raft, kind, payload).await?)
+    }
+
+    /// The leader of a group as this node knows it.
+    pub fn leader_of(&self, group: u64) -> Option<NodeId> {
+        self.groups
+            .get(&group)
+            .and_then(|g| g.raft.metrics().borrow().current_leader)
+    }
+
+    /// Groups this node currently leads.
+    pub fn groups_led(&self) -> BTreeSet<u64> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.raft.metrics().borrow().current_leader == Some(self.node_id))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Ids of every group this node runs.
+    pub fn group_ids(&self) -> Vec<u64> {
+        self.groups.keys().copied().collect()
+    }
+
+    /// A status line per group.
+    pub fn status(&self) -> Vec<GroupStatus> {
+        self.groups
+            .iter()
+            .map(|(id, g)| {
+                let m = g.raft.metrics().borrow().clone();
+                GroupStatus {
+                    group: *id,
+                    keyspace: g.spec.keyspace,
+                    partition: g.spec.partition,
+                    members: g.spec.members.clone(),
+                    leader: m.current_leader,
+                    term: m.current_term,
+                    role: match m.state {
+                        ServerState::Leader => "leader",
+                        ServerState::Follower => "follower",
+                        ServerState::Candidate => "candidate",
+                        ServerState::Learner => "learner",
+                        ServerState::Shutdown => "shutdown",
+                    },
+                    last_log_index: m.last_log_index,
+                    last_applied_index: m.last_applied.map(|l| l.index),
+                    snapshot_index: m.snapshot.map(|l| l.index),
+                    purged_index: m.purged.map(|l| l.index),
+                }
+            })
+            .collect()
+    }
+
+    /// The openraft handle of a group (tests and diagnostics).
+    pub fn raft(&self, group: u64) -> Option<&Raft> {
+        self.groups.get(&group).map(|g| &g.raft)
+    }
+
+    /// Stops every group; later calls fail with `CpError::Raft`.
+    pub async fn shutdown(&self) {
+        for (id, g) in &self.groups {
+            if let Err(e) = g.raft.shutdown().await {
+                tracing::warn!(group = id, error = %e, "raft shutdown failed");
+            }
+        }
+    }
+}
+
+fn written(partition: u32, resp: Response) -> Result<u64, CpError> {
+    match resp {
+        Response::Written { revision } => Ok(revision),
+        other => Err(CpError::Raft {
+            partition,
+            message: format!("state machine answered {other:?} to a write"),
+        }),
+    }
+}

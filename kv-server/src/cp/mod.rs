@@ -1,0 +1,27 @@
+//! The CP engine: one openraft group per partition of a CP keyspace (multi-Raft), all groups of a
+//! node sharing one storage `Engine`. **Architecture invariant:** a CP write is acknowledged only
+//! after a majority of its group has it durably in the log and it is applied; a linearizable read
+//! goes through the leader's read index; a node without a quorum answers `Unavailable` within the
+//! request deadline, never stale data.
+//!
+//! Map: `types` (openraft type config, requests and responses), `codec` (every bincode use),
+//! `store` (log store and state machine over the `Engine`), `network` (the `RaftTransport` seam
+//! and openraft's network on top of it), `engine` (`CpEngine`, the multi-Raft manager).
+
+pub mod codec;
+pub mod engine;
+pub mod network;
+pub mod store;
+pub mod types;
+
+pub use engine::{
+    group_id, CpConfig, CpEngine, CpError, GroupSpec, GroupStatus, META_GROUP, META_KEYSPACE,
+    META_PARTITION,
+};
+pub use network::{RaftKind, RaftTransport, TransportError};
+pub use types::{CasOutcome, Expected, KeyspaceOutcome, Request, Response, TypeConfig};
+
+#[cfg(test)]
+mod engine_tests;
+#[cfg(test)]
+mod store_tests;

@@ -1,0 +1,647 @@
+//! Durable storage of one CP group over the shared `Engine`: the Raft log store
+//! (`RaftLogStorage`) and the key-value state machine (`RaftStateMachine`).
+//!
+//! Trees of group `g`: `raft/g/log` (index big-endian -> entry), `raft/g/meta` (vote, committed,
+//! last purged), `raft/g/sm` (records under `d`+key, applied log id and membership under `m/`),
+//! `raft/g/snap` (the current snapshot). Invariants:
+//! - `log_io_completed` is called only after the appended entries are flushed; votes are flushed
+//!   before `save_vote` returns.
+//! - One `apply` call is one atomic `apply_batch` on the sm tree: records, applied log id and
+//!   membership move together, so a crash never leaves a half-applied entry. Installing a
+//!   snapshot replaces the sm tree's contents in one batch as well.
+//! - The sm tree is flushed before a snapshot is built from it, so the state machine on disk is
+//!   never behind the snapshot (and so never behind the purged log).
+//! - Every record is a checksummed `StoredRecord` with `Version::Revision(log index)`; a record
+//!   failing its checksum is an error, never a value.
+//! - A delete removes the key: the Raft log orders CP writes, so no tombstone is needed.
+
+// openraft's trait methods return its `StorageError` (224 bytes); our helpers return the same
+// type so `?` works without boxing and unboxing at every call.
+#![allow(clippy::result_large_err)]
+
+use crate::cp::codec::{self, CodecError};
+use crate::cp::types::{
+    CasOutcome, Entry, Expected, KeyspaceOutcome, LogId, RaftStorageError, Request, Response,
+    SnapshotMeta, StoredMembership, TypeConfig,
+};
+use crate::storage::record::{self, RecordTree, StoredRecord};
+use crate::storage::{BatchOp, Engine, StorageError, Tree};
+use crate::types::{KeyspaceDef, Version};
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    AnyError, EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder, Snapshot,
+    StorageIOError, Vote,
+};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Entries or records read from a tree per `range` call when scanning.
+pub const SCAN_PAGE: usize = 1024;
+/// Format of snapshot data; bumped when `SnapshotData` changes.
+pub const SNAPSHOT_FORMAT: u8 = 1;
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_PURGED: &[u8] = b"purged";
+const KEY_SNAPSHOT: &[u8] = b"current";
+const SM_APPLIED: &[u8] = b"m/applied";
+const SM_MEMBERSHIP: &[u8] = b"m/membership";
+/// Key prefix (inside the data records) of keyspace definitions in the metadata group.
+pub const KEYSPACE_PREFIX: &[u8] = b"keyspace/";
+/// Prefix of data records in the sm tree; `DATA_END` is the first key past them.
+const DATA_PREFIX: u8 = b'd';
+const DATA_END: &[u8] = b"e";
+
+/// The tree names of one group.
+pub fn tree_name(group: u64, part: &str) -> String {
+    format!("raft/{group}/{part}")
+}
+
+fn data_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(DATA_PREFIX);
+    k.extend_from_slice(key);
+    k
+}
+
+fn io_read(e: impl std::error::Error + 'static) -> RaftStorageError {
+    StorageIOError::read(AnyError::new(&e)).into()
+}
+
+fn io_write(e: impl std::error::Error + 'static) -> RaftStorageError {
+    StorageIOError::write(AnyError::new(&e)).into()
+}
+
+/// Key-value pairs read from a tree, in key order.
+type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Reads every entry of a tree between `start` and `end`, a page at a time.
+fn scan(tree: &dyn Tree, start: &[u8], end: Bound<&[u8]>) -> Result<Rows, StorageError> {
+    let mut out = Vec::new();
+    let mut from = start.to_vec();
+    let mut first = true;
+    loop {
+        let lower = if first {
+            Bound::Included(from.as_slice())
+        } else {
+            Bound::Excluded(from.as_slice())
+        };
+        let page = tree.range(lower, end, SCAN_PAGE)?;
+        let full = page.len() == SCAN_PAGE;
+        if let Some((k, _)) = page.last() {
+            from = k.clone();
+        }
+        out.extend(page);
+        first = false;
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+fn get_decoded<T: serde::de::DeserializeOwned>(
+    tree: &dyn Tree,
+    key: &[u8],
+    what: &'static str,
+) -> Result<Option<T>, RaftStorageError> {
+    match tree.get(key).map_err(io_read)? {
+        None => Ok(None),
+        Some(bytes) => codec::decode(what, &bytes).map(Some).map_err(io_read),
+    }
+}
+
+/// Opens (creating if needed) the log store and state machine of one group.
+pub fn open_group(
+    engine: &Arc<dyn Engine>,
+    group: u64,
+) -> Result<(LogStore, StateMachineStore), RaftStorageError> {
+    let open = |part: &str| engine.open_tree(&tree_name(group, part)).map_err(io_read);
+    let log = LogStore {
+        group,
+        log: open("log")?,
+        meta: open("meta")?,
+    };
+    let sm_tree = open("sm")?;
+    let applied: Option<LogId> =
+        get_decoded::<Option<LogId>>(&*sm_tree, SM_APPLIED, "applied")?.flatten();
+    let membership: StoredMembership =
+        get_decoded(&*sm_tree, SM_MEMBERSHIP, "membership")?.unwrap_or_default();
+    let sm = StateMachineStore {
+        group,
+        reader: SmReader {
+            records: RecordTree::new(sm_tree.clone(), engine.location()),
+        },
+        sm: sm_tree,
+        snap: open("snap")?,
+        applied,
+        membership,
+        snapshot_seq: Arc::new(AtomicU64::new(0)),
+    };
+    Ok((log, sm))
+}
+
+/// The Raft log of one group. Cloning shares the trees (the clone is the log reader).
+#[derive(Clone)]
+pub struct LogStore {
+    group: u64,
+    log: Arc<dyn Tree>,
+    meta: Arc<dyn Tree>,
+}
+
+impl LogStore {
+    fn last_purged(&self) -> Result<Option<LogId>, RaftStorageError> {
+        Ok(get_decoded::<Option<LogId>>(&*self.meta, KEY_PURGED, "purged")?.flatten())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(i.to_be_bytes()),
+            Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end_ref = match &end {
+            Bound::Included(b) => Bound::Included(b.as_slice()),
+            Bound::Excluded(b) => Bound::Excluded(b.as_slice()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let rows = scan(&*self.log, &start.to_be_bytes(), end_ref).map_err(io_read)?;
+        rows.into_iter()
+            .map(|(_, v)| codec::decode::<Entry>("log entry", &v).map_err(io_read))
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
+        let last_purged_log_id = self.last_purged()?;
+        let last = match self.log.last().map_err(io_read)? {
+            Some((_, v)) => Some(
+                codec::decode::<Entry>("log entry", &v)
+                    .map_err(io_read)?
+                    .log_id,
+            ),
+            None => None,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), RaftStorageError> {
+        let bytes = codec::encode("vote", vote).map_err(io_write)?;
+        self.meta.insert(KEY_VOTE, &bytes).map_err(io_write)?;
+        // A vote must survive a crash, or a node could vote twice in one term.
+        self.meta.flush().map_err(io_write)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, RaftStorageError> {
+        get_decoded(&*self.meta, KEY_VOTE, "vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
+        // Not flushed: losing it only means re-applying fewer entries at startup.
+        let bytes = codec::encode("committed", &committed).map_err(io_write)?;
+        self.meta.insert(KEY_COMMITTED, &bytes).map_err(io_write)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
+        Ok(get_decoded::<Option<LogId>>(&*self.meta, KEY_COMMITTED, "committed")?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut ops = Vec::new();
+        for entry in entries {
+            let bytes = codec::encode("log entry", &entry).map_err(io_write)?;
+            ops.push(BatchOp::Insert(
+                entry.log_id.index.to_be_bytes().to_vec(),
+                bytes,
+            ));
+        }
+        let res = self
+            .log
+            .apply_batch(&ops)
+            .and_then(|()| self.log.flush())
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        // Durable before acknowledged: openraft counts this node towards a quorum only now.
+        match res {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let err = io_write(std::io::Error::other(e.to_string()));
+                callback.log_io_completed(Err(e));
+                Err(err)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        tracing::debug!(group = self.group, index = log_id.index, "truncate log");
+        let start = log_id.index.to_be_bytes();
+        let rows = scan(&*self.log, &start, Bound::Unbounded).map_err(io_read)?;
+        let ops: Vec<BatchOp> = rows.into_iter().map(|(k, _)| BatchOp::Remove(k)).collect();
+        self.log.apply_batch(&ops).map_err(io_write)?;
+        self.log.flush().map_err(io_write)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        tracing::debug!(group = self.group, index = log_id.index, "purge log");
+        // Record the purge point first: if we crash midway, leftover entries below it are
+        // simply never read.
+        let bytes = codec::encode("purged", &Some(log_id)).map_err(io_write)?;
+        self.meta.insert(KEY_PURGED, &bytes).map_err(io_write)?;
+        self.meta.flush().map_err(io_write)?;
+        let end = log_id.index.to_be_bytes();
+        let rows = scan(&*self.log, &0u64.to_be_bytes(), Bound::Included(&end)).map_err(io_read)?;
+        let ops: Vec<BatchOp> = rows.into_iter().map(|(k, _)| BatchOp::Remove(k)).collect();
+        self.log.apply_batch(&ops).map_err(io_write)
+    }
+}
+
+/// Reads the key-value records of one group's state machine (shared with the engine for reads).
+#[derive(Clone)]
+pub struct SmReader {
+    records: RecordTree,
+}
+
+impl SmReader {
+    /// The live value and revision of a key, checksum-verified.
+    pub fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>, StorageError> {
+        Ok(self.records.get(&data_key(key))?.and_then(live))
+    }
+
+    /// Every live (key, value, revision) whose key starts with `prefix`, checksum-verified.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<LiveRecord>, StorageError> {
+        let start = data_key(prefix);
+        let tree = self.records.raw();
+        let mut out = Vec::new();
+        for (k, v) in scan(&**tree, &start, Bound::Unbounded)? {
+            if !k.starts_with(&start) {
+                break;
+            }
+            let rec = record::decode(&v, &k[1..], tree.name(), self.records.location())?;
+            if let Some((value, revision)) = live(rec) {
+                out.push((k[1..].to_vec(), value, revision));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A live record as (key, value, revision).
+pub type LiveRecord = (Vec<u8>, Vec<u8>, u64);
+
+/// The stored key of a keyspace definition.
+pub fn keyspace_key(name: &str) -> Vec<u8> {
+    [KEYSPACE_PREFIX, name.as_bytes()].concat()
+}
+
+fn live(record: StoredRecord) -> Option<(Vec<u8>, u64)> {
+    match (record.value, record.version) {
+        (Some(v), Version::Revision(r)) => Some((v, r)),
+        _ => None,
+    }
+}
+
+/// The serialized body of a snapshot: every record as its checksummed stored bytes.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotData {
+    format: u8,
+    /// (user key, `record::encode` bytes), in key order.
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A stored snapshot: its metadata and body.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// The key-value state machine of one group.
+pub struct StateMachineStore {
+    group: u64,
+    reader: SmReader,
+    sm: Arc<dyn Tree>,
+    snap: Arc<dyn Tree>,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    snapshot_seq: Arc<AtomicU64>,
+}
+
+impl StateMachineStore {
+    /// A reader of this state machine's records.
+    pub fn reader(&self) -> SmReader {
+        self.reader.clone()
+    }
+
+    fn current(
+        &self,
+        key: &[u8],
+        overlay: &BTreeMap<Vec<u8>, Option<StoredRecord>>,
+    ) -> Result<Option<(Vec<u8>, u64)>, RaftStorageError> {
+        match overlay.get(key) {
+            Some(rec) => Ok(rec.clone().and_then(live)),
+            None => self.reader.get(key).map_err(io_read),
+        }
+    }
+
+    /// Applies one request at `index`; writes go to `overlay` (the batch being built).
+    fn apply_request(
+        &self,
+        req: Request,
+        index: u64,
+        overlay: &mut BTreeMap<Vec<u8>, Option<StoredRecord>>,
+    ) -> Result<Response, RaftStorageError> {
+        let put = |value: Vec<u8>| StoredRecord {
+            version: Version::Revision(index),
+            value: Some(value),
+        };
+        Ok(match req {
+            Request::Put { key, value, .. } => {
+                overlay.insert(key, Some(put(value)));
+                Response::Written { revision: index }
+            }
+            Request::Delete { key, .. } => {
+                overlay.insert(key, None);
+                Response::Written { revision: index }
+            }
+            Request::Cas {
+                key,
+                expected,
+                new_value,
+                ..
+            } => {
+                let current = self.current(&key, overlay)?;
+                let holds = match (&expected, &current) {
+                    (Expected::Absent, None) => true,
+                    (Expected::Revision(r), Some((_, cur))) => r == cur,
+                    (Expected::Value(v), Some((cur, _))) => v == cur,
+                    _ => false,
+                };
+                if holds {
+                    overlay.insert(key, Some(put(new_value)));
+                    Response::Cas(CasOutcome::Swapped { revision: index })
+                } else {
+                    Response::Cas(CasOutcome::Mismatch { current })
+                }
+            }
+            Request::CreateKeyspace(def) => {
+                let key = keyspace_key(&def.name);
+                let mut defs = BTreeMap::new();
+                for (k, v, _) in self.reader.scan_prefix(KEYSPACE_PREFIX).map_err(io_read)? {
+                    defs.insert(k, v);
+                }
+                for (k, rec) in overlay
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(KEYSPACE_PREFIX))
+                {
+                    match rec.as_ref().and_then(|r| r.value.clone()) {
+                        Some(v) => defs.insert(k.clone(), v),
+                        None => defs.remove(k),
+                    };
+                }
+                let decode =
+                    |v: &Vec<u8>| codec::decode::<KeyspaceDef>("keyspace", v).map_err(io_read);
+                let mut outcome = KeyspaceOutcome::Created;
+                for (k, v) in &defs {
+                    let existing = decode(v)?;
+                    if *k == key {
+                        outcome = KeyspaceOutcome::NameExists(existing);
+                        break;
+                    }
+                    if existing.id == def.id {
+                        outcome = KeyspaceOutcome::IdTaken(existing);
+                    }
+                }
+                if outcome == KeyspaceOutcome::Created {
+                    let bytes = codec::encode("keyspace", &def).map_err(io_write)?;
+                    overlay.insert(key, Some(put(bytes)));
+                }
+                Response::Keyspace(outcome)
+            }
+        })
+    }
+
+    fn meta_ops(&self) -> Result<Vec<BatchOp>, RaftStorageError> {
+        Ok(vec![
+            BatchOp::Insert(
+                SM_APPLIED.to_vec(),
+                codec::encode("applied", &self.applied).map_err(io_write)?,
+            ),
+            BatchOp::Insert(
+                SM_MEMBERSHIP.to_vec(),
+                codec::encode("membership", &self.membership).map_err(io_write)?,
+            ),
+        ])
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut overlay = BTreeMap::new();
+        let mut responses = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            let resp = match entry.payload {
+                EntryPayload::Blank => Response::Empty,
+                EntryPayload::Normal(req) => self.apply_request(req, index, &mut overlay)?,
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Response::Empty
+                }
+            };
+            self.applied = Some(entry.log_id);
+            responses.push(resp);
+        }
+        let mut ops: Vec<BatchOp> = overlay
+            .into_iter()
+            .map(|(k, rec)| match rec {
+                Some(rec) => BatchOp::Insert(data_key(&k), record::encode(&rec)),
+                None => BatchOp::Remove(data_key(&k)),
+            })
+            .collect();
+        ops.extend(self.meta_ops()?);
+        // Not flushed here: the log holds every applied entry until a snapshot (which flushes
+        // this tree first) lets it be purged, so a lost apply is replayed at startup.
+        self.sm.apply_batch(&ops).map_err(io_write)?;
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Captured here, in openraft's state machine task, so no apply runs while we copy: the
+        // snapshot is a consistent cut at `applied`.
+        let records = scan(&*self.sm, &[DATA_PREFIX], Bound::Excluded(DATA_END)).map(|rows| {
+            rows.into_iter()
+                .map(|(k, v)| (k[1..].to_vec(), v))
+                .collect::<Vec<_>>()
+        });
+        SnapshotBuilder {
+            group: self.group,
+            sm: self.sm.clone(),
+            snap: self.snap.clone(),
+            applied: self.applied,
+            membership: self.membership.clone(),
+            records,
+            seq: self.snapshot_seq.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), RaftStorageError> {
+        let bytes = snapshot.into_inner();
+        let data: SnapshotData = codec::decode("snapshot", &bytes).map_err(io_read)?;
+        if data.format != SNAPSHOT_FORMAT {
+            return Err(io_read(CodecError::Decode {
+                what: "snapshot",
+                message: format!("unknown snapshot format {}", data.format),
+            }));
+        }
+        let location = self.reader.records.location().to_string();
+        let mut ops = Vec::with_capacity(data.records.len() + 2);
+        // Remove keys the snapshot does not have, in the same batch as the new contents.
+        let existing =
+            scan(&*self.sm, &[DATA_PREFIX], Bound::Excluded(DATA_END)).map_err(io_read)?;
+        let incoming: std::collections::BTreeSet<&[u8]> =
+            data.records.iter().map(|(k, _)| k.as_slice()).collect();
+        for (k, _) in existing {
+            if !incoming.contains(&k[1..]) {
+                ops.push(BatchOp::Remove(k));
+            }
+        }
+        for (key, rec) in &data.records {
+            // A record corrupted in transit or on the leader is refused, never installed.
+            record::decode(rec, key, "snapshot", &location).map_err(io_read)?;
+            ops.push(BatchOp::Insert(data_key(key), rec.clone()));
+        }
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        ops.extend(self.meta_ops()?);
+        self.sm.apply_batch(&ops).map_err(io_write)?;
+        self.sm.flush().map_err(io_write)?;
+        store_snapshot(&*self.snap, meta, bytes)?;
+        tracing::info!(group = self.group, last_log_id = ?meta.last_log_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+        Ok(
+            get_decoded::<StoredSnapshot>(&*self.snap, KEY_SNAPSHOT, "snapshot")?.map(|s| {
+                Snapshot {
+                    meta: s.meta,
+                    snapshot: Box::new(Cursor::new(s.data)),
+                }
+            }),
+        )
+    }
+}
+
+fn store_snapshot(
+    snap: &dyn Tree,
+    meta: &SnapshotMeta,
+    data: Vec<u8>,
+) -> Result<(), RaftStorageError> {
+    let stored = StoredSnapshot {
+        meta: meta.clone(),
+        data,
+    };
+    let bytes = codec::encode("snapshot", &stored).map_err(io_write)?;
+    snap.insert(KEY_SNAPSHOT, &bytes).map_err(io_write)?;
+    snap.flush().map_err(io_write)
+}
+
+/// Builds a snapshot from the state captured by `get_snapshot_builder`.
+pub struct SnapshotBuilder {
+    group: u64,
+    sm: Arc<dyn Tree>,
+    snap: Arc<dyn Tree>,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    records: Result<Rows, StorageError>,
+    seq: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        let records = std::mem::replace(&mut self.records, Ok(Vec::new())).map_err(io_read)?;
+        // The log may be purged up to this snapshot: the state machine must be durable first.
+        self.sm.flush().map_err(io_write)?;
+        let data = codec::encode(
+            "snapshot",
+            &SnapshotData {
+                format: SNAPSHOT_FORMAT,
+                records,
+            },
+        )
+        .map_err(io_write)?;
+        let snapshot_id = match self.applied {
+            Some(l) => format!(
+                "{}-{}-{}-{}",
+                self.group, l.leader_id.term, l.index, self.seq
+            ),
+            None => format!("{}-none-{}", self.group, self.seq),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        store_snapshot(&*self.snap, &meta, data.clone())?;
+        tracing::info!(group = self.group, last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}

@@ -1,0 +1,119 @@
+//! The openraft type configuration of every CP group, and the commands (`Request`) its state
+//! machine applies with their results (`Response`). Requests carry the keyspace id and key so an
+//! entry is self-describing in the log; the group already implies both keyspace and partition.
+
+use crate::types::KeyspaceDef;
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration shared by every CP group.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The openraft handle of one group.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// openraft's log entry for our type config.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// openraft's log id with our node id type.
+pub type LogId = openraft::LogId<u64>;
+/// openraft's storage error with our node id type.
+pub type RaftStorageError = openraft::StorageError<u64>;
+/// openraft's stored membership with our node types.
+pub type StoredMembership = openraft::StoredMembership<u64, openraft::BasicNode>;
+/// openraft's snapshot metadata with our node types.
+pub type SnapshotMeta = openraft::SnapshotMeta<u64, openraft::BasicNode>;
+
+/// What a compare-and-swap expects to find.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expected {
+    /// The key exists and was last written at this revision.
+    Revision(u64),
+    /// The key exists and holds exactly this value.
+    Value(Vec<u8>),
+    /// The key does not exist.
+    Absent,
+}
+
+/// A command replicated through a group's log and applied by its state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Sets a key; the record's revision becomes the entry's log index.
+    Put {
+        /// Keyspace id.
+        keyspace: u32,
+        /// The key.
+        key: Vec<u8>,
+        /// The new value.
+        value: Vec<u8>,
+    },
+    /// Removes a key (a no-op when it is absent; still gets a revision).
+    Delete {
+        /// Keyspace id.
+        keyspace: u32,
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Sets a key only if it matches `expected`.
+    Cas {
+        /// Keyspace id.
+        keyspace: u32,
+        /// The key.
+        key: Vec<u8>,
+        /// The condition.
+        expected: Expected,
+        /// The value written when the condition holds.
+        new_value: Vec<u8>,
+    },
+    /// Metadata group only: adds a keyspace definition unless its name or id is taken.
+    CreateKeyspace(KeyspaceDef),
+}
+
+/// Result of creating a keyspace. Existing names and ids are outcomes, not errors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyspaceOutcome {
+    /// The definition was added.
+    Created,
+    /// A keyspace of that name exists (this is its definition); nothing changed.
+    NameExists(KeyspaceDef),
+    /// Another keyspace has that id (this is its definition); nothing changed.
+    IdTaken(KeyspaceDef),
+}
+
+/// Result of a compare-and-swap. A mismatch is an expected outcome, not an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CasOutcome {
+    /// The condition held; the key now holds the new value at this revision.
+    Swapped {
+        /// Revision of the write (its log index).
+        revision: u64,
+    },
+    /// The condition failed; nothing was written.
+    Mismatch {
+        /// The key's current value and revision, `None` when absent.
+        current: Option<(Vec<u8>, u64)>,
+    },
+}
+
+/// What the state machine answers for one applied entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// A blank or membership entry: nothing for a client.
+    Empty,
+    /// A put or delete applied at this revision.
+    Written {
+        /// Revision of the write (its log index).
+        revision: u64,
+    },
+    /// A compare-and-swap's outcome.
+    Cas(CasOutcome),
+    /// A keyspace creation's outcome.
+    Keyspace(KeyspaceOutcome),
+}
