@@ -310,6 +310,11 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     let engine = node::open_engine(&cfg)?;
     let clock = Arc::new(kv_server::clock::SystemClock::default());
     let node = node::Node::new(cfg, engine, Arc::new(kv_client::net::TcpDialer), clock)?;
+    let cp_config = kv_server::cp::CpConfig {
+        cluster_name: node.config.cluster_name.clone(),
+        ..Default::default()
+    };
+    node.start_cp(cp_config).await?;
     let _background = node.start_background();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await

@@ -10,19 +10,25 @@ use crate::transport::GrpcTransport;
 use crate::error::{NodeError, NodeResult};
 use crate::membership::Membership;
 use crate::ring::Ring;
-use crate::storage::record::{RecordTree, StoredRecord};
 use crate::storage::{self, Engine};
-use crate::types::{KeyspaceDef, Member, NodeId, Version, MAX_KEY_BYTES};
+use crate::cp::{CpConfig, CpEngine, GroupSpec};
+use crate::types::{KeyspaceDef, Member, NodeId, MAX_KEY_BYTES};
 use kv_client::net::Dialer;
 use kv_proto::internal::internal_client::InternalClient;
 use kv_proto::v1::kv_client::KvClient;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use tonic::transport::Channel;
 
 /// Metadata key marking a request forwarded by another node (it is never forwarded again).
 pub const FORWARDED_HEADER: &str = "kv-forwarded";
+/// Keyspace id whose Raft groups every CP keyspace uses (the built-in `cp`).
+pub const CP_GROUP_KEYSPACE: u32 = 1;
+/// Replication factor of CP keyspaces in this release (their groups are shared).
+pub const CP_REPLICAS: u32 = 3;
+
+/// How often a node re-reads keyspace definitions from its metadata replica.
+pub const KEYSPACE_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A running node's state, shared by its services and background tasks.
 pub struct Node {
@@ -46,8 +52,7 @@ pub struct Node {
     pub ap: ApEngine,
     dialer: Arc<dyn Dialer>,
     channels: Mutex<BTreeMap<NodeId, Channel>>,
-    local: Mutex<BTreeMap<u32, RecordTree>>,
-    revision: AtomicU64,
+    cp: OnceLock<CpEngine>,
 }
 
 impl Node {
@@ -107,14 +112,72 @@ impl Node {
                 ap,
                 dialer,
                 channels: Mutex::new(BTreeMap::new()),
-                local: Mutex::new(BTreeMap::new()),
-                revision: AtomicU64::new(0),
+                cp: OnceLock::new(),
             }
         });
         match ap_error {
             Some(e) => Err(ConfigError(format!("opening the AP engine: {e}"))),
             None => Ok(node),
         }
+    }
+
+    /// Starts the CP engine: one Raft group per partition of the built-in `cp` keyspace (every
+    /// CP keyspace shares them; the state machine namespaces keys by keyspace) plus the
+    /// metadata group of all nodes.
+    pub async fn start_cp(self: &Arc<Self>, cp_config: CpConfig) -> Result<(), NodeError> {
+        let groups = self.cp_group_specs();
+        let transport = Arc::new(GrpcTransport::new(Arc::downgrade(self)));
+        let cp = CpEngine::start(self.me.id, self.engine.clone(), transport, cp_config, groups)
+            .await
+            .map_err(|e| NodeError::Internal(format!("starting the CP engine: {e}")))?;
+        if self.cp.set(cp).is_err() {
+            return Err(NodeError::Internal("the CP engine was already started".into()));
+        }
+        Ok(())
+    }
+
+    /// The Raft groups of this cluster (identical on every node).
+    pub fn cp_group_specs(&self) -> Vec<GroupSpec> {
+        let mut groups: Vec<GroupSpec> = (0..self.ring.partition_count())
+            .map(|p| GroupSpec {
+                keyspace: CP_GROUP_KEYSPACE,
+                partition: p,
+                members: self.ring.replicas(p, CP_REPLICAS as usize).to_vec(),
+            })
+            .collect();
+        groups.push(GroupSpec::meta(
+            self.config.peers.iter().map(|m| m.id).collect(),
+        ));
+        groups
+    }
+
+    /// The CP engine, once started.
+    pub fn cp(&self) -> NodeResult<&CpEngine> {
+        self.cp.get().ok_or_else(|| {
+            NodeError::Unavailable(format!(
+                "node {} is starting: its Raft groups are not running yet; retry shortly",
+                self.me.name
+            ))
+        })
+    }
+
+    /// Members of the Raft group serving partition `p` of CP keyspaces.
+    pub fn cp_members(&self, partition: u32) -> &[NodeId] {
+        self.ring.replicas(partition, CP_REPLICAS as usize)
+    }
+
+    /// Re-reads keyspace definitions from this node's replica of the metadata group.
+    pub async fn refresh_keyspaces(&self) -> NodeResult<()> {
+        let defs = self
+            .cp()?
+            .list_keyspaces(true)
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        let mut map = self.keyspaces.write().expect("keyspace lock");
+        for d in defs {
+            map.insert(d.name.clone(), d);
+        }
+        Ok(())
     }
 
     /// Starts background work (AP hint replay, anti-entropy, tombstone purge).
@@ -132,7 +195,17 @@ impl Node {
                 })
                 .unwrap_or_default()
         });
-        vec![self.ap.spawn_background(keyspaces)]
+        let weak = Arc::downgrade(self);
+        let refresh = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(KEYSPACE_REFRESH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                let _ = node.refresh_keyspaces().await;
+            }
+        });
+        vec![self.ap.spawn_background(keyspaces), refresh]
     }
 
     /// The keyspace with this id.
@@ -178,8 +251,14 @@ impl Node {
         Ok(InternalClient::new(self.channel(id)?))
     }
 
-    /// Looks up a keyspace, with an error listing those that exist.
-    pub fn keyspace(&self, name: &str) -> NodeResult<KeyspaceDef> {
+    /// Looks up a keyspace (re-reading the metadata on a miss), with an error listing those
+    /// that exist.
+    pub async fn keyspace(&self, name: &str) -> NodeResult<KeyspaceDef> {
+        let known = self.keyspaces.read().expect("keyspace lock").get(name).cloned();
+        if let Some(k) = known {
+            return Ok(k);
+        }
+        let _ = self.refresh_keyspaces().await;
         let map = self.keyspaces.read().expect("keyspace lock");
         map.get(name)
             .cloned()
@@ -224,42 +303,6 @@ impl Node {
             .unwrap_or_else(|| format!("node {id}"))
     }
 
-    /// The single-owner store of a keyspace on this node (foundation mode, before replication).
-    fn local_tree(&self, ks: &KeyspaceDef) -> NodeResult<RecordTree> {
-        let mut map = self.local.lock().expect("local lock");
-        if let Some(t) = map.get(&ks.id) {
-            return Ok(t.clone());
-        }
-        let tree = self.engine.open_tree(&format!("owner/{}", ks.id))?;
-        let rt = RecordTree::new(tree, self.engine.location());
-        map.insert(ks.id, rt.clone());
-        Ok(rt)
-    }
-
-    /// Reads a key from this node's owner store.
-    pub fn local_get(&self, ks: &KeyspaceDef, key: &[u8]) -> NodeResult<Option<StoredRecord>> {
-        Ok(self.local_tree(ks)?.get(key)?)
-    }
-
-    /// Writes (or deletes, with `None`) a key in this node's owner store; returns its revision.
-    pub fn local_put(
-        &self,
-        ks: &KeyspaceDef,
-        key: &[u8],
-        value: Option<Vec<u8>>,
-    ) -> NodeResult<u64> {
-        let tree = self.local_tree(ks)?;
-        let rev = self.revision.fetch_add(1, Ordering::SeqCst) + 1;
-        tree.put(
-            key,
-            &StoredRecord {
-                version: Version::Revision(rev),
-                value,
-            },
-        )?;
-        tree.raw().flush()?;
-        Ok(rev)
-    }
 }
 
 /// Opens the engine a config asks for: sled in `data_dir`, else memory.

@@ -5,13 +5,14 @@
 use crate::ap::engine::{ApError, Consistency as ApConsistency, RequestOptions as ApOptions};
 use crate::error::{NodeError, NodeResult};
 use crate::transport::{record_from_pb, record_to_pb};
-use crate::node::{Node, FORWARDED_HEADER};
-use crate::storage::record::StoredRecord;
+use crate::cp::{CasOutcome, CpError, Expected as CpExpected, KeyspaceOutcome, Request as CpRequest, Response as CpResponse};
+use crate::node::{Node, CP_GROUP_KEYSPACE, CP_REPLICAS, FORWARDED_HEADER};
 use crate::types::{KeyspaceDef, Mode, NodeId, Version};
 use kv_proto::internal as ipb;
 use kv_proto::v1 as pb;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 /// Reads the request deadline from the `grpc-timeout` header (or the node default).
@@ -111,6 +112,35 @@ impl From<ApError> for NodeError {
     }
 }
 
+/// Most times one request is forwarded between nodes (a non-member to a member, a follower to
+/// the leader); past it the caller gets `ABORTED` with the leader's address.
+pub const MAX_FORWARD_HOPS: u32 = 2;
+/// Share of the request's timeout the node keeps for itself, so it answers `UNAVAILABLE`
+/// before the client's own deadline expires.
+const SERVER_DEADLINE_MARGIN: Duration = Duration::from_millis(100);
+
+/// The key under which a CP keyspace's key lives in the shared Raft groups: keyspace id first,
+/// so keyspaces sharing a group never collide.
+pub fn cp_key(keyspace_id: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&keyspace_id.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// Deadline and hop count of one incoming request.
+#[derive(Clone, Copy)]
+struct Ctx {
+    deadline: Instant,
+    hops: u32,
+}
+
+impl Ctx {
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
 /// The public API.
 pub struct KvService {
     node: Arc<Node>,
@@ -126,28 +156,73 @@ impl KvService {
         e.into_status(&self.node.me.name)
     }
 
+    fn ctx<T>(&self, req: &Request<T>) -> Ctx {
+        let timeout = request_timeout(&self.node, req);
+        let margin = SERVER_DEADLINE_MARGIN.min(timeout / 10);
+        let hops = req
+            .metadata()
+            .get(FORWARDED_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ctx {
+            deadline: Instant::now() + timeout - margin,
+            hops,
+        }
+    }
+
     /// The key's full preference list (replicas first, then fallbacks).
     fn preference(&self, key: &[u8]) -> Vec<NodeId> {
         let p = self.node.ring.partition_for_key(key);
         self.node.ring.preference_list(p).to_vec()
     }
 
-    /// Where a key's request is served: here, or the owner to forward to.
-    fn route<T>(&self, req: &Request<T>, key: &[u8]) -> Option<NodeId> {
-        if req.metadata().get(FORWARDED_HEADER).is_some() {
-            return None;
+    /// Where a CP request on partition `p` must go when this node holds no replica: the first
+    /// member not known to be down.
+    fn cp_target(&self, partition: u32) -> NodeResult<Option<NodeId>> {
+        let members = self.node.cp_members(partition);
+        if members.contains(&self.node.me.id) {
+            return Ok(None);
         }
-        let partition = self.node.ring.partition_for_key(key);
-        let owner = self.node.ring.owner(partition);
-        (owner != self.node.me.id).then_some(owner)
+        members
+            .iter()
+            .copied()
+            .find(|m| self.node.membership.is_alive(*m))
+            .map(Some)
+            .ok_or_else(|| {
+                NodeError::Unavailable(format!(
+                    "partition {partition}: every replica ({}) is down",
+                    members
+                        .iter()
+                        .map(|m| self.node.describe(*m))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
     }
 
-    /// Forwards a request to `owner`, within the remaining deadline.
+    /// Converts a CP engine error, naming the keyspace and the leader's address.
+    fn cp_error(&self, e: CpError, keyspace: &str) -> NodeError {
+        match e {
+            CpError::NotLeader { partition, leader } => NodeError::NotLeader {
+                partition,
+                leader: leader.and_then(|l| self.node.member(l)).map(|m| m.addr.clone()),
+            },
+            CpError::Unavailable { partition, reason } => NodeError::Unavailable(format!(
+                "keyspace {keyspace} partition {partition} is unavailable on node {}: {reason}",
+                self.node.me.name
+            )),
+            CpError::Storage(s) => s.into(),
+            other => NodeError::Internal(other.to_string()),
+        }
+    }
+
+    /// Forwards a request to `to`, within the remaining deadline, one hop further.
     async fn forward<Req, Resp, F, Fut>(
         &self,
-        owner: NodeId,
-        key: &[u8],
-        timeout: Duration,
+        to: NodeId,
+        partition: u32,
+        ctx: Ctx,
         body: Req,
         call: F,
     ) -> NodeResult<Resp>
@@ -158,38 +233,116 @@ impl KvService {
         ) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
-        let partition = self.node.ring.partition_for_key(key);
-        if self.node.membership.state(owner) == kv_proto::v1::NodeState::Down {
+        if self.node.membership.state(to) == kv_proto::v1::NodeState::Down {
             return Err(NodeError::Unavailable(format!(
-                "node {}, owner of partition {partition}, is down (no heartbeat for {} ms); retry when it is back",
-                self.node.describe(owner),
+                "node {}, which serves partition {partition}, is down (no heartbeat for {} ms); retry when it is back",
+                self.node.describe(to),
                 crate::membership::DOWN_AFTER.as_millis()
             )));
         }
-        let client = self.node.kv_client(owner)?;
+        if self.node.faults.drops(to) {
+            return Err(NodeError::Unavailable(format!(
+                "node {}, which serves partition {partition}, is unreachable (traffic dropped by fault injection)",
+                self.node.describe(to)
+            )));
+        }
+        self.node.faults.delay(to).await;
+        let client = self.node.kv_client(to)?;
         let mut request = Request::new(body);
+        let timeout = ctx.remaining();
         request.set_timeout(timeout);
-        if let Ok(v) = self.node.me.name.parse() {
+        if let Ok(v) = (ctx.hops + 1).to_string().parse() {
             request.metadata_mut().insert(FORWARDED_HEADER, v);
         }
         match tokio::time::timeout(timeout, call(client, request)).await {
             Ok(Ok(resp)) => {
-                self.node.membership.heard_from(owner);
+                self.node.membership.heard_from(to);
                 Ok(resp.into_inner())
             }
             Ok(Err(status)) if status.metadata().get(kv_client::error::NODE_HEADER).is_some() => {
-                // The owner answered with an error of its own: pass it on unchanged.
+                // The node answered with an error of its own: pass it on unchanged.
                 Err(NodeError::Remote(status))
             }
             Ok(Err(status)) => Err(NodeError::Unavailable(format!(
-                "node {}, owner of partition {partition}, is unreachable: {}; retry later or read from another replica",
-                self.node.describe(owner),
+                "node {}, which serves partition {partition}, is unreachable: {}; retry later",
+                self.node.describe(to),
                 status.message()
             ))),
-            Err(_) => Err(NodeError::DeadlineExceeded(format!(
-                "node {}, owner of partition {partition}, did not answer within {} ms",
-                self.node.describe(owner),
+            Err(_) => Err(NodeError::Unavailable(format!(
+                "node {}, which serves partition {partition}, did not answer before the deadline ({} ms); a write's outcome is unknown",
+                self.node.describe(to),
                 timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Runs a CP write here, or forwards it to the member or leader that can.
+    async fn cp_write<Req, Resp, F, Fut>(
+        &self,
+        ks: &KeyspaceDef,
+        key: &[u8],
+        ctx: Ctx,
+        req: CpRequest,
+        body: Req,
+        call: F,
+    ) -> NodeResult<Result<CpResponse, Resp>>
+    where
+        F: FnOnce(
+            kv_proto::v1::kv_client::KvClient<tonic::transport::Channel>,
+            Request<Req>,
+        ) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let partition = self.node.ring.partition_for_key(key);
+        if let Some(to) = self.cp_target(partition)? {
+            return self.hop(to, partition, ctx, body, call).await.map(Err);
+        }
+        let result = self
+            .node
+            .cp()?
+            .execute(CP_GROUP_KEYSPACE, partition, req, ctx.deadline)
+            .await;
+        match result {
+            Ok(r) => Ok(Ok(r)),
+            Err(CpError::NotLeader {
+                leader: Some(leader),
+                ..
+            }) if ctx.hops < MAX_FORWARD_HOPS => {
+                self.hop(leader, partition, ctx, body, call).await.map(Err)
+            }
+            Err(e) => Err(self.cp_error(e, &ks.name)),
+        }
+    }
+
+    async fn hop<Req, Resp, F, Fut>(
+        &self,
+        to: NodeId,
+        partition: u32,
+        ctx: Ctx,
+        body: Req,
+        call: F,
+    ) -> NodeResult<Resp>
+    where
+        F: FnOnce(
+            kv_proto::v1::kv_client::KvClient<tonic::transport::Channel>,
+            Request<Req>,
+        ) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        if ctx.hops >= MAX_FORWARD_HOPS {
+            return Err(NodeError::NotLeader {
+                partition,
+                leader: self.node.member(to).map(|m| m.addr.clone()),
+            });
+        }
+        self.forward(to, partition, ctx, body, call).await
+    }
+
+    fn written(&self, r: CpResponse) -> NodeResult<u64> {
+        match r {
+            CpResponse::Written { revision } => Ok(revision),
+            other => Err(NodeError::Internal(format!(
+                "the state machine answered {other:?} to a write"
             ))),
         }
     }
@@ -198,72 +351,100 @@ impl KvService {
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let timeout = request_timeout(&self.node, &req);
-        let owner = self.route(&req, &req.get_ref().key);
+        let ctx = self.ctx(&req);
         let body = req.into_inner();
         let result = async {
             self.node.validate_key(&body.key)?;
-            let ks = self.node.keyspace(&body.keyspace)?;
-            if let Some(owner) = owner {
-                let key = body.key.clone();
+            let ks = self.node.keyspace(&body.keyspace).await?;
+            let me = self.node.me.name.clone();
+            let found = |value, version, maybe_stale| pb::GetResponse {
+                found: true,
+                value,
+                version: Some(version_pb(version)),
+                served_by: me.clone(),
+                maybe_stale,
+            };
+            let missing = |maybe_stale| pb::GetResponse {
+                served_by: me.clone(),
+                maybe_stale,
+                ..Default::default()
+            };
+            if ks.mode == Mode::Ap {
+                let opts = ap_options(&body.options)?;
+                let pref = self.preference(&body.key);
+                return Ok(match self.node.ap.get(&ks, &pref, &body.key, opts).await? {
+                    Some((value, hlc)) => found(value, Version::Hlc(hlc), false),
+                    None => missing(false),
+                });
+            }
+            let stale = body.options.as_ref().is_some_and(|o| o.stale);
+            let partition = self.node.ring.partition_for_key(&body.key);
+            if let Some(to) = self.cp_target(partition)? {
                 return self
-                    .forward(owner, &key, timeout, body, |mut c, r| async move {
-                        c.get(r).await
-                    })
+                    .hop(to, partition, ctx, body, |mut c, r| async move { c.get(r).await })
                     .await;
             }
-            let rec = self.node.local_get(&ks, &body.key)?;
-            Ok(match rec {
-                Some(StoredRecord {
-                    version,
-                    value: Some(value),
-                }) => pb::GetResponse {
-                    found: true,
-                    value,
-                    version: Some(version_pb(version)),
-                    served_by: self.node.me.name.clone(),
-                    maybe_stale: false,
-                },
-                _ => pb::GetResponse {
-                    served_by: self.node.me.name.clone(),
-                    ..Default::default()
-                },
-            })
+            let key = cp_key(ks.id, &body.key);
+            let read = self
+                .node
+                .cp()?
+                .read(CP_GROUP_KEYSPACE, partition, &key, stale, ctx.deadline)
+                .await;
+            match read {
+                Ok(Some((value, rev))) => Ok(found(value, Version::Revision(rev), stale)),
+                Ok(None) => Ok(missing(stale)),
+                Err(CpError::NotLeader {
+                    leader: Some(leader),
+                    ..
+                }) if ctx.hops < MAX_FORWARD_HOPS => {
+                    self.hop(leader, partition, ctx, body, |mut c, r| async move {
+                        c.get(r).await
+                    })
+                    .await
+                }
+                Err(e) => Err(self.cp_error(e, &ks.name)),
+            }
         }
         .await;
         result.map(Response::new).map_err(|e| self.status(e))
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let timeout = request_timeout(&self.node, &req);
-        let owner = self.route(&req, &req.get_ref().key);
+        let ctx = self.ctx(&req);
         let body = req.into_inner();
         let result = async {
             self.node.validate_key(&body.key)?;
             self.node.validate_value(&body.value)?;
-            let ks = self.node.keyspace(&body.keyspace)?;
+            let ks = self.node.keyspace(&body.keyspace).await?;
             if ks.mode == Mode::Ap {
                 let opts = ap_options(&body.options)?;
                 let pref = self.preference(&body.key);
-                let hlc = self.node.ap.put(&ks, &pref, &body.key, body.value, opts).await?;
+                let hlc = self
+                    .node
+                    .ap
+                    .put(&ks, &pref, &body.key, body.value, opts)
+                    .await?;
                 return Ok(pb::PutResponse {
                     version: Some(version_pb(Version::Hlc(hlc))),
                     served_by: self.node.me.name.clone(),
                 });
             }
-            if let Some(owner) = owner {
-                let key = body.key.clone();
-                return self
-                    .forward(owner, &key, timeout, body, |mut c, r| async move {
-                        c.put(r).await
-                    })
-                    .await;
+            let req = CpRequest::Put {
+                keyspace: CP_GROUP_KEYSPACE,
+                key: cp_key(ks.id, &body.key),
+                value: body.value.clone(),
+            };
+            let key = body.key.clone();
+            match self
+                .cp_write(&ks, &key, ctx, req, body, |mut c, r| async move { c.put(r).await })
+                .await?
+            {
+                Ok(r) => Ok(pb::PutResponse {
+                    version: Some(version_pb(Version::Revision(self.written(r)?))),
+                    served_by: self.node.me.name.clone(),
+                }),
+                Err(forwarded) => Ok(forwarded),
             }
-            let rev = self.node.local_put(&ks, &body.key, Some(body.value))?;
-            Ok(pb::PutResponse {
-                version: Some(version_pb(Version::Revision(rev))),
-                served_by: self.node.me.name.clone(),
-            })
         }
         .await;
         result.map(Response::new).map_err(|e| self.status(e))
@@ -273,25 +454,37 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let timeout = request_timeout(&self.node, &req);
-        let owner = self.route(&req, &req.get_ref().key);
+        let ctx = self.ctx(&req);
         let body = req.into_inner();
         let result = async {
             self.node.validate_key(&body.key)?;
-            let ks = self.node.keyspace(&body.keyspace)?;
-            if let Some(owner) = owner {
-                let key = body.key.clone();
-                return self
-                    .forward(owner, &key, timeout, body, |mut c, r| async move {
-                        c.delete(r).await
-                    })
-                    .await;
+            let ks = self.node.keyspace(&body.keyspace).await?;
+            if ks.mode == Mode::Ap {
+                let opts = ap_options(&body.options)?;
+                let pref = self.preference(&body.key);
+                let hlc = self.node.ap.delete(&ks, &pref, &body.key, opts).await?;
+                return Ok(pb::DeleteResponse {
+                    version: Some(version_pb(Version::Hlc(hlc))),
+                    served_by: self.node.me.name.clone(),
+                });
             }
-            let rev = self.node.local_put(&ks, &body.key, None)?;
-            Ok(pb::DeleteResponse {
-                version: Some(version_pb(Version::Revision(rev))),
-                served_by: self.node.me.name.clone(),
-            })
+            let req = CpRequest::Delete {
+                keyspace: CP_GROUP_KEYSPACE,
+                key: cp_key(ks.id, &body.key),
+            };
+            let key = body.key.clone();
+            match self
+                .cp_write(&ks, &key, ctx, req, body, |mut c, r| async move {
+                    c.delete(r).await
+                })
+                .await?
+            {
+                Ok(r) => Ok(pb::DeleteResponse {
+                    version: Some(version_pb(Version::Revision(self.written(r)?))),
+                    served_by: self.node.me.name.clone(),
+                }),
+                Err(forwarded) => Ok(forwarded),
+            }
         }
         .await;
         result.map(Response::new).map_err(|e| self.status(e))
@@ -301,59 +494,66 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
-        let timeout = request_timeout(&self.node, &req);
-        let owner = self.route(&req, &req.get_ref().key);
+        let ctx = self.ctx(&req);
         let body = req.into_inner();
         let result = async {
             self.node.validate_key(&body.key)?;
             self.node.validate_value(&body.new_value)?;
-            let ks = self.node.keyspace(&body.keyspace)?;
+            let ks = self.node.keyspace(&body.keyspace).await?;
             if ks.mode == Mode::Ap {
                 return Err(NodeError::FailedPrecondition(format!(
                     "compare-and-swap is not supported on AP keyspace {:?}: last-write-wins replicas cannot make it atomic; use a CP keyspace",
                     ks.name
                 )));
             }
-            let Some(expected) = body.expected.clone() else {
-                return Err(NodeError::InvalidArgument(
-                    "compare-and-swap needs an expectation: expected_version, expected_value or expect_absent".into(),
-                ));
-            };
-            if let Some(owner) = owner {
-                let key = body.key.clone();
-                return self
-                    .forward(owner, &key, timeout, body, |mut c, r| async move {
-                        c.compare_and_swap(r).await
-                    })
-                    .await;
-            }
-            let current = self
-                .node
-                .local_get(&ks, &body.key)?
-                .filter(|r| r.value.is_some());
             use pb::compare_and_swap_request::Expected as E;
-            let matches = match (&expected, &current) {
-                (E::ExpectAbsent(_), None) => true,
-                (E::ExpectedVersion(v), Some(r)) => r.version == Version::Revision(*v),
-                (E::ExpectedValue(v), Some(r)) => r.value.as_ref() == Some(v),
-                _ => false,
+            let expected = match &body.expected {
+                Some(E::ExpectedVersion(v)) => CpExpected::Revision(*v),
+                Some(E::ExpectedValue(v)) => CpExpected::Value(v.clone()),
+                Some(E::ExpectAbsent(_)) => CpExpected::Absent,
+                None => {
+                    return Err(NodeError::InvalidArgument(
+                        "compare-and-swap needs an expectation: expected_version, expected_value or expect_absent".into(),
+                    ))
+                }
             };
-            if matches {
-                let rev = self.node.local_put(&ks, &body.key, Some(body.new_value))?;
-                Ok(pb::CompareAndSwapResponse {
-                    succeeded: true,
-                    version: Some(version_pb(Version::Revision(rev))),
-                    served_by: self.node.me.name.clone(),
-                    ..Default::default()
+            let req = CpRequest::Cas {
+                keyspace: CP_GROUP_KEYSPACE,
+                key: cp_key(ks.id, &body.key),
+                expected,
+                new_value: body.new_value.clone(),
+            };
+            let key = body.key.clone();
+            let me = self.node.me.name.clone();
+            match self
+                .cp_write(&ks, &key, ctx, req, body, |mut c, r| async move {
+                    c.compare_and_swap(r).await
                 })
-            } else {
-                Ok(pb::CompareAndSwapResponse {
-                    succeeded: false,
-                    version: current.as_ref().map(|r| version_pb(r.version)),
-                    found: current.is_some(),
-                    current_value: current.and_then(|r| r.value).unwrap_or_default(),
-                    served_by: self.node.me.name.clone(),
-                })
+                .await?
+            {
+                Ok(CpResponse::Cas(CasOutcome::Swapped { revision })) => {
+                    Ok(pb::CompareAndSwapResponse {
+                        succeeded: true,
+                        version: Some(version_pb(Version::Revision(revision))),
+                        served_by: me,
+                        ..Default::default()
+                    })
+                }
+                Ok(CpResponse::Cas(CasOutcome::Mismatch { current })) => {
+                    Ok(pb::CompareAndSwapResponse {
+                        succeeded: false,
+                        version: current
+                            .as_ref()
+                            .map(|(_, rev)| version_pb(Version::Revision(*rev))),
+                        found: current.is_some(),
+                        current_value: current.map(|(v, _)| v).unwrap_or_default(),
+                        served_by: me,
+                    })
+                }
+                Ok(other) => Err(NodeError::Internal(format!(
+                    "the state machine answered {other:?} to a compare-and-swap"
+                ))),
+                Err(forwarded) => Ok(forwarded),
             }
         }
         .await;
@@ -385,20 +585,27 @@ impl pb::kv_server::Kv for KvService {
             .values()
             .map(keyspace_pb)
             .collect();
+        let leader_of = node
+            .cp()
+            .map(|cp| {
+                cp.groups_led()
+                    .into_iter()
+                    .filter(|g| *g != crate::cp::META_GROUP)
+                    .map(|g| (g & u64::from(u32::MAX)) as u32)
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Response::new(pb::ClusterStatusResponse {
             cluster_name: node.config.cluster_name.clone(),
             node_id: node.me.id,
             node_name: node.me.name.clone(),
             nodes,
             keyspaces,
-            leader_of: vec![],
+            leader_of,
         }))
     }
 
-    async fn ring(
-        &self,
-        _req: Request<pb::RingRequest>,
-    ) -> Result<Response<pb::RingResponse>, Status> {
+    async fn ring(&self, _req: Request<pb::RingRequest>) -> Result<Response<pb::RingResponse>, Status> {
         let ring = &self.node.ring;
         Ok(Response::new(pb::RingResponse {
             cluster_name: self.node.config.cluster_name.clone(),
@@ -426,17 +633,90 @@ impl pb::kv_server::Kv for KvService {
 
     async fn create_keyspace(
         &self,
-        _req: Request<pb::CreateKeyspaceRequest>,
+        req: Request<pb::CreateKeyspaceRequest>,
     ) -> Result<Response<pb::CreateKeyspaceResponse>, Status> {
-        Err(self.status(NodeError::FailedPrecondition(
-            "creating keyspaces needs the metadata Raft group, which this build does not have yet; use the built-in keyspaces `cp` and `ap`".into(),
-        )))
+        let ctx = self.ctx(&req);
+        let body = req.into_inner();
+        let result = async {
+            let def = self.keyspace_def(&body)?;
+            let cp = self.node.cp()?;
+            // Ids are taken in order; a concurrent create of another keyspace may take the id
+            // first, and then the next one is tried.
+            for _ in 0..MAX_KEYSPACE_ID_ATTEMPTS {
+                let _ = self.node.refresh_keyspaces().await;
+                let next_id = self
+                    .node
+                    .keyspaces
+                    .read()
+                    .expect("keyspace lock")
+                    .values()
+                    .map(|k| k.id)
+                    .max()
+                    .unwrap_or(0)
+                    + 1;
+                let def = KeyspaceDef { id: next_id, ..def.clone() };
+                let outcome = cp
+                    .execute(
+                        crate::cp::META_KEYSPACE,
+                        crate::cp::META_PARTITION,
+                        CpRequest::CreateKeyspace(def.clone()),
+                        ctx.deadline,
+                    )
+                    .await;
+                match outcome {
+                    Ok(CpResponse::Keyspace(KeyspaceOutcome::Created)) => {
+                        self.node
+                            .keyspaces
+                            .write()
+                            .expect("keyspace lock")
+                            .insert(def.name.clone(), def.clone());
+                        return Ok(pb::CreateKeyspaceResponse {
+                            keyspace: Some(keyspace_pb(&def)),
+                        });
+                    }
+                    Ok(CpResponse::Keyspace(KeyspaceOutcome::NameExists(existing))) => {
+                        if (KeyspaceDef { id: existing.id, ..def.clone() }) == existing {
+                            return Ok(pb::CreateKeyspaceResponse {
+                                keyspace: Some(keyspace_pb(&existing)),
+                            });
+                        }
+                        return Err(NodeError::AlreadyExists(format!(
+                            "keyspace {:?} already exists as mode {:?} with {} replicas",
+                            existing.name, existing.mode, existing.replicas
+                        )));
+                    }
+                    Ok(CpResponse::Keyspace(KeyspaceOutcome::IdTaken(_))) => continue,
+                    Ok(other) => {
+                        return Err(NodeError::Internal(format!(
+                            "metadata group answered {other:?}"
+                        )))
+                    }
+                    Err(CpError::NotLeader {
+                        leader: Some(leader),
+                        ..
+                    }) if ctx.hops < MAX_FORWARD_HOPS => {
+                        return self
+                            .hop(leader, crate::cp::META_PARTITION, ctx, body, |mut c, r| async move {
+                                c.create_keyspace(r).await
+                            })
+                            .await;
+                    }
+                    Err(e) => return Err(self.cp_error(e, "(metadata)")),
+                }
+            }
+            Err(NodeError::Unavailable(
+                "could not allocate a keyspace id: concurrent creations kept taking it; retry".into(),
+            ))
+        }
+        .await;
+        result.map(Response::new).map_err(|e| self.status(e))
     }
 
     async fn list_keyspaces(
         &self,
         _req: Request<pb::ListKeyspacesRequest>,
     ) -> Result<Response<pb::ListKeyspacesResponse>, Status> {
+        let _ = self.node.refresh_keyspaces().await;
         let keyspaces = self
             .node
             .keyspaces
@@ -446,6 +726,68 @@ impl pb::kv_server::Kv for KvService {
             .map(keyspace_pb)
             .collect();
         Ok(Response::new(pb::ListKeyspacesResponse { keyspaces }))
+    }
+}
+
+/// Most ids one keyspace creation tries before giving up.
+const MAX_KEYSPACE_ID_ATTEMPTS: usize = 8;
+/// Longest keyspace name.
+pub const MAX_KEYSPACE_NAME_BYTES: usize = 64;
+
+impl KvService {
+    /// Validates a CreateKeyspace request into a definition (id still unassigned).
+    fn keyspace_def(&self, req: &pb::CreateKeyspaceRequest) -> NodeResult<KeyspaceDef> {
+        let Some(k) = &req.keyspace else {
+            return Err(NodeError::InvalidArgument("CreateKeyspace needs a keyspace".into()));
+        };
+        let name_ok = !k.name.is_empty()
+            && k.name.len() <= MAX_KEYSPACE_NAME_BYTES
+            && k
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !name_ok {
+            return Err(NodeError::InvalidArgument(format!(
+                "keyspace name {:?} is invalid: 1 to {MAX_KEYSPACE_NAME_BYTES} characters of a-z, A-Z, 0-9, _ and -",
+                k.name
+            )));
+        }
+        let mode = match pb::Mode::try_from(k.mode) {
+            Ok(pb::Mode::Cp) => Mode::Cp,
+            Ok(pb::Mode::Ap) => Mode::Ap,
+            _ => {
+                return Err(NodeError::InvalidArgument(
+                    "keyspace mode must be cp or ap".into(),
+                ))
+            }
+        };
+        let n_nodes = self.node.config.peers.len() as u32;
+        let replicas = if k.replicas == 0 { 3.min(n_nodes) } else { k.replicas };
+        if mode == Mode::Cp && replicas != CP_REPLICAS.min(n_nodes) {
+            return Err(NodeError::InvalidArgument(format!(
+                "CP keyspaces share the Raft groups of the built-in `cp` keyspace, so --replicas must be {} in this release (got {replicas})",
+                CP_REPLICAS.min(n_nodes)
+            )));
+        }
+        if replicas == 0 || replicas > n_nodes {
+            return Err(NodeError::InvalidArgument(format!(
+                "--replicas {replicas} must be between 1 and the number of nodes ({n_nodes})"
+            )));
+        }
+        if k.read_replicas > replicas || k.write_replicas > replicas {
+            return Err(NodeError::InvalidArgument(format!(
+                "default R={} and W={} must not exceed --replicas {replicas}",
+                k.read_replicas, k.write_replicas
+            )));
+        }
+        Ok(KeyspaceDef {
+            name: k.name.clone(),
+            id: 0,
+            mode,
+            replicas,
+            read_replicas: k.read_replicas,
+            write_replicas: k.write_replicas,
+        })
     }
 }
 
@@ -536,9 +878,24 @@ impl ipb::internal_server::Internal for InternalService {
 
     async fn raft(
         &self,
-        _req: Request<ipb::RaftRequest>,
+        req: Request<ipb::RaftRequest>,
     ) -> Result<Response<ipb::RaftResponse>, Status> {
-        Err(self.unimplemented("raft"))
+        let req = req.into_inner();
+        let result = async {
+            let cp = self.node.cp()?;
+            cp.handle_raft(req.group, req.kind, &req.payload)
+                .await
+                .map_err(|e| match e {
+                    CpError::UnknownRaftGroup { .. } | CpError::UnknownKind(_) => {
+                        NodeError::InvalidArgument(e.to_string())
+                    }
+                    other => NodeError::Internal(other.to_string()),
+                })
+        }
+        .await;
+        result
+            .map(|payload| Response::new(ipb::RaftResponse { payload }))
+            .map_err(|e| self.status(e))
     }
 
     async fn ap_write(

@@ -5,6 +5,7 @@
 
 use crate::ap::engine::{ApTransport, TransportError as ApTransportError};
 use crate::ap::lww::ApRecord;
+use crate::cp::network::{RaftKind, RaftTransport, TransportError as RaftTransportError};
 use crate::node::Node;
 use crate::types::{Hlc, NodeId};
 use futures::future::BoxFuture;
@@ -201,3 +202,51 @@ impl ApTransport for GrpcTransport {
         })
     }
 }
+impl RaftTransport for GrpcTransport {
+    fn send(
+        &self,
+        to: NodeId,
+        group: u64,
+        kind: RaftKind,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, RaftTransportError>> {
+        let node = self.node.upgrade();
+        Box::pin(async move {
+            if let Some(reason) = blocked(&node, to) {
+                return Err(RaftTransportError::Unreachable { to, reason });
+            }
+            let node = node.expect("checked by blocked");
+            node.faults.delay(to).await;
+            let mut client = node
+                .internal_client(to)
+                .map_err(|e| RaftTransportError::Unreachable {
+                    to,
+                    reason: e.to_string(),
+                })?;
+            let resp = client
+                .raft(ipb::RaftRequest {
+                    group,
+                    kind: kind.code(),
+                    payload,
+                })
+                .await;
+            match resp {
+                Ok(r) => {
+                    node.membership.heard_from(to);
+                    Ok(r.into_inner().payload)
+                }
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    Err(RaftTransportError::Unreachable {
+                        to,
+                        reason: s.message().to_string(),
+                    })
+                }
+                Err(s) => Err(RaftTransportError::Network {
+                    to,
+                    reason: s.message().to_string(),
+                }),
+            }
+        })
+    }
+}
+

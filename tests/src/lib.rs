@@ -140,6 +140,7 @@ pub fn add_nodes(sim: &mut turmoil::Sim<'_>, opts: &SimOptions) -> Vec<Member> {
                 (opts.tweak)(&mut cfg);
                 let clock = Arc::new(kv_server::clock::TokioClock::new(SIM_EPOCH_MS));
                 let node = Node::new(cfg, Arc::new(engine), Arc::new(TurmoilDialer), clock)?;
+                node.start_cp(kv_server::cp::CpConfig::default()).await?;
                 let _background = node.start_background();
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SIM_PORT)).await?;
                 let heartbeats = tokio::spawn(kv_server::server::heartbeat_loop(node.clone()));
