@@ -46,6 +46,9 @@ pub struct ConvergenceSample {
     pub converged: bool,
 }
 
+/// A node index and what that replica held.
+pub type NodeRecord = (usize, Option<Record>);
+
 /// Everything the AP checker needs besides the history.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApInput {
@@ -71,7 +74,7 @@ pub struct ApReport {
     /// (b) Keys whose replicas disagree in reads taken after the convergence deadline.
     pub divergent_keys: usize,
     /// Examples of (b): key and the records seen per node.
-    pub divergent_examples: Vec<(String, Vec<(usize, Option<Record>)>)>,
+    pub divergent_examples: Vec<(String, Vec<NodeRecord>)>,
     /// (c) Keys whose newest acknowledged write is a delete, yet a value older than it came back.
     pub resurrected_keys: usize,
     /// Examples of (c): key and the resurrected value.

@@ -5,7 +5,7 @@ use crate::history::{Event, EventType, History, Op};
 use crate::simulate::{register_history, SimConfig};
 
 /// How a hand-built operation ends.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum End {
     Ok,
     Fail,
@@ -14,7 +14,7 @@ enum End {
 }
 
 /// One hand-built operation.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct Spec {
     process: u64,
     key: &'static str,
@@ -392,5 +392,91 @@ proptest! {
         h.events[i].value = Some("never-written".into());
         let report = check(&h).expect("well-formed");
         prop_assert_eq!(report.verdict(), Verdict::NotLinearizable);
+    }
+}
+
+/// Reference checker: tries every order, with info ops applied anywhere after invoke or never.
+/// No memo, no reductions; exponential, for tiny histories only.
+fn brute_force(ops: &[Operation]) -> bool {
+    fn go(ops: &[&Operation], done: &mut Vec<bool>, state: Option<String>) -> bool {
+        let pending_definite = |i: usize, done: &[bool]| !done[i] && ops[i].outcome == Outcome::Ok;
+        if (0..ops.len()).all(|i| !pending_definite(i, done)) {
+            return true;
+        }
+        for i in 0..ops.len() {
+            if done[i] {
+                continue;
+            }
+            // Some unlinearized definite op returned before this one was invoked.
+            let blocked = (0..ops.len()).any(|p| {
+                pending_definite(p, done)
+                    && p != i
+                    && ops[p].complete_ns.is_some_and(|c| c < ops[i].invoke_ns)
+            });
+            if blocked {
+                continue;
+            }
+            let next = match &ops[i].op {
+                Op::Read => (ops[i].read == state).then(|| state.clone()),
+                Op::Write(v) => Some(Some(v.clone())),
+                Op::Delete => Some(None),
+                Op::Cas { expected, new } => (*expected == state).then(|| Some(new.clone())),
+            };
+            if let Some(next) = next {
+                done[i] = true;
+                let ok = go(ops, done, next);
+                done[i] = false;
+                if ok {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+    let relevant: Vec<&Operation> = ops
+        .iter()
+        .filter(|o| o.outcome == Outcome::Ok || (o.outcome == Outcome::Info && o.op != Op::Read))
+        .collect();
+    go(&relevant, &mut vec![false; relevant.len()], None)
+}
+
+fn arbitrary_op() -> impl Strategy<Value = Spec> {
+    let value = prop::sample::select(vec!["a", "b", "c"]);
+    let read = prop::option::of(value.clone());
+    let op = prop_oneof![
+        read.prop_map(|r| (Op::Read, r)),
+        value.clone().prop_map(|v| (Op::Write(v.into()), None)),
+        (prop::option::of(value.clone()), value).prop_map(|(e, n)| (
+            Op::Cas {
+                expected: e.map(String::from),
+                new: n.into()
+            },
+            None
+        )),
+        Just((Op::Delete, None)),
+    ];
+    (op, 0u64..40, 0u64..20, 0u8..10).prop_map(|((op, read), t0, len, end)| {
+        let s = spec(0, op, read, t0, t0 + len);
+        match end {
+            0 => s.fail(),
+            1 | 2 => s.info(),
+            _ => s,
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// The memoised, reduced search agrees with exhaustive search, violations included.
+    #[test]
+    fn agrees_with_brute_force(mut specs in prop::collection::vec(arbitrary_op(), 1..7)) {
+        for (p, s) in specs.iter_mut().enumerate() {
+            s.process = p as u64;
+        }
+        let h = history(&specs);
+        let ops = h.operations().expect("well-formed");
+        let report = check_operations(&ops, MAX_SEARCH_STATES);
+        prop_assert_eq!(report.is_linearizable(), brute_force(&ops), "{}", h.to_edn());
     }
 }

@@ -129,9 +129,9 @@ mod tests {
             },
         ];
         let expected = "\
-mode  schedule           availability        anomalies  lost writes  converge
+mode  schedule                 availability  anomalies  lost writes  converge
 ----  -----------------  ------------------  ---------  -----------  --------
-cp    majority-minority   61.2% (612/1000)           0            0         -
+cp    majority-minority    61.2% (612/1000)          0            0         -
 ap    majority-minority  100.0% (1000/1000)          3           12   1350 ms
 ";
         assert_eq!(render_table(&rows), expected);
