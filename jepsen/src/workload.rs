@@ -313,3 +313,7 @@ pub async fn run_append_set<C: KvClient>(
     }
     keys
 }
+
+#[cfg(test)]
+#[path = "workload_tests.rs"]
+mod tests;
