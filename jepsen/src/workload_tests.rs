@@ -35,7 +35,8 @@ impl MemClient {
     fn timeout(&self) -> Option<bool> {
         let n = self.calls.get() + 1;
         self.calls.set(n);
-        (self.timeout_every > 0 && n % self.timeout_every == 0).then_some(n % 2 == 0)
+        (self.timeout_every > 0 && n.is_multiple_of(self.timeout_every))
+            .then_some(n.is_multiple_of(2))
     }
 
     fn write(&self, key: &str, value: Option<&str>) {
@@ -46,7 +47,7 @@ impl MemClient {
         };
         let w = self.store.writes.get() + 1;
         self.store.writes.set(w);
-        if w % 5 == 0 {
+        if w.is_multiple_of(5) {
             *self.store.stale_copy.borrow_mut() = data.clone();
         }
     }
