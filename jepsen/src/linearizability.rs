@@ -6,13 +6,17 @@
 //! the problem (they rely on a value being written at most once per key, which is checked, not
 //! assumed):
 //! 1. a failed operation, or a read with unknown outcome, constrains nothing and is dropped;
-//! 2. an info write/cas whose value nothing observed (no ok read returned it, no ok cas expected
-//!    it) is dropped: never applying it is always at least as permissive;
+//! 2. an info write/cas whose value nothing observed (no ok read returned it, no ok or info cas
+//!    expected it) is dropped: never applying it is always at least as permissive;
 //! 3. an info write/cas whose value was observed must have applied, before its first observer
 //!    returned: it becomes a definite operation completing then;
 //! 4. an info operation is applied only if it changes the register's value;
 //! 5. a failed search state rules out every state that differs only by having more info
-//!    operations applied (they could have been left unapplied).
+//!    operations applied (they could have been left unapplied);
+//! 6. an info operation is placed only right before a step that observes its value (any
+//!    linearization can drop info operations whose value the next step ignores);
+//! 7. of several available info operations with the same effect, only the earliest is tried;
+//! 8. an info operation whose value no operation could observe after its invoke is dropped.
 //!
 //! The search is bounded by [`MAX_SEARCH_STATES`] per key; past it the key's verdict is
 //! unknown rather than running forever.
@@ -150,7 +154,7 @@ pub fn check_operations(ops: &[Operation], max_states: u64) -> LinReport {
 type Val = u32;
 const NIL: Val = 0;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Step {
     Read(Val),
     Write(Val),
@@ -163,6 +167,14 @@ impl Step {
             Step::Read(v) => (v == state).then_some(state),
             Step::Write(v) => Some(v),
             Step::Cas(expected, new) => (expected == state).then_some(new),
+        }
+    }
+
+    /// The value this step requires the register to hold, if it depends on the state.
+    fn observes(self) -> Option<Val> {
+        match self {
+            Step::Read(v) | Step::Cas(v, _) => Some(v),
+            Step::Write(_) => None,
         }
     }
 
@@ -204,13 +216,15 @@ struct Problem {
 }
 
 /// A search state. `prefix`: definite ops `0..prefix` are all linearized; `above`: the other
-/// linearized definite ops (sorted); `info`: bitset of applied info ops; `value`: register.
+/// linearized definite ops (sorted); `info`: bitset of applied info ops; `value`: register;
+/// `observe`: the last step applied an info op, so the next step must observe its value.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct State {
     prefix: u32,
     above: Vec<u32>,
     info: Vec<u64>,
     value: Val,
+    observe: bool,
 }
 
 impl State {
@@ -221,6 +235,7 @@ impl State {
     fn with_def(&self, j: u32, value: Val) -> State {
         let mut next = self.clone();
         next.value = value;
+        next.observe = false;
         if j == next.prefix {
             next.prefix += 1;
             // Absorb ops linearized ahead of the prefix, keeping `above` minimal.
@@ -241,6 +256,7 @@ impl State {
     fn with_info(&self, i: usize, value: Val) -> State {
         let mut next = self.clone();
         next.value = value;
+        next.observe = true;
         next.info[i / 64] |= 1 << (i % 64);
         next
     }
@@ -350,6 +366,24 @@ impl Problem {
             }
         }
 
+        // Latest completion of a possible observer of each value; an unresolved info cas may
+        // observe at any time.
+        let mut last_observed: HashMap<Val, u64> = HashMap::new();
+        for &(index, step, outcome) in &relevant {
+            let Some(v) = step.observes() else { continue };
+            let complete = match outcome {
+                Outcome::Ok => ops[index].complete_ns.unwrap_or(u64::MAX),
+                _ => resolved.get(&index).copied().unwrap_or(u64::MAX),
+            };
+            let entry = last_observed.entry(v).or_insert(complete);
+            *entry = (*entry).max(complete);
+        }
+        let observable = |step: Step, invoke: u64| {
+            step.writes()
+                .and_then(|v| last_observed.get(&v))
+                .is_some_and(|&last| last >= invoke)
+        };
+
         let mut defs = Vec::new();
         let mut info = Vec::new();
         let (mut info_dropped, mut info_resolved) = (0, 0);
@@ -372,8 +406,9 @@ impl Problem {
                     step,
                     orig: index,
                 });
-            } else if unique_write(step).is_some() {
-                // Reduction 2: nothing observed its value.
+            } else if !observable(step, invoke) {
+                // Reductions 2 and 8: nothing observed its value after it was invoked. (A unique
+                // value observed only by an unresolved info cas stays: that cas may need it.)
                 info_dropped += 1;
             } else {
                 info.push(InfoOp { invoke, step });
@@ -415,8 +450,11 @@ impl Problem {
 
     fn moves(&self, s: &State) -> Vec<Move> {
         let (candidates, min_complete) = self.candidates(s);
+        // Reduction 6: right after an info op, only a step observing its value may follow.
+        let allowed = |step: Step| !s.observe || step.observes() == Some(s.value);
         let mut moves: Vec<Move> = candidates
             .into_iter()
+            .filter(|&j| allowed(self.defs[j as usize].step))
             .filter_map(|j| {
                 self.defs[j as usize]
                     .step
@@ -424,14 +462,21 @@ impl Problem {
                     .map(|v| Move::Def(j, v))
             })
             .collect();
+        let mut offered: Vec<Step> = Vec::new();
         for (i, op) in self.info.iter().enumerate() {
             let applied = s.info[i / 64] & (1 << (i % 64)) != 0;
-            if applied || op.invoke > min_complete {
+            if applied || op.invoke > min_complete || !allowed(op.step) {
+                continue;
+            }
+            // Reduction 7: available info ops with the same step are interchangeable from here
+            // on, so only the earliest one is tried.
+            if offered.contains(&op.step) {
                 continue;
             }
             // Reduction 4: applying an op that leaves the value unchanged only adds a
             // superset state, which reduction 5 would prune anyway.
             if let Some(v) = op.step.apply(s.value).filter(|&v| v != s.value) {
+                offered.push(op.step);
                 moves.push(Move::Info(i, v));
             }
         }
@@ -444,12 +489,13 @@ impl Problem {
             above: Vec::new(),
             info: vec![0; self.info.len().div_ceil(64)],
             value: NIL,
+            observe: false,
         };
         if self.defs.is_empty() {
             return (KeyResult::Ok, 0);
         }
         // Failed states, keyed without the info bitset; the value lists the failed info sets.
-        let mut failed: HashMap<(u32, Vec<u32>, Val), Vec<Vec<u64>>> = HashMap::new();
+        let mut failed: HashMap<(u32, Vec<u32>, Val, bool), Vec<Vec<u64>>> = HashMap::new();
         let mut deepest = start.clone();
         let mut states: u64 = 1;
         let mut stack = vec![Frame {
@@ -465,7 +511,7 @@ impl Problem {
                         deepest = s.clone();
                     }
                     failed
-                        .entry((s.prefix, s.above, s.value))
+                        .entry((s.prefix, s.above, s.value, s.observe))
                         .or_default()
                         .push(s.info);
                 }
@@ -481,7 +527,7 @@ impl Problem {
             }
             // Reduction 5: a failed state with a subset of info ops applied subsumes this one.
             let subsumed = failed
-                .get(&(next.prefix, next.above.clone(), next.value))
+                .get(&(next.prefix, next.above.clone(), next.value, next.observe))
                 .is_some_and(|sets| sets.iter().any(|f| is_subset(f, &next.info)));
             if subsumed {
                 continue;
