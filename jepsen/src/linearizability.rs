@@ -262,6 +262,9 @@ impl State {
     }
 }
 
+/// A state without its info bitset: `(prefix, above, value, observe)`.
+type MemoKey = (u32, Vec<u32>, Val, bool);
+
 #[derive(Clone, Copy, Debug)]
 enum Move {
     Def(u32, Val),
@@ -495,7 +498,7 @@ impl Problem {
             return (KeyResult::Ok, 0);
         }
         // Failed states, keyed without the info bitset; the value lists the failed info sets.
-        let mut failed: HashMap<(u32, Vec<u32>, Val, bool), Vec<Vec<u64>>> = HashMap::new();
+        let mut failed: HashMap<MemoKey, Vec<Vec<u64>>> = HashMap::new();
         let mut deepest = start.clone();
         let mut states: u64 = 1;
         let mut stack = vec![Frame {
