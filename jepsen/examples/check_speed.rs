@@ -3,34 +3,17 @@
 
 use std::time::Instant;
 
-use jepsen::history::{EventType, History, OpKind};
 use jepsen::linearizability;
-use jepsen::simulate::{register_history, SimConfig};
-
-/// Makes one late ok read return the first value written to its key: almost surely stale.
-fn inject_stale_read(h: &mut History) -> Option<String> {
-    let late = h.events.len() * 3 / 4;
-    let (index, key) = h.events[late..]
-        .iter()
-        .enumerate()
-        .find(|(_, e)| e.kind == EventType::Ok && e.f == OpKind::Read)
-        .map(|(i, e)| (late + i, e.key.clone()))?;
-    let first = h
-        .events
-        .iter()
-        .find(|e| e.kind == EventType::Ok && e.f == OpKind::Write && e.key == key)?
-        .value
-        .clone();
-    h.events[index].value = first;
-    Some(key)
-}
+use jepsen::simulate::{inject_stale_read, register_history, SimConfig};
 
 fn main() {
     let cases = [
         (10_000, 8, 16, 0, false),
         (10_000, 8, 16, 10, false),
         (10_000, 8, 16, 10, true),
+        (10_000, 1, 16, 0, true),
         (10_000, 1, 16, 10, true),
+        (10_000, 1, 4, 10, true),
         (100_000, 100, 32, 0, false),
         (100_000, 100, 32, 10, false),
         (100_000, 100, 32, 10, true),

@@ -16,7 +16,9 @@
 //! 6. an info operation is placed only right before a step that observes its value (any
 //!    linearization can drop info operations whose value the next step ignores);
 //! 7. of several available info operations with the same effect, only the earliest is tried;
-//! 8. an info operation whose value no operation could observe after its invoke is dropped.
+//! 8. an info operation whose value no operation could observe after its invoke is dropped;
+//! 9. a read that may be linearized next and is legal now is linearized next, without
+//!    branching (partial-order reduction: reads commute with everything at the front).
 //!
 //! The search is bounded by [`MAX_SEARCH_STATES`] per key; past it the key's verdict is
 //! unknown rather than running forever.
@@ -26,8 +28,9 @@ use std::fmt;
 
 use crate::history::{History, HistoryError, Op, Operation, Outcome};
 
-/// Search states explored per key before giving up with an unknown verdict.
-pub const MAX_SEARCH_STATES: u64 = 2_000_000;
+/// Search states explored per key before giving up with an unknown verdict. Failed states are
+/// remembered, at roughly 200–400 bytes each, so this also bounds memory.
+pub const MAX_SEARCH_STATES: u64 = 1_000_000;
 
 /// Operations shown at most in a violation's window.
 pub const MAX_WINDOW_OPS: usize = 24;
@@ -91,9 +94,12 @@ pub struct Violation {
     pub total: usize,
     /// Register value at that point (None = absent).
     pub state: Option<String>,
-    /// The operation that set `state`, then the operations that could not be linearized next
-    /// and those overlapping them, by invoke time.
-    pub window: Vec<Operation>,
+    /// Operations that could be linearized next at that point, none leading to a solution;
+    /// those illegal in `state` first (the likely culprits).
+    pub stuck: Vec<Operation>,
+    /// The operation that wrote `state`, then already linearized operations overlapping the
+    /// first stuck one, by invoke time.
+    pub context: Vec<Operation>,
 }
 
 impl fmt::Display for Violation {
@@ -106,8 +112,16 @@ impl fmt::Display for Violation {
             self.total,
             self.state.as_deref().unwrap_or("nil")
         )?;
-        for op in &self.window {
-            writeln!(f, "  {op}")?;
+        writeln!(f, "  could not linearize next:")?;
+        for op in &self.stuck {
+            writeln!(f, "    {op}")?;
+        }
+        writeln!(
+            f,
+            "  after (writer of the value, then overlapping operations):"
+        )?;
+        for op in &self.context {
+            writeln!(f, "    {op}")?;
         }
         Ok(())
     }
@@ -453,6 +467,15 @@ impl Problem {
 
     fn moves(&self, s: &State) -> Vec<Move> {
         let (candidates, min_complete) = self.candidates(s);
+        // Reduction 9: a read that may go next and is legal now goes next, with no
+        // alternatives: moving a read to the front of any valid continuation keeps it valid
+        // (reads change nothing, and nothing unlinearized must precede a candidate).
+        let legal_read = candidates
+            .iter()
+            .find(|&&j| matches!(self.defs[j as usize].step, Step::Read(v) if v == s.value));
+        if let Some(&j) = legal_read {
+            return vec![Move::Def(j, s.value)];
+        }
         // Reduction 6: right after an info op, only a step observing its value may follow.
         let allowed = |step: Step| !s.observe || step.observes() == Some(s.value);
         let mut moves: Vec<Move> = candidates
@@ -548,47 +571,45 @@ impl Problem {
         (KeyResult::Stuck(deepest), states)
     }
 
-    fn violation(&self, key: &str, ops: &[&Operation], stuck: &State) -> Violation {
-        let (candidates, _) = self.candidates(stuck);
-        let mut window: Vec<usize> = Vec::new();
-        if let Some(&w) = self.writer.get(&stuck.value) {
-            window.push(w);
+    fn violation(&self, key: &str, ops: &[&Operation], deepest: &State) -> Violation {
+        let (mut candidates, _) = self.candidates(deepest);
+        // Ops illegal in this state first: they are the likely culprits; then by completion,
+        // as the earliest to complete is the most constrained.
+        candidates.sort_by_key(|&j| {
+            let d = &self.defs[j as usize];
+            (d.step.apply(deepest.value).is_some(), d.complete)
+        });
+        candidates.truncate(MAX_WINDOW_OPS);
+        let stuck: Vec<Operation> = candidates
+            .iter()
+            .map(|&j| ops[self.defs[j as usize].orig].clone())
+            .collect();
+        // Linearized ops overlapping the first stuck op show what it raced with.
+        let mut context: Vec<usize> = Vec::new();
+        if let Some(first) = candidates.first().map(|&j| self.defs[j as usize]) {
+            let overlapping = self.defs.iter().enumerate().filter(|(j, d)| {
+                let linearized =
+                    *j < deepest.prefix as usize || deepest.above.contains(&(*j as u32));
+                linearized && d.complete >= first.invoke && d.invoke <= first.complete
+            });
+            context.extend(overlapping.map(|(_, d)| d.orig));
         }
-        let earliest = candidates
-            .iter()
-            .map(|&j| self.defs[j as usize].invoke)
-            .min()
-            .unwrap_or(0);
-        let latest = candidates
-            .iter()
-            .map(|&j| self.defs[j as usize].complete)
-            .max()
-            .unwrap_or(u64::MAX);
-        // Linearized ops overlapping the stuck candidates show what they raced with.
-        for (j, d) in self.defs.iter().enumerate() {
-            let linearized = j < stuck.prefix as usize || stuck.above.contains(&(j as u32));
-            if linearized && d.complete >= earliest && d.invoke <= latest {
-                window.push(d.orig);
+        // The closest overlapping ops (latest invoked) matter most.
+        context.sort_by_key(|&i| ops[i].invoke_ns);
+        let keep_from = context.len().saturating_sub(MAX_WINDOW_OPS);
+        context.drain(..keep_from);
+        if let Some(&w) = self.writer.get(&deepest.value) {
+            if !context.contains(&w) {
+                context.insert(0, w);
             }
         }
-        window.extend(candidates.iter().map(|&j| self.defs[j as usize].orig));
-        window.sort_unstable();
-        window.dedup();
-        window.sort_by_key(|&i| ops[i].invoke_ns);
-        // Keep the stuck candidates (at the end of the overlap) when trimming.
-        let window: Vec<Operation> = window
-            .iter()
-            .rev()
-            .take(MAX_WINDOW_OPS)
-            .rev()
-            .map(|&i| ops[i].clone())
-            .collect();
         Violation {
             key: key.to_string(),
-            linearized: stuck.linearized(),
+            linearized: deepest.linearized(),
             total: self.defs.len(),
-            state: self.values[stuck.value as usize].clone(),
-            window,
+            state: self.values[deepest.value as usize].clone(),
+            stuck,
+            context: context.iter().map(|&i| ops[i].clone()).collect(),
         }
     }
 }

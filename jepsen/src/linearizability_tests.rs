@@ -2,7 +2,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::history::{Event, EventType, History, Op};
-use crate::simulate::{register_history, SimConfig};
+use crate::simulate::{inject_stale_read, register_history, SimConfig};
 
 /// How a hand-built operation ends.
 #[derive(Clone, Copy, Debug)]
@@ -154,9 +154,15 @@ fn stale_read_after_completed_write_fails() {
     ]);
     assert_eq!(v.key, "k");
     assert_eq!(v.state.as_deref(), Some("b"));
-    // The window shows the write that set "b" and the read that could not see it.
-    assert!(v.window.iter().any(|o| o.op == Op::Write("b".into())));
-    assert!(v.window.iter().any(|o| o.read.as_deref() == Some("a")));
+    // The report shows the read that could not see "b", and the write that set it.
+    assert_eq!(v.stuck.len(), 1);
+    assert_eq!(v.stuck[0].read.as_deref(), Some("a"));
+    assert_eq!(v.context[0].op, Op::Write("b".into()));
+    let text = v.to_string();
+    assert!(
+        text.contains("stuck after 2 of 3 operations with value b"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -359,6 +365,23 @@ fn timeouts_plus_violation_stay_fast() {
     let report = verdict(&specs);
     assert_eq!(report.verdict(), Verdict::NotLinearizable);
     assert!(report.states < 100, "{}", report.states);
+}
+
+#[test]
+fn injected_stale_read_is_found_and_named() {
+    let mut h = register_history(&SimConfig {
+        seed: 3,
+        processes: 8,
+        keys: 4,
+        ops: 2_000,
+        info_pct: 10,
+    });
+    assert!(check(&h).expect("well-formed").is_linearizable());
+    let bad = inject_stale_read(&mut h).expect("history has a late read");
+    let report = check(&h).expect("well-formed");
+    assert_eq!(report.violations.len(), 1, "{report:?}");
+    let v = &report.violations[0];
+    assert!(v.stuck.iter().any(|o| o.id == bad), "{v}");
 }
 
 proptest! {

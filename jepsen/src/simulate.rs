@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::history::{History, Op, OpId, Recorder};
+use crate::history::{EventType, History, Op, OpId, OpKind, Recorder};
 
 /// Shape of a simulated history.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,4 +143,23 @@ pub fn register_history(config: &SimConfig) -> History {
         }
     }
     recorder.history()
+}
+
+/// Makes the first ok read in the last quarter of `h` return the first value acknowledged on
+/// its key: a stale read in any history long enough to overwrite it. Returns the read's id.
+pub fn inject_stale_read(h: &mut History) -> Option<OpId> {
+    let late = h.events.len() * 3 / 4;
+    let (index, key) = h.events[late..]
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.kind == EventType::Ok && e.f == OpKind::Read)
+        .map(|(i, e)| (late + i, e.key.clone()))?;
+    let first = h
+        .events
+        .iter()
+        .find(|e| e.kind == EventType::Ok && e.f == OpKind::Write && e.key == key)?
+        .value
+        .clone();
+    h.events[index].value = first;
+    Some(h.events[index].id)
 }
