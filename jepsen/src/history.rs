@@ -227,6 +227,19 @@ impl History {
         Ok(History { events })
     }
 
+    /// Saves the history as JSON lines at `path`.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), HistoryError> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        self.write_jsonl(&mut out)?;
+        out.flush()?;
+        Ok(())
+    }
+
+    /// Loads a history saved by [`History::save`].
+    pub fn load(path: &std::path::Path) -> Result<History, HistoryError> {
+        History::read_jsonl(std::io::BufReader::new(std::fs::File::open(path)?))
+    }
+
     /// Pairs invokes with completions, in invoke order; validates the history's shape.
     pub fn operations(&self) -> Result<Vec<Operation>, HistoryError> {
         let mut ops: Vec<Operation> = Vec::new();
@@ -532,6 +545,18 @@ mod tests {
         let back = History::read_jsonl(&buf[..]).expect("read back");
         assert_eq!(back, h);
         assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), h.events.len());
+    }
+
+    #[test]
+    fn save_and_load_file() {
+        let h = recorded();
+        let path =
+            std::env::temp_dir().join(format!("jepsen-history-{}.jsonl", std::process::id()));
+        h.save(&path).expect("save");
+        let back = History::load(&path);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(back.expect("load"), h);
+        assert!(matches!(History::load(&path), Err(HistoryError::Io(_))));
     }
 
     #[test]

@@ -432,6 +432,9 @@ impl Problem {
             }
         }
         defs.sort_by_key(|d| (d.invoke, d.complete));
+        // Reduction 7 picks the lowest index among identical info ops; in invoke order that
+        // keeps every applied set a prefix of its class, so the subset memo catches repeats.
+        info.sort_by_key(|i| i.invoke);
         Problem {
             defs,
             info,

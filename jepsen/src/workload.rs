@@ -260,10 +260,8 @@ pub async fn run_register<C: KvClient>(
 }
 
 /// Runs the append-set workload: each process writes fresh keys `<prefix>/set/p<i>-<n>`, each
-/// once; then process 0's client reads every attempted key once. Returns the time (ns on the
-/// recorder's clock is not exposed, so the caller marks it) after which reads are final: the
-/// caller passes the returned keys' read phase start to [`crate::ap::check_set`] via the
-/// history (final reads are the only reads this workload issues).
+/// once, then the first client reads every attempted key once. Returns the attempted keys.
+/// The final reads are the only reads, so `ap::check_set(&history, 0)` checks the run.
 pub async fn run_append_set<C: KvClient>(
     clients: &[C],
     config: &WorkloadConfig,

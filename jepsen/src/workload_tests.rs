@@ -244,3 +244,17 @@ fn append_set_reads_every_element() {
     assert_eq!(report.lost, Vec::<String>::new());
     assert!(report.acknowledged > 0 && report.recovered > 0);
 }
+
+#[test]
+fn duration_and_rate_bound_the_run() {
+    let cfg = WorkloadConfig {
+        stop: Stop::Duration(Duration::from_millis(30)),
+        rate_per_process: Some(200.0),
+        ..config(4)
+    };
+    let h = run(&clients(4, 0, false), &cfg);
+    let ops = h.operations().expect("well-formed").len();
+    // 4 processes at 200/s for 30 ms is about 24 ops; the bound only checks the run stopped
+    // and was paced (unpaced, a process would issue thousands).
+    assert!((4..=200).contains(&ops), "{ops} operations");
+}
