@@ -222,14 +222,12 @@ pub fn check_operations(ops: &[Operation], input: &ApInput) -> ApReport {
     }
 
     // (d) Stale reads: compare with the newest write acknowledged before the read began.
-    let mut acked_at: BTreeMap<&str, Vec<(u64, Hlc)>> = BTreeMap::new();
+    let mut acked_at: BTreeMap<&str, Vec<(u64, Hlc, bool)>> = BTreeMap::new();
     for op in ops {
         if op.op != Op::Read && op.outcome == Outcome::Ok {
             if let (Some(done), Some(ts)) = (op.complete_ns, op.timestamp) {
-                acked_at
-                    .entry(op.key.as_str())
-                    .or_default()
-                    .push((done, ts));
+                let entry = acked_at.entry(op.key.as_str()).or_default();
+                entry.push((done, ts, op.op == Op::Delete));
             }
         }
     }
@@ -242,11 +240,15 @@ pub fn check_operations(ops: &[Operation], input: &ApInput) -> ApReport {
             .get(op.key.as_str())
             .into_iter()
             .flatten()
-            .filter(|(done, _)| *done < op.invoke_ns)
-            .map(|(_, ts)| *ts)
-            .max();
-        // A read that found nothing carries no timestamp and is older than any write.
-        if required.is_some_and(|r| op.timestamp.is_none_or(|t| t < r)) {
+            .filter(|(done, _, _)| *done < op.invoke_ns)
+            .max_by_key(|(_, ts, _)| *ts);
+        let stale = match (required, op.timestamp) {
+            (None, _) => false,
+            (Some(&(_, ts, _)), Some(read_ts)) => read_ts < ts,
+            // Found nothing and carried no timestamp: right only if the newest write deleted.
+            (Some(&(_, _, deleted)), None) => !deleted || op.read.is_some(),
+        };
+        if stale {
             report.stale_reads += 1;
             push_example(&mut report.stale_examples, op.clone());
         }

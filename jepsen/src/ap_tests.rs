@@ -143,6 +143,16 @@ fn stale_reads_counted() {
     assert_eq!(report.stale_examples[0].invoke_ns, 60);
     let fresh = check_operations(&ops[..4], &input(all_agree("k", Some("b"), ts(2))));
     assert_eq!(fresh.stale_reads, 0);
+    // After an acknowledged delete, finding nothing is fresh and the old value is stale.
+    let ops = [
+        put("k", "a", 0, 10, ts(1)),
+        delete("k", 20, 30, ts(2)),
+        read("k", 40, 50, None, None),
+        read("k", 60, 70, Some("a"), Some(ts(1))),
+    ];
+    let report = check_operations(&ops, &input(all_agree("k", None, ts(2))));
+    assert_eq!((report.reads, report.stale_reads), (2, 1));
+    assert_eq!(report.stale_examples[0].invoke_ns, 60);
 }
 
 #[test]
