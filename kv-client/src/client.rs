@@ -15,7 +15,9 @@ use tonic::transport::Channel;
 /// Default deadline of one request, retries included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most attempts one request makes (the first try included).
-pub const MAX_ATTEMPTS: u32 = 5;
+pub const MAX_ATTEMPTS: u32 = 10;
+/// Least time left for the client to start another attempt.
+pub const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(20);
 /// First backoff between attempts; doubles each retry.
 pub const BACKOFF_START: Duration = Duration::from_millis(20);
 /// Longest backoff between attempts.
@@ -537,7 +539,12 @@ impl Client {
                 .take()
                 .unwrap_or_else(|| self.pick(keyspace, key, attempt, &avoid));
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
+            if remaining < MIN_ATTEMPT_TIME {
+                // Too little time for another try: a node's definite answer (e.g. Unavailable)
+                // says more than "deadline exceeded".
+                if let (Idempotence::Safe, Some(r)) = (idempotence, reported) {
+                    return Err(r);
+                }
                 return Err(Error::DeadlineExceeded {
                     elapsed_ms: start.elapsed().as_millis() as u64,
                     message: format!("{attempt} attempt(s), last to {addr}"),
@@ -556,6 +563,11 @@ impl Client {
                 },
             };
             if let Error::DeadlineExceeded { message, .. } = err {
+                // A read that ran out of time on a retry reports the earlier definite answer;
+                // a write never does: its last attempt's outcome is unknown.
+                if let (Idempotence::Safe, Some(r)) = (idempotence, reported) {
+                    return Err(r);
+                }
                 return Err(Error::DeadlineExceeded {
                     elapsed_ms: start.elapsed().as_millis() as u64,
                     message,

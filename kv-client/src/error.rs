@@ -150,7 +150,8 @@ fn describe(status: &Status) -> String {
     out
 }
 
-fn is_connect_failure(status: &Status) -> bool {
+/// True when a status says the connection could not be made (so the request was not sent).
+pub fn is_connect_failure(status: &Status) -> bool {
     // tonic reports a failed dial as Unavailable whose source chain is a connect error.
     let text = describe(status).to_lowercase();
     text.contains("connect") || text.contains("connection refused") || text.contains("dns")

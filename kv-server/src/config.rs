@@ -34,6 +34,9 @@ pub struct NodeConfig {
     pub chaos: bool,
     /// Deadline for requests that carry none.
     pub default_timeout: Duration,
+    /// **Deliberate bug, tests only:** linearizable CP reads skip the read index, so an
+    /// isolated old leader serves stale data. Exists to prove the checker catches it.
+    pub unsafe_skip_read_index: bool,
 }
 
 /// A configuration error, naming the offending setting.
@@ -54,6 +57,7 @@ impl NodeConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             chaos: false,
             default_timeout: DEFAULT_REQUEST_TIMEOUT,
+            unsafe_skip_read_index: false,
         }
     }
 

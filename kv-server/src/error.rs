@@ -26,6 +26,10 @@ pub enum NodeError {
     /// A node or quorum could not be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// A peer this request had to go through could not be reached, and the request was
+    /// certainly not sent to it (down, connection refused, traffic dropped): safe to retry.
+    #[error("{0}")]
+    NotSent(String),
     /// Not the leader; carries the leader's address when known.
     #[error("node is not the leader of partition {partition}{}", leader.as_ref().map(|l| format!("; leader is {l}")).unwrap_or_default())]
     NotLeader {
@@ -68,7 +72,7 @@ impl NodeError {
             NodeError::KeyspaceNotFound { .. } => Code::NotFound,
             NodeError::FailedPrecondition(_) => Code::FailedPrecondition,
             NodeError::AlreadyExists(_) => Code::AlreadyExists,
-            NodeError::Unavailable(_) => Code::Unavailable,
+            NodeError::Unavailable(_) | NodeError::NotSent(_) => Code::Unavailable,
             NodeError::NotLeader { .. } => Code::Aborted,
             NodeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             NodeError::DataLoss(_) => Code::DataLoss,

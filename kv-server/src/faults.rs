@@ -31,7 +31,11 @@ impl Faults {
 
     /// Whether traffic to `to` is dropped.
     pub fn drops(&self, to: NodeId) -> bool {
-        self.state.lock().expect("faults lock").drop_to.contains(&to)
+        self.state
+            .lock()
+            .expect("faults lock")
+            .drop_to
+            .contains(&to)
     }
 
     /// Waits for the delay injected on the link to `to`, if any.

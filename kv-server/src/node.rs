@@ -5,13 +5,13 @@
 use crate::ap::engine::{ApConfig, ApEngine, ApRing, Liveness};
 use crate::clock::Clock;
 use crate::config::{ConfigError, NodeConfig};
-use crate::faults::Faults;
-use crate::transport::GrpcTransport;
+use crate::cp::{CpConfig, CpEngine, GroupSpec};
 use crate::error::{NodeError, NodeResult};
+use crate::faults::Faults;
 use crate::membership::Membership;
 use crate::ring::Ring;
 use crate::storage::{self, Engine};
-use crate::cp::{CpConfig, CpEngine, GroupSpec};
+use crate::transport::GrpcTransport;
 use crate::types::{KeyspaceDef, Member, NodeId, MAX_KEY_BYTES};
 use kv_client::net::Dialer;
 use kv_proto::internal::internal_client::InternalClient;
@@ -127,11 +127,23 @@ impl Node {
     pub async fn start_cp(self: &Arc<Self>, cp_config: CpConfig) -> Result<(), NodeError> {
         let groups = self.cp_group_specs();
         let transport = Arc::new(GrpcTransport::new(Arc::downgrade(self)));
-        let cp = CpEngine::start(self.me.id, self.engine.clone(), transport, cp_config, groups)
-            .await
-            .map_err(|e| NodeError::Internal(format!("starting the CP engine: {e}")))?;
+        let cp = CpEngine::start(
+            self.me.id,
+            self.engine.clone(),
+            transport,
+            cp_config,
+            groups,
+        )
+        .await
+        .map_err(|e| NodeError::Internal(format!("starting the CP engine: {e}")))?;
+        if self.config.unsafe_skip_read_index {
+            tracing::warn!("UNSAFE: CP reads skip the read index (test-only deliberate bug)");
+            cp.set_unsafe_skip_read_index(true);
+        }
         if self.cp.set(cp).is_err() {
-            return Err(NodeError::Internal("the CP engine was already started".into()));
+            return Err(NodeError::Internal(
+                "the CP engine was already started".into(),
+            ));
         }
         Ok(())
     }
@@ -254,7 +266,12 @@ impl Node {
     /// Looks up a keyspace (re-reading the metadata on a miss), with an error listing those
     /// that exist.
     pub async fn keyspace(&self, name: &str) -> NodeResult<KeyspaceDef> {
-        let known = self.keyspaces.read().expect("keyspace lock").get(name).cloned();
+        let known = self
+            .keyspaces
+            .read()
+            .expect("keyspace lock")
+            .get(name)
+            .cloned();
         if let Some(k) = known {
             return Ok(k);
         }
@@ -302,7 +319,6 @@ impl Node {
             .map(|m| format!("{} ({})", m.name, m.addr))
             .unwrap_or_else(|| format!("node {id}"))
     }
-
 }
 
 /// Opens the engine a config asks for: sled in `data_dir`, else memory.
@@ -318,7 +334,9 @@ struct NodeLiveness(std::sync::Weak<Node>);
 
 impl Liveness for NodeLiveness {
     fn is_alive(&self, node: NodeId) -> bool {
-        self.0.upgrade().is_some_and(|n| n.membership.is_alive(node))
+        self.0
+            .upgrade()
+            .is_some_and(|n| n.membership.is_alive(node))
     }
 }
 

@@ -3,10 +3,13 @@
 //! to statuses through `NodeError::into_status`.
 
 use crate::ap::engine::{ApError, Consistency as ApConsistency, RequestOptions as ApOptions};
+use crate::cp::{
+    CasOutcome, CpError, Expected as CpExpected, KeyspaceOutcome, Request as CpRequest,
+    Response as CpResponse,
+};
 use crate::error::{NodeError, NodeResult};
-use crate::transport::{record_from_pb, record_to_pb};
-use crate::cp::{CasOutcome, CpError, Expected as CpExpected, KeyspaceOutcome, Request as CpRequest, Response as CpResponse};
 use crate::node::{Node, CP_GROUP_KEYSPACE, CP_REPLICAS, FORWARDED_HEADER};
+use crate::transport::{record_from_pb, record_to_pb};
 use crate::types::{KeyspaceDef, Mode, NodeId, Version};
 use kv_proto::internal as ipb;
 use kv_proto::v1 as pb;
@@ -80,8 +83,16 @@ fn ap_options(o: &Option<pb::RequestOptions>) -> NodeResult<ApOptions> {
     if o.read_replicas > 0 || o.write_replicas > 0 {
         return Ok(ApOptions {
             consistency: Some(ApConsistency::Explicit {
-                r: if o.read_replicas > 0 { o.read_replicas } else { o.write_replicas },
-                w: if o.write_replicas > 0 { o.write_replicas } else { o.read_replicas },
+                r: if o.read_replicas > 0 {
+                    o.read_replicas
+                } else {
+                    o.write_replicas
+                },
+                w: if o.write_replicas > 0 {
+                    o.write_replicas
+                } else {
+                    o.read_replicas
+                },
             }),
         });
     }
@@ -105,9 +116,9 @@ impl From<ApError> for NodeError {
         match e {
             ApError::InvalidArgument(m) => NodeError::InvalidArgument(m),
             ApError::Storage(s) => s.into(),
-            e @ (ApError::Unavailable { .. } | ApError::HintsFull { .. } | ApError::Transport(_)) => {
-                NodeError::Unavailable(e.to_string())
-            }
+            e @ (ApError::Unavailable { .. }
+            | ApError::HintsFull { .. }
+            | ApError::Transport(_)) => NodeError::Unavailable(e.to_string()),
         }
     }
 }
@@ -115,6 +126,8 @@ impl From<ApError> for NodeError {
 /// Most times one request is forwarded between nodes (a non-member to a member, a follower to
 /// the leader); past it the caller gets `ABORTED` with the leader's address.
 pub const MAX_FORWARD_HOPS: u32 = 2;
+/// Pause before retrying a request whose leader could not be reached.
+const LEADER_RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Share of the request's timeout the node keeps for itself, so it answers `UNAVAILABLE`
 /// before the client's own deadline expires.
 const SERVER_DEADLINE_MARGIN: Duration = Duration::from_millis(100);
@@ -206,7 +219,9 @@ impl KvService {
         match e {
             CpError::NotLeader { partition, leader } => NodeError::NotLeader {
                 partition,
-                leader: leader.and_then(|l| self.node.member(l)).map(|m| m.addr.clone()),
+                leader: leader
+                    .and_then(|l| self.node.member(l))
+                    .map(|m| m.addr.clone()),
             },
             CpError::Unavailable { partition, reason } => NodeError::Unavailable(format!(
                 "keyspace {keyspace} partition {partition} is unavailable on node {}: {reason}",
@@ -234,14 +249,14 @@ impl KvService {
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
         if self.node.membership.state(to) == kv_proto::v1::NodeState::Down {
-            return Err(NodeError::Unavailable(format!(
+            return Err(NodeError::NotSent(format!(
                 "node {}, which serves partition {partition}, is down (no heartbeat for {} ms); retry when it is back",
                 self.node.describe(to),
                 crate::membership::DOWN_AFTER.as_millis()
             )));
         }
         if self.node.faults.drops(to) {
-            return Err(NodeError::Unavailable(format!(
+            return Err(NodeError::NotSent(format!(
                 "node {}, which serves partition {partition}, is unreachable (traffic dropped by fault injection)",
                 self.node.describe(to)
             )));
@@ -263,11 +278,18 @@ impl KvService {
                 // The node answered with an error of its own: pass it on unchanged.
                 Err(NodeError::Remote(status))
             }
-            Ok(Err(status)) => Err(NodeError::Unavailable(format!(
-                "node {}, which serves partition {partition}, is unreachable: {}; retry later",
-                self.node.describe(to),
-                status.message()
-            ))),
+            Ok(Err(status)) => {
+                let msg = format!(
+                    "node {}, which serves partition {partition}, is unreachable: {}; retry later",
+                    self.node.describe(to),
+                    status.message()
+                );
+                if kv_client::error::is_connect_failure(&status) {
+                    Err(NodeError::NotSent(msg))
+                } else {
+                    Err(NodeError::Unavailable(msg))
+                }
+            }
             Err(_) => Err(NodeError::Unavailable(format!(
                 "node {}, which serves partition {partition}, did not answer before the deadline ({} ms); a write's outcome is unknown",
                 self.node.describe(to),
@@ -276,7 +298,9 @@ impl KvService {
         }
     }
 
-    /// Runs a CP write here, or forwards it to the member or leader that can.
+    /// Runs a CP write here, or forwards it to the member or leader that can. A leader that
+    /// cannot be reached (it may have just died) is waited out: the write is retried here until
+    /// a new leader is elected or the deadline passes.
     async fn cp_write<Req, Resp, F, Fut>(
         &self,
         ks: &KeyspaceDef,
@@ -287,31 +311,44 @@ impl KvService {
         call: F,
     ) -> NodeResult<Result<CpResponse, Resp>>
     where
-        F: FnOnce(
-            kv_proto::v1::kv_client::KvClient<tonic::transport::Channel>,
-            Request<Req>,
-        ) -> Fut,
+        Req: Clone,
+        F: Fn(kv_proto::v1::kv_client::KvClient<tonic::transport::Channel>, Request<Req>) -> Fut
+            + Copy,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
         let partition = self.node.ring.partition_for_key(key);
         if let Some(to) = self.cp_target(partition)? {
             return self.hop(to, partition, ctx, body, call).await.map(Err);
         }
-        let result = self
-            .node
-            .cp()?
-            .execute(CP_GROUP_KEYSPACE, partition, req, ctx.deadline)
-            .await;
-        match result {
-            Ok(r) => Ok(Ok(r)),
-            Err(CpError::NotLeader {
-                leader: Some(leader),
-                ..
-            }) if ctx.hops < MAX_FORWARD_HOPS => {
-                self.hop(leader, partition, ctx, body, call).await.map(Err)
+        loop {
+            let result = self
+                .node
+                .cp()?
+                .execute(CP_GROUP_KEYSPACE, partition, req.clone(), ctx.deadline)
+                .await;
+            match result {
+                Ok(r) => return Ok(Ok(r)),
+                Err(CpError::NotLeader {
+                    leader: Some(leader),
+                    ..
+                }) if ctx.hops < MAX_FORWARD_HOPS => {
+                    match self.hop(leader, partition, ctx, body.clone(), call).await {
+                        Err(NodeError::NotSent(msg)) => self.pause_for_election(ctx, msg).await?,
+                        other => return other.map(Err),
+                    }
+                }
+                Err(e) => return Err(self.cp_error(e, &ks.name)),
             }
-            Err(e) => Err(self.cp_error(e, &ks.name)),
         }
+    }
+
+    /// Waits a little for a new leader before another try, or gives up at the deadline.
+    async fn pause_for_election(&self, ctx: Ctx, last: String) -> NodeResult<()> {
+        if ctx.remaining() <= LEADER_RETRY_PAUSE {
+            return Err(NodeError::Unavailable(last));
+        }
+        tokio::time::sleep(LEADER_RETRY_PAUSE).await;
+        Ok(())
     }
 
     async fn hop<Req, Resp, F, Fut>(
@@ -381,28 +418,45 @@ impl pb::kv_server::Kv for KvService {
             let partition = self.node.ring.partition_for_key(&body.key);
             if let Some(to) = self.cp_target(partition)? {
                 return self
-                    .hop(to, partition, ctx, body, |mut c, r| async move { c.get(r).await })
+                    .hop(to, partition, ctx, body, |mut c, r| async move {
+                        c.get(r).await
+                    })
                     .await;
             }
             let key = cp_key(ks.id, &body.key);
-            let read = self
-                .node
-                .cp()?
-                .read(CP_GROUP_KEYSPACE, partition, &key, stale, ctx.deadline)
-                .await;
-            match read {
-                Ok(Some((value, rev))) => Ok(found(value, Version::Revision(rev), stale)),
-                Ok(None) => Ok(missing(stale)),
-                Err(CpError::NotLeader {
-                    leader: Some(leader),
-                    ..
-                }) if ctx.hops < MAX_FORWARD_HOPS => {
-                    self.hop(leader, partition, ctx, body, |mut c, r| async move {
-                        c.get(r).await
-                    })
-                    .await
+            loop {
+                let read = self
+                    .node
+                    .cp()?
+                    .read(CP_GROUP_KEYSPACE, partition, &key, stale, ctx.deadline)
+                    .await;
+                match read {
+                    Ok(Some((value, rev))) => {
+                        return Ok(found(value, Version::Revision(rev), stale))
+                    }
+                    Ok(None) => return Ok(missing(stale)),
+                    Err(CpError::NotLeader {
+                        leader: Some(leader),
+                        ..
+                    }) if ctx.hops < MAX_FORWARD_HOPS => {
+                        let forwarded = self
+                            .hop(
+                                leader,
+                                partition,
+                                ctx,
+                                body.clone(),
+                                |mut c, r| async move { c.get(r).await },
+                            )
+                            .await;
+                        match forwarded {
+                            Err(NodeError::NotSent(msg)) => {
+                                self.pause_for_election(ctx, msg).await?
+                            }
+                            other => return other,
+                        }
+                    }
+                    Err(e) => return Err(self.cp_error(e, &ks.name)),
                 }
-                Err(e) => Err(self.cp_error(e, &ks.name)),
             }
         }
         .await;
@@ -436,7 +490,9 @@ impl pb::kv_server::Kv for KvService {
             };
             let key = body.key.clone();
             match self
-                .cp_write(&ks, &key, ctx, req, body, |mut c, r| async move { c.put(r).await })
+                .cp_write(&ks, &key, ctx, req, body, |mut c, r| async move {
+                    c.put(r).await
+                })
                 .await?
             {
                 Ok(r) => Ok(pb::PutResponse {
@@ -605,7 +661,10 @@ impl pb::kv_server::Kv for KvService {
         }))
     }
 
-    async fn ring(&self, _req: Request<pb::RingRequest>) -> Result<Response<pb::RingResponse>, Status> {
+    async fn ring(
+        &self,
+        _req: Request<pb::RingRequest>,
+    ) -> Result<Response<pb::RingResponse>, Status> {
         let ring = &self.node.ring;
         Ok(Response::new(pb::RingResponse {
             cluster_name: self.node.config.cluster_name.clone(),
@@ -654,7 +713,10 @@ impl pb::kv_server::Kv for KvService {
                     .max()
                     .unwrap_or(0)
                     + 1;
-                let def = KeyspaceDef { id: next_id, ..def.clone() };
+                let def = KeyspaceDef {
+                    id: next_id,
+                    ..def.clone()
+                };
                 let outcome = cp
                     .execute(
                         crate::cp::META_KEYSPACE,
@@ -675,7 +737,11 @@ impl pb::kv_server::Kv for KvService {
                         });
                     }
                     Ok(CpResponse::Keyspace(KeyspaceOutcome::NameExists(existing))) => {
-                        if (KeyspaceDef { id: existing.id, ..def.clone() }) == existing {
+                        if (KeyspaceDef {
+                            id: existing.id,
+                            ..def.clone()
+                        }) == existing
+                        {
                             return Ok(pb::CreateKeyspaceResponse {
                                 keyspace: Some(keyspace_pb(&existing)),
                             });
@@ -696,16 +762,21 @@ impl pb::kv_server::Kv for KvService {
                         ..
                     }) if ctx.hops < MAX_FORWARD_HOPS => {
                         return self
-                            .hop(leader, crate::cp::META_PARTITION, ctx, body, |mut c, r| async move {
-                                c.create_keyspace(r).await
-                            })
+                            .hop(
+                                leader,
+                                crate::cp::META_PARTITION,
+                                ctx,
+                                body,
+                                |mut c, r| async move { c.create_keyspace(r).await },
+                            )
                             .await;
                     }
                     Err(e) => return Err(self.cp_error(e, "(metadata)")),
                 }
             }
             Err(NodeError::Unavailable(
-                "could not allocate a keyspace id: concurrent creations kept taking it; retry".into(),
+                "could not allocate a keyspace id: concurrent creations kept taking it; retry"
+                    .into(),
             ))
         }
         .await;
@@ -738,12 +809,13 @@ impl KvService {
     /// Validates a CreateKeyspace request into a definition (id still unassigned).
     fn keyspace_def(&self, req: &pb::CreateKeyspaceRequest) -> NodeResult<KeyspaceDef> {
         let Some(k) = &req.keyspace else {
-            return Err(NodeError::InvalidArgument("CreateKeyspace needs a keyspace".into()));
+            return Err(NodeError::InvalidArgument(
+                "CreateKeyspace needs a keyspace".into(),
+            ));
         };
         let name_ok = !k.name.is_empty()
             && k.name.len() <= MAX_KEYSPACE_NAME_BYTES
-            && k
-                .name
+            && k.name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !name_ok {
@@ -762,7 +834,11 @@ impl KvService {
             }
         };
         let n_nodes = self.node.config.peers.len() as u32;
-        let replicas = if k.replicas == 0 { 3.min(n_nodes) } else { k.replicas };
+        let replicas = if k.replicas == 0 {
+            3.min(n_nodes)
+        } else {
+            k.replicas
+        };
         if mode == Mode::Cp && replicas != CP_REPLICAS.min(n_nodes) {
             return Err(NodeError::InvalidArgument(format!(
                 "CP keyspaces share the Raft groups of the built-in `cp` keyspace, so --replicas must be {} in this release (got {replicas})",
@@ -911,7 +987,9 @@ impl ipb::internal_server::Internal for InternalService {
             self.node.validate_key(&record.key)?;
             let hint_for = (req.hint_for != 0).then_some(req.hint_for);
             self.node.membership.heard_from(req.from);
-            self.node.ap.apply_replica(ks, record_from_pb(record), hint_for)?;
+            self.node
+                .ap
+                .apply_replica(ks, record_from_pb(record), hint_for)?;
             Ok(ipb::ApWriteResponse {})
         }
         .await;

@@ -68,7 +68,9 @@ fn blocked(node: &Option<Arc<Node>>, to: NodeId) -> Option<String> {
 }
 
 fn ap_err(to: NodeId, s: tonic::Status) -> ApTransportError {
-    if s.code() == tonic::Code::Unavailable && s.metadata().get(kv_client::error::NODE_HEADER).is_none() {
+    if s.code() == tonic::Code::Unavailable
+        && s.metadata().get(kv_client::error::NODE_HEADER).is_none()
+    {
         ApTransportError::Unreachable {
             node: to,
             reason: s.message().to_string(),
@@ -217,12 +219,12 @@ impl RaftTransport for GrpcTransport {
             }
             let node = node.expect("checked by blocked");
             node.faults.delay(to).await;
-            let mut client = node
-                .internal_client(to)
-                .map_err(|e| RaftTransportError::Unreachable {
-                    to,
-                    reason: e.to_string(),
-                })?;
+            let mut client =
+                node.internal_client(to)
+                    .map_err(|e| RaftTransportError::Unreachable {
+                        to,
+                        reason: e.to_string(),
+                    })?;
             let resp = client
                 .raft(ipb::RaftRequest {
                     group,
@@ -249,4 +251,3 @@ impl RaftTransport for GrpcTransport {
         })
     }
 }
-
