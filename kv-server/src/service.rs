@@ -128,9 +128,11 @@ impl From<ApError> for NodeError {
 pub const MAX_FORWARD_HOPS: u32 = 2;
 /// Pause before retrying a request whose leader could not be reached.
 const LEADER_RETRY_PAUSE: Duration = Duration::from_millis(50);
-/// Share of the request's timeout the node keeps for itself, so it answers `UNAVAILABLE`
-/// before the client's own deadline expires.
-const SERVER_DEADLINE_MARGIN: Duration = Duration::from_millis(100);
+/// Bounds of the part of a request's timeout the node keeps for the round trip (a fifth of
+/// the timeout, within these), so it answers `UNAVAILABLE` before the client's own deadline
+/// expires even when the network is slow.
+const SERVER_DEADLINE_MARGIN_MIN: Duration = Duration::from_millis(50);
+const SERVER_DEADLINE_MARGIN_MAX: Duration = Duration::from_millis(500);
 
 /// The key under which a CP keyspace's key lives in the shared Raft groups: keyspace id first,
 /// so keyspaces sharing a group never collide.
@@ -171,7 +173,9 @@ impl KvService {
 
     fn ctx<T>(&self, req: &Request<T>) -> Ctx {
         let timeout = request_timeout(&self.node, req);
-        let margin = SERVER_DEADLINE_MARGIN.min(timeout / 10);
+        let margin = (timeout / 5)
+            .clamp(SERVER_DEADLINE_MARGIN_MIN, SERVER_DEADLINE_MARGIN_MAX)
+            .min(timeout / 2);
         let hops = req
             .metadata()
             .get(FORWARDED_HEADER)
