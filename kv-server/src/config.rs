@@ -34,6 +34,10 @@ pub struct NodeConfig {
     pub chaos: bool,
     /// Deadline for requests that carry none.
     pub default_timeout: Duration,
+    /// AP: period of anti-entropy rounds (Merkle tree exchange), in milliseconds.
+    pub anti_entropy_interval_ms: u64,
+    /// AP: period of hint replay, in milliseconds.
+    pub hint_replay_interval_ms: u64,
     /// **Deliberate bug, tests only:** linearizable CP reads skip the read index, so an
     /// isolated old leader serves stale data. Exists to prove the checker catches it.
     pub unsafe_skip_read_index: bool,
@@ -57,6 +61,8 @@ impl NodeConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             chaos: false,
             default_timeout: DEFAULT_REQUEST_TIMEOUT,
+            anti_entropy_interval_ms: crate::ap::engine::DEFAULT_ANTI_ENTROPY_INTERVAL_MS,
+            hint_replay_interval_ms: crate::ap::engine::DEFAULT_HINT_REPLAY_INTERVAL_MS,
             unsafe_skip_read_index: false,
         }
     }
@@ -90,6 +96,11 @@ impl NodeConfig {
                 "--partitions {} must be a power of two >= 2",
                 self.partitions
             )));
+        }
+        if self.anti_entropy_interval_ms == 0 || self.hint_replay_interval_ms == 0 {
+            return Err(ConfigError(
+                "--anti-entropy-interval-ms and the hint replay interval must be positive".into(),
+            ));
         }
         if self.max_value_bytes == 0 {
             return Err(ConfigError("--max-value-bytes must be positive".into()));

@@ -180,6 +180,9 @@ struct ServerArgs {
     /// Accept fault-injection requests (drop/delay traffic, skew the clock).
     #[arg(long)]
     chaos: bool,
+    /// AP anti-entropy period (Merkle tree exchange between replicas), in milliseconds.
+    #[arg(long, default_value_t = kv_server::ap::engine::DEFAULT_ANTI_ENTROPY_INTERVAL_MS)]
+    anti_entropy_interval_ms: u64,
 }
 
 #[derive(Args, Clone)]
@@ -304,6 +307,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     cfg.partitions = args.partitions;
     cfg.max_value_bytes = args.max_value_bytes;
     cfg.chaos = args.chaos;
+    cfg.anti_entropy_interval_ms = args.anti_entropy_interval_ms;
     let me = cfg.validate()?;
     let listen = args.listen.unwrap_or(me.addr.clone());
     kv_client::net::validate_addr(&listen).map_err(anyhow::Error::msg)?;

@@ -75,6 +75,8 @@ impl Node {
         let membership = Membership::new(me.id, &config.peers);
         let mut ap_config = ApConfig::new(me.id);
         ap_config.max_value_bytes = config.max_value_bytes;
+        ap_config.anti_entropy_interval_ms = config.anti_entropy_interval_ms;
+        ap_config.hint_replay_interval_ms = config.hint_replay_interval_ms;
         let mut ap_error = None;
         let node = Arc::new_cyclic(|weak: &std::sync::Weak<Node>| {
             let transport = Arc::new(GrpcTransport::new(weak.clone()));
