@@ -252,3 +252,50 @@ fn a_node_with_another_peer_list_is_refused_at_handshake() {
     });
     sim.run().unwrap();
 }
+
+#[test]
+fn routing_policies_spread_or_target_requests() {
+    let mut sim = sim();
+    add_nodes(&mut sim, &SimOptions::default());
+    sim.client("client", async {
+        let mut coordinators = std::collections::BTreeMap::new();
+        for routing in [
+            kv_client::Routing::RoundRobin,
+            kv_client::Routing::LeastOutstanding,
+            kv_client::Routing::TokenAware,
+        ] {
+            let mut cfg = kv_client::ClientConfig::new(["n1:7000"]);
+            cfg.routing = routing;
+            cfg.dialer = std::sync::Arc::new(tests::TurmoilDialer);
+            let c = kv_client::Client::connect(cfg).await?;
+            let ring = c.refresh_ring().await?;
+            let mut seen = std::collections::BTreeSet::new();
+            for i in 0..30 {
+                let key = format!("r{i}");
+                // An AP write is coordinated by the node that receives it.
+                let r = c
+                    .put("ap", key.as_bytes(), b"v", Default::default())
+                    .await?;
+                if routing == kv_client::Routing::TokenAware {
+                    let p = kv_client::placement::partition_for_key(
+                        key.as_bytes(),
+                        ring.partition_count,
+                    );
+                    let owner = ring.partitions[p as usize].preference[0];
+                    let name = &ring.members.iter().find(|m| m.id == owner).unwrap().name;
+                    assert_eq!(&r.served_by, name, "token-aware sends {key} to its owner");
+                }
+                seen.insert(r.served_by);
+            }
+            coordinators.insert(format!("{routing:?}"), seen);
+        }
+        // Discovery found all three nodes from one seed, and round-robin used them all.
+        assert_eq!(coordinators["RoundRobin"].len(), 3, "{coordinators:?}");
+        // Token-aware sends each key to its partition's first replica: several nodes own
+        // partitions, so more than one node coordinates.
+        assert!(coordinators["TokenAware"].len() > 1, "{coordinators:?}");
+        assert!(!coordinators["LeastOutstanding"].is_empty());
+        Ok(())
+    });
+    sim.run().unwrap();
+}
