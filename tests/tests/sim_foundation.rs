@@ -299,3 +299,38 @@ fn routing_policies_spread_or_target_requests() {
     });
     sim.run().unwrap();
 }
+
+#[test]
+fn grpc_reflection_lists_the_public_and_internal_services() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut sim = sim();
+    add_nodes(&mut sim, &SimOptions::default());
+    sim.client("grpcurl", async {
+        use kv_client::net::Dialer;
+        let channel = tests::TurmoilDialer.channel("n2:7000")?;
+        let mut client = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = client
+            .server_reflection_info(futures::stream::iter(vec![request]))
+            .await?
+            .into_inner();
+        let answer = stream.message().await?.expect("one answer");
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("unexpected answer {answer:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.contains(&"kv.v1.Kv".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"kv.internal.v1.Internal".to_string()),
+            "{names:?}"
+        );
+        Ok(())
+    });
+    sim.run().unwrap();
+}
