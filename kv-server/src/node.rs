@@ -2,7 +2,7 @@
 //! paths that the gRPC services call. **Architecture invariant:** every request is validated
 //! (key, value, keyspace, options) before anything is read or written.
 
-use crate::ap::engine::{ApConfig, ApEngine, ApRing, Liveness};
+use crate::ap::engine::{ApConfig, ApEngine, ApRing};
 use crate::clock::Clock;
 use crate::config::{ConfigError, NodeConfig};
 use crate::cp::{CpConfig, CpEngine, GroupSpec};
@@ -53,6 +53,7 @@ pub struct Node {
     dialer: Arc<dyn Dialer>,
     channels: Mutex<BTreeMap<NodeId, Channel>>,
     cp: OnceLock<CpEngine>,
+    link: GrpcTransport,
 }
 
 impl Node {
@@ -77,50 +78,33 @@ impl Node {
         ap_config.max_value_bytes = config.max_value_bytes;
         ap_config.anti_entropy_interval_ms = config.anti_entropy_interval_ms;
         ap_config.hint_replay_interval_ms = config.hint_replay_interval_ms;
-        let mut ap_error = None;
-        let node = Arc::new_cyclic(|weak: &std::sync::Weak<Node>| {
-            let transport = Arc::new(GrpcTransport::new(weak.clone()));
-            let liveness = Arc::new(NodeLiveness(weak.clone()));
-            let ap = ApEngine::open(
-                ap_config,
-                engine.clone(),
-                clock.clone(),
-                transport,
-                liveness,
-                Arc::new(RingView(ring.clone())),
-            );
-            let ap = ap.unwrap_or_else(|e| {
-                ap_error = Some(e.to_string());
-                // A placeholder over an empty memory engine; `new` returns the error below.
-                ApEngine::open(
-                    ApConfig::new(me.id),
-                    Arc::new(storage::memory::MemoryEngine::new()),
-                    clock.clone(),
-                    Arc::new(GrpcTransport::new(weak.clone())),
-                    Arc::new(NodeLiveness(weak.clone())),
-                    Arc::new(RingView(ring.clone())),
-                )
-                .expect("an empty memory engine opens")
-            });
-            Node {
-                config,
-                me,
-                ring,
-                keyspaces: RwLock::new(keyspaces),
-                engine,
-                membership,
-                clock,
-                faults: Faults::default(),
-                ap,
-                dialer,
-                channels: Mutex::new(BTreeMap::new()),
-                cp: OnceLock::new(),
-            }
+        let link = GrpcTransport::default();
+        let ap = ApEngine::open(
+            ap_config,
+            engine.clone(),
+            clock.clone(),
+            Arc::new(link.clone()),
+            Arc::new(link.clone()),
+            Arc::new(RingView(ring.clone())),
+        )
+        .map_err(|e| ConfigError(format!("opening the AP engine: {e}")))?;
+        let node = Arc::new(Node {
+            config,
+            me,
+            ring,
+            keyspaces: RwLock::new(keyspaces),
+            engine,
+            membership,
+            clock,
+            faults: Faults::default(),
+            ap,
+            dialer,
+            channels: Mutex::new(BTreeMap::new()),
+            cp: OnceLock::new(),
+            link,
         });
-        match ap_error {
-            Some(e) => Err(ConfigError(format!("opening the AP engine: {e}"))),
-            None => Ok(node),
-        }
+        node.link.bind(Arc::downgrade(&node));
+        Ok(node)
     }
 
     /// Starts the CP engine: one Raft group per partition of the built-in `cp` keyspace (every
@@ -328,17 +312,6 @@ pub fn open_engine(config: &NodeConfig) -> Result<Arc<dyn Engine>, storage::Stor
     match &config.data_dir {
         Some(dir) => storage::open_engine(storage::EngineKind::Sled, Some(dir)),
         None => storage::open_engine(storage::EngineKind::Memory, None),
-    }
-}
-
-/// The node's membership as the AP engine's failure detector.
-struct NodeLiveness(std::sync::Weak<Node>);
-
-impl Liveness for NodeLiveness {
-    fn is_alive(&self, node: NodeId) -> bool {
-        self.0
-            .upgrade()
-            .is_some_and(|n| n.membership.is_alive(node))
     }
 }
 

@@ -3,7 +3,7 @@
 //! message. **Architecture invariant:** the engines never see gRPC; only this file and
 //! `service.rs` convert between engine types and protobuf.
 
-use crate::ap::engine::{ApTransport, TransportError as ApTransportError};
+use crate::ap::engine::{ApTransport, Liveness, TransportError as ApTransportError};
 use crate::ap::lww::ApRecord;
 use crate::cp::network::{RaftKind, RaftTransport, TransportError as RaftTransportError};
 use crate::node::Node;
@@ -11,7 +11,7 @@ use crate::types::{Hlc, NodeId};
 use futures::future::BoxFuture;
 use kv_proto::internal as ipb;
 use kv_proto::v1 as pb;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 /// Converts an AP record to its wire form.
 pub fn record_to_pb(r: &ApRecord) -> ipb::Record {
@@ -41,17 +41,35 @@ pub fn record_from_pb(r: ipb::Record) -> ApRecord {
     }
 }
 
-/// Both engines' transports over the node's internal gRPC clients. Holds the node weakly:
-/// the node owns the engines, which own this.
-#[derive(Clone)]
+/// Both engines' transports (and the AP engine's liveness view) over the node's internal gRPC
+/// clients. Holds the node weakly: the node owns the engines, which own this. Made before the
+/// node (the engines need it to open) and bound to it right after; clones share the binding.
+#[derive(Clone, Default)]
 pub struct GrpcTransport {
-    node: Weak<Node>,
+    node: Arc<OnceLock<Weak<Node>>>,
 }
 
 impl GrpcTransport {
-    /// A transport for `node`.
+    /// A transport bound to `node`.
     pub fn new(node: Weak<Node>) -> Self {
-        Self { node }
+        let t = Self::default();
+        t.bind(node);
+        t
+    }
+
+    /// Binds the transport to its node (once; later calls are ignored).
+    pub fn bind(&self, node: Weak<Node>) {
+        let _ = self.node.set(node);
+    }
+
+    fn upgrade(&self) -> Option<Arc<Node>> {
+        self.node.get().and_then(Weak::upgrade)
+    }
+}
+
+impl Liveness for GrpcTransport {
+    fn is_alive(&self, node: NodeId) -> bool {
+        self.upgrade().is_some_and(|n| n.membership.is_alive(node))
     }
 }
 
@@ -95,7 +113,7 @@ impl GrpcTransport {
         ),
         ApTransportError,
     > {
-        let node = self.node.upgrade();
+        let node = self.upgrade();
         if let Some(reason) = blocked(&node, to) {
             return Err(ApTransportError::Unreachable { node: to, reason });
         }
@@ -212,7 +230,7 @@ impl RaftTransport for GrpcTransport {
         kind: RaftKind,
         payload: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, RaftTransportError>> {
-        let node = self.node.upgrade();
+        let node = self.upgrade();
         Box::pin(async move {
             if let Some(reason) = blocked(&node, to) {
                 return Err(RaftTransportError::Unreachable { to, reason });
