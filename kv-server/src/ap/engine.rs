@@ -19,7 +19,7 @@ use crate::storage::{Engine, StorageError};
 use crate::types::{Hlc, KeyspaceDef, Mode, NodeId, DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -246,6 +246,7 @@ pub struct WriteTarget {
 pub fn plan_write(
     preference: &[NodeId],
     n: usize,
+    coordinator: NodeId,
     is_alive: impl Fn(NodeId) -> bool,
 ) -> (Vec<WriteTarget>, VecDeque<NodeId>) {
     let n = n.min(preference.len());
@@ -256,14 +257,16 @@ pub fn plan_write(
         .collect();
     let mut targets = Vec::with_capacity(n);
     for &owner in &preference[..n] {
-        if is_alive(owner) {
+        if is_alive(owner) || owner == coordinator {
             targets.push(WriteTarget {
                 node: owner,
                 hint_for: None,
             });
-        } else if let Some(f) = fallbacks.pop_front() {
+        } else {
+            // The next live node past the replicas holds the hint; with none left (a cluster
+            // of N nodes) the coordinator keeps it, as Cassandra's coordinators do.
             targets.push(WriteTarget {
-                node: f,
+                node: fallbacks.pop_front().unwrap_or(coordinator),
                 hint_for: Some(owner),
             });
         }
@@ -595,7 +598,9 @@ impl ApEngine {
             value,
         };
         let (targets, fallbacks) =
-            plan_write(preference, ks.replicas as usize, |n| self.is_alive(n));
+            plan_write(preference, ks.replicas as usize, self.node_id(), |n| {
+                self.is_alive(n)
+            });
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         // The writes run in their own task: the caller returns after W acks while the remaining
         // replicas (and fallbacks for failed ones) still get the write.
@@ -631,11 +636,13 @@ impl ApEngine {
             pending.push(self.send_write(t, keyspace_id, record.clone()));
         }
         let mut done = Some(done);
-        let mut acks = 0;
+        // W counts distinct nodes: a coordinator that stores a replica and a hint acks once.
+        let mut acked: BTreeSet<NodeId> = BTreeSet::new();
         while let Some((target, result)) = pending.next().await {
             match result {
                 Ok(()) => {
-                    acks += 1;
+                    acked.insert(target.node);
+                    let acks = acked.len();
                     if acks >= w {
                         if let Some(d) = done.take() {
                             let _ = d.send(acks);
@@ -646,9 +653,16 @@ impl ApEngine {
                     let owner = target.hint_for.unwrap_or(target.node);
                     tracing::warn!(node_id = self.node_id(), to = target.node, owner, error = %e, "AP write failed; trying a fallback");
                     // Each fallback is used at most once, which bounds this loop.
-                    if let Some(f) = fallbacks.pop_front() {
+                    // With no fallback left the coordinator keeps the hint (once: a failure of
+                    // its own store is not retried).
+                    let holder = match fallbacks.pop_front() {
+                        Some(f) => Some(f),
+                        None if target.node != self.node_id() => Some(self.node_id()),
+                        None => None,
+                    };
+                    if let Some(node) = holder {
                         let t = WriteTarget {
-                            node: f,
+                            node,
                             hint_for: Some(owner),
                         };
                         pending.push(self.send_write(t, keyspace_id, record.clone()));
@@ -657,7 +671,7 @@ impl ApEngine {
             }
         }
         if let Some(d) = done.take() {
-            let _ = d.send(acks);
+            let _ = d.send(acked.len());
         }
         if self.inner.writes_in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.inner.writes_idle.notify_waiters();
@@ -1028,7 +1042,7 @@ mod tests {
     #[test]
     fn plan_replaces_down_replicas_with_the_next_live_fallbacks() {
         let pref = [1, 2, 3, 4, 5, 6];
-        let (targets, rest) = plan_write(&pref, 3, |n| n != 2 && n != 4);
+        let (targets, rest) = plan_write(&pref, 3, 1, |n| n != 2 && n != 4);
         assert_eq!(
             targets,
             vec![
@@ -1047,9 +1061,15 @@ mod tests {
             ]
         );
         assert_eq!(rest, VecDeque::from([6]));
-        // No fallback left: the owner gets no target at all.
-        let (targets, rest) = plan_write(&[1, 2, 3], 3, |n| n != 3);
-        assert_eq!(targets.len(), 2);
+        // No fallback left (a 3-node cluster): the coordinator keeps the hint.
+        let (targets, rest) = plan_write(&[1, 2, 3], 3, 1, |n| n != 3);
+        assert_eq!(
+            targets[2],
+            WriteTarget {
+                node: 1,
+                hint_for: Some(3)
+            }
+        );
         assert!(rest.is_empty());
     }
 
