@@ -185,3 +185,165 @@ where
         }
     }
 }
+
+// ---- Helpers of the AP simulations (`tests/sim_ap.rs`) ----
+
+/// Each simulated node's disk, swappable: a node takes its engine from here at every (re)start,
+/// so `wipe` followed by `sim.crash` + `sim.bounce` restarts it on an empty disk.
+#[derive(Clone, Default)]
+pub struct SimDisks(Arc<std::sync::Mutex<std::collections::BTreeMap<String, MemoryEngine>>>);
+
+impl SimDisks {
+    /// The engine node `name` runs on (created empty on first use).
+    pub fn engine(&self, name: &str) -> MemoryEngine {
+        self.0
+            .lock()
+            .expect("disks lock")
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Replaces node `name`'s disk with an empty one, used from its next (re)start.
+    pub fn wipe(&self, name: &str) {
+        self.0
+            .lock()
+            .expect("disks lock")
+            .insert(name.to_string(), MemoryEngine::new());
+    }
+}
+
+/// Like `add_nodes`, with two differences: each node (re)starts on the engine `disks` holds for
+/// it, and a restarted node's wall clock continues from the simulation's elapsed time (a node
+/// of `add_nodes` restarts its clock at `SIM_EPOCH_MS`, so its HLC starts behind the others').
+pub fn add_nodes_on(
+    sim: &mut turmoil::Sim<'_>,
+    opts: &SimOptions,
+    disks: &SimDisks,
+) -> Vec<Member> {
+    let peers = members(opts.nodes);
+    for m in &peers {
+        let peers = peers.clone();
+        let name = m.name.clone();
+        let opts = opts.clone();
+        let disks = disks.clone();
+        sim.host(m.name.as_str(), move || {
+            let engine = disks.engine(&name);
+            let peers = peers.clone();
+            let name = name.clone();
+            let opts = opts.clone();
+            async move {
+                let mut cfg = NodeConfig::new(&name, SIM_CLUSTER, peers);
+                cfg.partitions = opts.partitions;
+                (opts.tweak)(&mut cfg);
+                let elapsed_ms = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
+                let clock = Arc::new(kv_server::clock::TokioClock::new(SIM_EPOCH_MS + elapsed_ms));
+                let node = Node::new(cfg, Arc::new(engine), Arc::new(TurmoilDialer), clock)?;
+                let _background = node.start_background();
+                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SIM_PORT)).await?;
+                let heartbeats = tokio::spawn(kv_server::server::heartbeat_loop(node.clone()));
+                tokio::select! {
+                    r = kv_server::server::serve(node, incoming(listener), std::future::pending()) => r?,
+                    r = heartbeats => {
+                        if let Ok(Err(msg)) = r {
+                            return Err(msg.into());
+                        }
+                    }
+                }
+                Ok(())
+            }
+        });
+    }
+    peers
+}
+
+/// Internal-API clients to every node of a simulation, for reading replicas directly (the
+/// `ApRead` call reads one node's copy and repairs nothing).
+pub struct ReplicaReader {
+    clients: std::collections::BTreeMap<
+        String,
+        kv_proto::internal::internal_client::InternalClient<Channel>,
+    >,
+    timeout: Duration,
+}
+
+impl ReplicaReader {
+    /// Clients to `addrs`, each call bounded by `timeout`.
+    pub fn new(addrs: &[String], timeout: Duration) -> Self {
+        let clients = addrs
+            .iter()
+            .map(|a| {
+                let ch = TurmoilDialer.channel(a).expect("valid simulated address");
+                (
+                    a.clone(),
+                    kv_proto::internal::internal_client::InternalClient::new(ch),
+                )
+            })
+            .collect();
+        Self { clients, timeout }
+    }
+
+    /// Node `addr`'s record of `key` in keyspace `keyspace_id` (tombstones included).
+    pub async fn read(
+        &self,
+        addr: &str,
+        keyspace_id: u32,
+        key: &[u8],
+    ) -> Result<Option<kv_proto::internal::Record>, String> {
+        let mut client = self
+            .clients
+            .get(addr)
+            .unwrap_or_else(|| panic!("no client for {addr}"))
+            .clone();
+        let mut req = tonic::Request::new(kv_proto::internal::ApReadRequest {
+            keyspace: keyspace_id.to_string(),
+            key: key.to_vec(),
+        });
+        req.set_timeout(self.timeout);
+        match tokio::time::timeout(self.timeout, client.ap_read(req)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner().record),
+            Ok(Err(status)) => Err(format!("{addr}: {}", status.message())),
+            Err(_) => Err(format!("{addr}: no answer within {:?}", self.timeout)),
+        }
+    }
+}
+
+/// Waits until node `observer` sees node `node` in `state`.
+pub async fn wait_node_state(
+    c: &Client,
+    observer: &str,
+    node: &str,
+    state: kv_proto::v1::NodeState,
+    deadline: Duration,
+) {
+    eventually(deadline, || async {
+        let status = c.status(Some(observer)).await.map_err(|e| e.to_string())?;
+        let seen = status
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .unwrap_or_else(|| panic!("{node} missing from {observer}'s status"));
+        if seen.state == state as i32 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{observer} sees {node} as {:?}",
+                kv_proto::v1::NodeState::try_from(seen.state)
+            ))
+        }
+    })
+    .await
+}
+
+/// Hints node `holder` holds, per intended owner's name (as its `ClusterStatus` reports them).
+pub async fn hints_held(
+    c: &Client,
+    holder: &str,
+) -> Result<std::collections::BTreeMap<String, u64>, kv_client::Error> {
+    let status = c.status(Some(holder)).await?;
+    Ok(status
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.hints_pending))
+        .collect())
+}
