@@ -182,7 +182,7 @@ async fn wait_converged(
                 let got = match reader.read(r, AP_ID, key).await {
                     Ok(rec) => held(&rec),
                     Err(e) => {
-                        differing = Some(format!("{e}"));
+                        differing = Some(e);
                         break 'keys;
                     }
                 };

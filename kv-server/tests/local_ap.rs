@@ -1,0 +1,222 @@
+//! End-to-end test of hinted handoff on real processes: `kv local up` starts four nodes (with
+//! three, every node is a replica of every key, so there is no fallback node to hold a hint), one
+//! is killed with SIGKILL, `kv put --keyspace ap` keeps succeeding at the default quorum, `kv
+//! status -o json` shows the hints the live nodes hold for the dead one, `kv local up` restarts
+//! it, the hints drain to zero, and the restarted node's replica holds every write it missed.
+
+use kv_client::{Client, ClientConfig};
+use kv_proto::internal::internal_client::InternalClient;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Nodes of the cluster: one more than the replication factor, so each write has a fallback.
+const NODES: usize = 4;
+/// Keys written while the node is down.
+const KEYS: usize = 40;
+/// How long the hints may take to appear, and to drain once the node is back (generous: the
+/// machine may be loaded; on an idle one each takes a few seconds at most).
+const HINTS_DEADLINE: Duration = Duration::from_secs(60);
+/// How often `kv status` is polled.
+const POLL: Duration = Duration::from_millis(200);
+
+fn kv(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kv"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("KV_ENDPOINTS")
+        .output()
+        .expect("running kv")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "kv failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stops the cluster even when an assertion fails.
+struct Cleanup<'a>(&'a Path);
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let _ = kv(self.0, &["local", "down", "--purge"]);
+    }
+}
+
+fn cluster(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join(".kv-local/cluster.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Hints pending for `node`, summed over every reachable node's view in `kv status -o json`.
+fn hints_for(dir: &Path, node: &str) -> u64 {
+    let out = ok(&kv(dir, &["status", "-o", "json"]));
+    let views: serde_json::Value = serde_json::from_str(&out).expect("status is JSON");
+    views
+        .as_array()
+        .expect("one entry per node")
+        .iter()
+        .filter(|v| v["reachable"] == true)
+        .flat_map(|v| v["view"].as_array().cloned().unwrap_or_default())
+        .filter(|n| n["name"] == node)
+        .map(|n| n["hints_pending"].as_u64().expect("hints_pending"))
+        .sum()
+}
+
+/// Polls `kv status` until the hints pending for `node` equal `want`; returns the time it took.
+fn wait_hints(dir: &Path, node: &str, want: u64) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = hints_for(dir, node);
+        if got == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < HINTS_DEADLINE,
+            "hints pending for {node}: {got}, expected {want} within {HINTS_DEADLINE:?}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Each key's replicas (the first three of its preference list), by node name.
+fn replicas(addrs: &[String], keys: &[String]) -> BTreeMap<String, Vec<String>> {
+    runtime().block_on(async {
+        let c = Client::connect(ClientConfig::new(addrs.iter().cloned()))
+            .await
+            .expect("connect");
+        let ring = c.refresh_ring().await.expect("ring");
+        let name: BTreeMap<u64, String> = ring
+            .members
+            .iter()
+            .map(|m| (m.id, m.name.clone()))
+            .collect();
+        keys.iter()
+            .map(|k| {
+                let p = kv_client::placement::partition_for_key(k.as_bytes(), ring.partition_count);
+                let pref = &ring.partitions[p as usize].preference;
+                (
+                    k.clone(),
+                    pref[..3].iter().map(|id| name[id].clone()).collect(),
+                )
+            })
+            .collect()
+    })
+}
+
+/// `addr`'s own replica of `key` in the `ap` keyspace (id 2), read through the internal API:
+/// `(value, tombstone)`, or `None` when it holds nothing.
+fn replica_value(addr: &str, key: &str) -> Option<(Vec<u8>, bool)> {
+    runtime().block_on(async {
+        let channel = kv_client::net::endpoint_for(addr)
+            .expect("address")
+            .connect()
+            .await
+            .expect("connect to the node");
+        let mut c = InternalClient::new(channel);
+        let resp = c
+            .ap_read(kv_proto::internal::ApReadRequest {
+                keyspace: "2".into(),
+                key: key.as_bytes().to_vec(),
+            })
+            .await
+            .expect("ApRead");
+        resp.into_inner().record.map(|r| (r.value, r.tombstone))
+    })
+}
+
+#[test]
+fn writes_missed_by_a_killed_node_reach_it_through_hints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _cleanup = Cleanup(dir);
+    let nodes = NODES.to_string();
+    let up = ok(&kv(
+        dir,
+        &["local", "up", "--nodes", &nodes, "--base-port", "0"],
+    ));
+    assert!(up.contains("local cluster ready"), "{up}");
+    let c = cluster(dir);
+    let addrs: Vec<String> = c["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["addr"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(addrs.len(), NODES);
+    let (dead, dead_addr) = ("n4", addrs[3].clone());
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("hinted-{i}")).collect();
+    let replicas = replicas(&addrs, &keys);
+    let missed: Vec<&String> = keys
+        .iter()
+        .filter(|k| replicas[*k].iter().any(|n| n == dead))
+        .collect();
+    assert!(!missed.is_empty(), "no key is replicated on {dead}");
+    assert_eq!(hints_for(dir, dead), 0);
+
+    // SIGKILL: a crash, not a shutdown.
+    let pid = c["nodes"][3]["pid"].as_u64().unwrap();
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+
+    // The default consistency (quorum, 2 of 3) is met by the live replicas and fallbacks.
+    for (i, key) in keys.iter().enumerate() {
+        ok(&kv(
+            dir,
+            &["put", key, &format!("value-{i}"), "--keyspace", "ap"],
+        ));
+    }
+    // One hint per write that the dead node should have received (held by the key's fallback).
+    let took = wait_hints(dir, dead, missed.len() as u64);
+    println!(
+        "{} of {KEYS} writes left a hint for {dead} (visible after {took:?})",
+        missed.len()
+    );
+
+    // `kv local up` restarts the killed node on its old port with its old data.
+    let up = ok(&kv(dir, &["local", "up"]));
+    assert!(up.contains("local cluster ready"), "{up}");
+    let took = wait_hints(dir, dead, 0);
+    println!("hints for {dead} drained {took:?} after `kv local up` returned");
+
+    // The restarted node's own replica holds every write it missed.
+    for key in &missed {
+        let i: usize = key.trim_start_matches("hinted-").parse().unwrap();
+        assert_eq!(
+            replica_value(&dead_addr, key),
+            Some((format!("value-{i}").into_bytes(), false)),
+            "{dead}'s replica of {key}"
+        );
+    }
+    // And every key reads back at consistency all, coordinated by the restarted node.
+    for (i, key) in keys.iter().enumerate() {
+        let got = ok(&kv(
+            dir,
+            &[
+                "get",
+                key,
+                "--keyspace",
+                "ap",
+                "--consistency",
+                "all",
+                "--endpoints",
+                &dead_addr,
+            ],
+        ));
+        assert_eq!(got.trim(), format!("value-{i}"));
+    }
+}
