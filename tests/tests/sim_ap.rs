@@ -308,6 +308,9 @@ fn partition_with_writes_on_both_sides_converges_to_the_newest_acknowledged_writ
         // The converged value is the acknowledged write with the highest HLC.
         let mut overwritten = 0;
         let mut lost_sides = 0;
+        // Writes whose whole side lost the key: the other side's newer write replaced them
+        // though nobody on their side ever saw it (the price of accepting writes on both sides).
+        let mut lost_to_other_side = 0;
         for key in &keys {
             let writes: Vec<&Acked> = acked.iter().filter(|a| &a.key == key).collect();
             let newest = writes.iter().max_by_key(|a| a.hlc).expect("written");
@@ -318,6 +321,7 @@ fn partition_with_writes_on_both_sides_converges_to_the_newest_acknowledged_writ
                 String::from_utf8_lossy(key)
             );
             overwritten += writes.len() - 1;
+            lost_to_other_side += writes.iter().filter(|a| a.side != newest.side).count();
             // A side's last acknowledged write of the key, lost unless it is the newest.
             for side in ["majority", "minority"] {
                 let last = writes
@@ -332,7 +336,7 @@ fn partition_with_writes_on_both_sides_converges_to_the_newest_acknowledged_writ
         // Each hot key was written by both sides: exactly one side's final write of it lost.
         assert_eq!(lost_sides, HOT_KEYS);
         println!(
-            "partition: {} writes acknowledged ({majority} on the majority side, {minority} on the minority side), {} keys; converged {took:?} after the heal (bound {CONVERGENCE_BOUND:?}); {overwritten} acknowledged writes overwritten by LWW, of which {lost_sides} were a side's last write of a key, discarded for the other side's newer one",
+            "partition: {} writes acknowledged ({majority} on the majority side, {minority} on the minority side), {} keys; converged {took:?} after the heal (bound {CONVERGENCE_BOUND:?}); {overwritten} acknowledged writes overwritten by LWW; {lost_to_other_side} of them lost to a write from the other side of the partition, {lost_sides} of those being a side's last write of a key",
             acked.len(),
             keys.len()
         );
@@ -399,6 +403,15 @@ fn with_a_node_down_quorum_succeeds_and_all_is_unavailable() {
         }
         let got = c.get(AP, b"before", with(Consistency::Quorum)).await?;
         assert_eq!(got.value.as_deref(), Some(&b"v0"[..]));
+        // FIXME: with as many nodes as replicas there is no fallback node beyond N, so the writes
+        // n3 missed leave no hint anywhere (hints go only to nodes beyond the first N); n3 will
+        // catch up by read repair or anti-entropy only. Cassandra keeps such hints on the
+        // coordinator (not counted towards W); `hinted_handoff_delivers_the_writes_a_down_node_missed`
+        // uses five nodes for that reason.
+        for holder in ["n1:7000", "n2:7000"] {
+            let hints = hints_held(&c, holder).await?;
+            assert!(hints.values().all(|&h| h == 0), "{holder}: {hints:?}");
+        }
 
         let err = c
             .put(AP, b"k-all", b"v", with(Consistency::All))
