@@ -239,6 +239,7 @@ pub fn add_nodes_on(
                 let elapsed_ms = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
                 let clock = Arc::new(kv_server::clock::TokioClock::new(SIM_EPOCH_MS + elapsed_ms));
                 let node = Node::new(cfg, Arc::new(engine), Arc::new(TurmoilDialer), clock)?;
+                node.start_cp(kv_server::cp::CpConfig::default()).await?;
                 let _background = node.start_background();
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SIM_PORT)).await?;
                 let heartbeats = tokio::spawn(kv_server::server::heartbeat_loop(node.clone()));
