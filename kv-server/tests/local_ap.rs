@@ -1,8 +1,9 @@
-//! End-to-end test of hinted handoff on real processes: `kv local up` starts four nodes (with
-//! three, every node is a replica of every key, so there is no fallback node to hold a hint), one
-//! is killed with SIGKILL, `kv put --keyspace ap` keeps succeeding at the default quorum, `kv
-//! status -o json` shows the hints the live nodes hold for the dead one, `kv local up` restarts
-//! it, the hints drain to zero, and the restarted node's replica holds every write it missed.
+//! End-to-end test of hinted handoff on real processes: `kv local up` starts three nodes, one is
+//! killed with SIGKILL, `kv put --keyspace ap` keeps succeeding at the default quorum (2 of 3),
+//! `kv status -o json` shows the hints the live nodes hold for the dead one (with three nodes
+//! every node replicates every key and there is no fallback node, so each write's coordinator
+//! keeps its hint), `kv local up` restarts it, the hints drain to zero, and the restarted node's
+//! replica holds every write it missed.
 
 use kv_client::{Client, ClientConfig};
 use kv_proto::internal::internal_client::InternalClient;
@@ -11,8 +12,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// Nodes of the cluster: one more than the replication factor, so each write has a fallback.
-const NODES: usize = 4;
+/// Nodes of the cluster (`kv local up`'s default).
+const NODES: usize = 3;
 /// Keys written while the node is down.
 const KEYS: usize = 40;
 /// How long the hints may take to appear, and to drain once the node is back (generous: the
@@ -142,11 +143,7 @@ fn writes_missed_by_a_killed_node_reach_it_through_hints() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let _cleanup = Cleanup(dir);
-    let nodes = NODES.to_string();
-    let up = ok(&kv(
-        dir,
-        &["local", "up", "--nodes", &nodes, "--base-port", "0"],
-    ));
+    let up = ok(&kv(dir, &["local", "up", "--base-port", "0"]));
     assert!(up.contains("local cluster ready"), "{up}");
     let c = cluster(dir);
     let addrs: Vec<String> = c["nodes"]
@@ -156,7 +153,7 @@ fn writes_missed_by_a_killed_node_reach_it_through_hints() {
         .map(|n| n["addr"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(addrs.len(), NODES);
-    let (dead, dead_addr) = ("n4", addrs[3].clone());
+    let (dead, dead_addr) = ("n3", addrs[2].clone());
     let keys: Vec<String> = (0..KEYS).map(|i| format!("hinted-{i}")).collect();
     let replicas = replicas(&addrs, &keys);
     let missed: Vec<&String> = keys
@@ -167,7 +164,7 @@ fn writes_missed_by_a_killed_node_reach_it_through_hints() {
     assert_eq!(hints_for(dir, dead), 0);
 
     // SIGKILL: a crash, not a shutdown.
-    let pid = c["nodes"][3]["pid"].as_u64().unwrap();
+    let pid = c["nodes"][2]["pid"].as_u64().unwrap();
     Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
@@ -180,7 +177,8 @@ fn writes_missed_by_a_killed_node_reach_it_through_hints() {
             &["put", key, &format!("value-{i}"), "--keyspace", "ap"],
         ));
     }
-    // One hint per write that the dead node should have received (held by the key's fallback).
+    // One hint per write that the dead node should have received (held by the key's first
+    // fallback, or with none by the write's coordinator).
     let took = wait_hints(dir, dead, missed.len() as u64);
     println!(
         "{} of {KEYS} writes left a hint for {dead} (visible after {took:?})",

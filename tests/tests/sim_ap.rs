@@ -13,6 +13,7 @@ use kv_proto::v1::NodeState;
 use kv_server::ap::engine::{
     DEFAULT_ANTI_ENTROPY_INTERVAL_MS, DEFAULT_HINT_REPLAY_INTERVAL_MS, DEFAULT_MERKLE_TIMEOUT_MS,
 };
+use kv_server::config::NodeConfig;
 use kv_server::membership::DOWN_AFTER;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,20 @@ const CONVERGENCE_BOUND: Duration = Duration::from_millis(
         + DEFAULT_MERKLE_TIMEOUT_MS
         + 5_000,
 );
+/// Node configs of the convergence tests: anti-entropy every `SIM_ANTI_ENTROPY_MS`.
+fn short_anti_entropy(cfg: &mut NodeConfig) {
+    cfg.anti_entropy_interval_ms = SIM_ANTI_ENTROPY_MS;
+}
+
+/// Node configs with every default.
+fn defaults(_: &mut NodeConfig) {}
+
+/// Node configs whose hints wait (an hour between replays), so a replica that missed writes
+/// stays stale until a read or anti-entropy repairs it.
+fn no_hint_replay(cfg: &mut NodeConfig) {
+    cfg.hint_replay_interval_ms = 60 * 60 * 1000;
+}
+
 /// How often convergence is checked.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -81,12 +96,12 @@ impl Drop for Reproduce {
     }
 }
 
-/// A simulation of `nodes` nodes running anti-entropy every `anti_entropy_ms`; returns it with
-/// the nodes' disks and the replay guard.
+/// A simulation of `nodes` nodes whose configs `tweak` adjusts; returns it with the nodes' disks
+/// and the replay guard.
 fn sim(
     test: &'static str,
     nodes: usize,
-    anti_entropy_ms: u64,
+    tweak: fn(&mut NodeConfig),
     duration: Duration,
 ) -> (turmoil::Sim<'static>, SimDisks, Reproduce) {
     let seed = seed();
@@ -101,7 +116,7 @@ fn sim(
         &mut sim,
         &SimOptions {
             nodes,
-            tweak: Arc::new(move |cfg| cfg.anti_entropy_interval_ms = anti_entropy_ms),
+            tweak: Arc::new(tweak),
             ..Default::default()
         },
         &disks,
@@ -241,7 +256,7 @@ fn partition_with_writes_on_both_sides_converges_to_the_newest_acknowledged_writ
     let (mut sim, _disks, _guard) = sim(
         "partition_with_writes_on_both_sides_converges_to_the_newest_acknowledged_write",
         3,
-        SIM_ANTI_ENTROPY_MS,
+        short_anti_entropy,
         Duration::from_secs(200),
     );
     sim.client("driver", async {
@@ -363,7 +378,7 @@ fn with_a_node_down_quorum_succeeds_and_all_is_unavailable() {
     let (mut sim, _disks, _guard) = sim(
         "with_a_node_down_quorum_succeeds_and_all_is_unavailable",
         3,
-        DEFAULT_ANTI_ENTROPY_INTERVAL_MS,
+        defaults,
         Duration::from_secs(120),
     );
     sim.client("setup", async {
@@ -415,16 +430,6 @@ fn with_a_node_down_quorum_succeeds_and_all_is_unavailable() {
         }
         let got = c.get(AP, b"before", with(Consistency::Quorum)).await?;
         assert_eq!(got.value.as_deref(), Some(&b"v0"[..]));
-        // FIXME: with as many nodes as replicas there is no fallback node beyond N, so the writes
-        // n3 missed leave no hint anywhere (hints go only to nodes beyond the first N); n3 will
-        // catch up by read repair or anti-entropy only. Cassandra keeps such hints on the
-        // coordinator (not counted towards W); `hinted_handoff_delivers_the_writes_a_down_node_missed`
-        // uses five nodes for that reason.
-        for holder in ["n1:7000", "n2:7000"] {
-            let hints = hints_held(&c, holder).await?;
-            assert!(hints.values().all(|&h| h == 0), "{holder}: {hints:?}");
-        }
-
         let err = c
             .put(AP, b"k-all", b"v", with(Consistency::All))
             .await
@@ -440,6 +445,21 @@ fn with_a_node_down_quorum_succeeds_and_all_is_unavailable() {
             .await
             .unwrap_err();
         expect_unavailable(err, "write");
+
+        // With as many nodes as replicas there is no fallback node: the coordinator keeps a hint
+        // for every write n3 missed (the ten quorum writes, and the two `all` writes and the
+        // `all` delete, which failed but applied on n1 and n2), and nobody else holds any.
+        eventually(Duration::from_secs(10), || async {
+            let hints = hints_held(&c, "n1:7000").await.map_err(|e| e.to_string())?;
+            if hints["n3"] == 13 {
+                Ok(())
+            } else {
+                Err(format!("n1 holds {hints:?}, expected 13 hints for n3"))
+            }
+        })
+        .await;
+        let hints = hints_held(&c, "n2:7000").await?;
+        assert!(hints.values().all(|&h| h == 0), "n2 holds {hints:?}");
         Ok(())
     });
     run(&mut sim);
@@ -475,7 +495,7 @@ fn hinted_handoff_delivers_the_writes_a_down_node_missed() {
     let (mut sim, _disks, _guard) = sim(
         "hinted_handoff_delivers_the_writes_a_down_node_missed",
         5,
-        DEFAULT_ANTI_ENTROPY_INTERVAL_MS,
+        defaults,
         Duration::from_secs(120),
     );
     // Keys chosen from the ring: (key, hint holder) for keys replicated on n5, and keys not.
@@ -606,15 +626,16 @@ fn hinted_handoff_delivers_the_writes_a_down_node_missed() {
     run(&mut sim);
 }
 
-/// n3 misses quorum writes while partitioned (three nodes: no fallback, so no hint); after the
-/// heal and before any anti-entropy round, reads repair it: an `all` read for every key, and a
+/// n3 misses quorum writes while partitioned; n1 keeps hints for it, but hint replay is off in
+/// this test (`no_hint_replay`). After the heal and before any anti-entropy round, reads repair
+/// it: an `all` read for every key, and a
 /// `quorum` read for the keys whose first two replicas include n3.
 #[test]
 fn reads_repair_a_stale_replica() {
     let (mut sim, _disks, _guard) = sim(
         "reads_repair_a_stale_replica",
         3,
-        DEFAULT_ANTI_ENTROPY_INTERVAL_MS,
+        no_hint_replay,
         Duration::from_secs(120),
     );
     sim.client("driver", async {
@@ -648,7 +669,7 @@ fn reads_repair_a_stale_replica() {
         wait_node_state(&c, "n3:7000", "n1", NodeState::Alive, MEMBERSHIP_DEADLINE).await;
         let (mut by_quorum, mut by_all) = (0, 0);
         for (key, (i, hlc)) in &acked {
-            // Stale: the write to n3 timed out long ago and nothing has repaired it yet.
+            // Stale: the write to n3 timed out long ago and its hint waits on n1.
             let before = reader.read("n3:7000", AP_ID, key.as_bytes()).await?;
             assert_eq!(held(&before), None, "n3 already holds {key}");
             let pref = preference(&lists, key.as_bytes());
@@ -693,7 +714,7 @@ fn a_delete_during_a_partition_never_comes_back() {
     let (mut sim, _disks, _guard) = sim(
         "a_delete_during_a_partition_never_comes_back",
         3,
-        SIM_ANTI_ENTROPY_MS,
+        short_anti_entropy,
         Duration::from_secs(200),
     );
     sim.client("driver", async {
@@ -756,7 +777,7 @@ fn anti_entropy_refills_a_wiped_replica() {
     let (mut sim, disks, _guard) = sim(
         "anti_entropy_refills_a_wiped_replica",
         3,
-        SIM_ANTI_ENTROPY_MS,
+        short_anti_entropy,
         Duration::from_secs(200),
     );
     let keys: Vec<Vec<u8>> = (0..20).map(|i| format!("ae-{i}").into_bytes()).collect();
