@@ -185,3 +185,50 @@ where
         }
     }
 }
+
+/// Like `add_nodes`, but every node's CP engine draws its election timeouts from `cp_rng_seed`
+/// (mixed with node and group ids), so with `Builder::rng_seed` the whole run repeats.
+pub fn add_seeded_nodes(
+    sim: &mut turmoil::Sim<'_>,
+    opts: &SimOptions,
+    cp_rng_seed: u64,
+) -> Vec<Member> {
+    let peers = members(opts.nodes);
+    for m in &peers {
+        let engine = MemoryEngine::new();
+        let peers = peers.clone();
+        let name = m.name.clone();
+        let opts = opts.clone();
+        sim.host(m.name.as_str(), move || {
+            let engine = engine.clone();
+            let peers = peers.clone();
+            let name = name.clone();
+            let opts = opts.clone();
+            async move {
+                let mut cfg = NodeConfig::new(&name, SIM_CLUSTER, peers);
+                cfg.partitions = opts.partitions;
+                (opts.tweak)(&mut cfg);
+                let clock = Arc::new(kv_server::clock::TokioClock::new(SIM_EPOCH_MS));
+                let node = Node::new(cfg, Arc::new(engine), Arc::new(TurmoilDialer), clock)?;
+                let cp = kv_server::cp::CpConfig {
+                    rng_seed: Some(cp_rng_seed),
+                    ..Default::default()
+                };
+                node.start_cp(cp).await?;
+                let _background = node.start_background();
+                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SIM_PORT)).await?;
+                let heartbeats = tokio::spawn(kv_server::server::heartbeat_loop(node.clone()));
+                tokio::select! {
+                    r = kv_server::server::serve(node, incoming(listener), std::future::pending()) => r?,
+                    r = heartbeats => {
+                        if let Ok(Err(msg)) = r {
+                            return Err(msg.into());
+                        }
+                    }
+                }
+                Ok(())
+            }
+        });
+    }
+    peers
+}
