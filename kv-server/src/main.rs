@@ -393,7 +393,7 @@ async fn run() -> Result<()> {
                         dir.dir.display()
                     );
                 };
-                println!("{:<6} {:<22} {:<8} {}", "NODE", "ADDRESS", "PID", "PROCESS");
+                println!("{:<6} {:<22} {:<8} PROCESS", "NODE", "ADDRESS", "PID");
                 for n in &cluster.nodes {
                     let alive = n.pid.is_some_and(local::pid_alive);
                     println!(

@@ -45,7 +45,7 @@ fn splitmix64(x: u64) -> u64 {
 /// The generator `CpRuntime::thread_rng` hands out: seeded inside `with_seed`, else the OS one.
 pub enum CpRng {
     /// Drawn from the task's seeded generator (repeatable).
-    Seeded(StdRng),
+    Seeded(Box<StdRng>),
     /// The thread's OS-seeded generator.
     Os(ThreadRng),
 }
@@ -130,7 +130,7 @@ impl AsyncRuntime for CpRuntime {
 
     fn thread_rng() -> Self::ThreadLocalRng {
         SEEDED_RNG
-            .try_with(|r| CpRng::Seeded(StdRng::seed_from_u64(r.borrow_mut().next_u64())))
+            .try_with(|r| CpRng::Seeded(Box::new(StdRng::seed_from_u64(r.borrow_mut().next_u64()))))
             .unwrap_or_else(|_| CpRng::Os(rand::thread_rng()))
     }
 
