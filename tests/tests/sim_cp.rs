@@ -554,7 +554,6 @@ fn partition_case(
             .filter(|(w, m)| *m && w.starts_with(&format!("w{e}-")))
             .map(|(w, _)| w.clone())
             .collect();
-        // Allow one election timeout for the cut to take effect on the old leader's view.
         let refused = check_refused(test, seed, &ops, &min_workers, cut_ms, healed_ms);
         if refused == 0 {
             fail(test, seed, "no minority-side op ran inside the cut");
