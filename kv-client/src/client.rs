@@ -603,6 +603,14 @@ impl Client {
                 leader_hint = Some(leader.clone());
                 continue;
             }
+            if matches!(err, Error::Connect { .. } | Error::Transport { .. }) {
+                // A leader we cannot reach is no leader to prefer any more.
+                self.inner
+                    .leaders
+                    .lock()
+                    .expect("leader lock")
+                    .retain(|_, leader| leader != &addr);
+            }
             tracing::debug!(%addr, error = %err, attempt, "retrying");
             avoid.push(addr);
             let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));

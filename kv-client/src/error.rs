@@ -153,6 +153,11 @@ fn describe(status: &Status) -> String {
 /// True when a status says the connection could not be made (so the request was not sent).
 pub fn is_connect_failure(status: &Status) -> bool {
     // tonic reports a failed dial as Unavailable whose source chain is a connect error.
+    // A dial that times out (the host is gone without a reset) surfaces as tower's "deadline
+    // has elapsed" inside a transport error; a request that timed out is Cancelled instead.
     let text = describe(status).to_lowercase();
-    text.contains("connect") || text.contains("connection refused") || text.contains("dns")
+    text.contains("connect")
+        || text.contains("connection refused")
+        || text.contains("dns")
+        || (status.code() == Code::Unavailable && text.contains("deadline has elapsed"))
 }

@@ -108,6 +108,8 @@ pub struct SimOptions {
     pub partitions: u32,
     /// Adjusts each node's config before it starts.
     pub tweak: Arc<dyn Fn(&mut NodeConfig) + Send + Sync>,
+    /// Seed of the CP engines' election timeouts (None: OS randomness).
+    pub cp_rng_seed: Option<u64>,
 }
 
 impl Default for SimOptions {
@@ -116,47 +118,29 @@ impl Default for SimOptions {
             nodes: 3,
             partitions: 8,
             tweak: Arc::new(|_| {}),
+            cp_rng_seed: None,
         }
     }
 }
 
-/// Adds `opts.nodes` node hosts to `sim`. Each node's memory engine lives outside the host
-/// closure, so it survives `sim.crash` + `sim.bounce` like a disk would.
+/// Adds `opts.nodes` node hosts to `sim`, each on its own memory engine that survives
+/// `sim.crash` + `sim.bounce` like a disk would.
 pub fn add_nodes(sim: &mut turmoil::Sim<'_>, opts: &SimOptions) -> Vec<Member> {
-    let peers = members(opts.nodes);
-    for m in &peers {
-        let engine = MemoryEngine::new();
-        let peers = peers.clone();
-        let name = m.name.clone();
-        let opts = opts.clone();
-        sim.host(m.name.as_str(), move || {
-            let engine = engine.clone();
-            let peers = peers.clone();
-            let name = name.clone();
-            let opts = opts.clone();
-            async move {
-                let mut cfg = NodeConfig::new(&name, SIM_CLUSTER, peers);
-                cfg.partitions = opts.partitions;
-                (opts.tweak)(&mut cfg);
-                let clock = Arc::new(kv_server::clock::TokioClock::new(SIM_EPOCH_MS));
-                let node = Node::new(cfg, Arc::new(engine), Arc::new(TurmoilDialer), clock)?;
-                node.start_cp(kv_server::cp::CpConfig::default()).await?;
-                let _background = node.start_background();
-                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SIM_PORT)).await?;
-                let heartbeats = tokio::spawn(kv_server::server::heartbeat_loop(node.clone()));
-                tokio::select! {
-                    r = kv_server::server::serve(node, incoming(listener), std::future::pending()) => r?,
-                    r = heartbeats => {
-                        if let Ok(Err(msg)) = r {
-                            return Err(msg.into());
-                        }
-                    }
-                }
-                Ok(())
-            }
-        });
-    }
-    peers
+    add_nodes_on(sim, opts, &SimDisks::default())
+}
+
+/// Like `add_nodes`, but every node's CP engine draws its election timeouts from `cp_rng_seed`
+/// (mixed with node and group ids), so with `Builder::rng_seed` the whole run repeats.
+pub fn add_seeded_nodes(
+    sim: &mut turmoil::Sim<'_>,
+    opts: &SimOptions,
+    cp_rng_seed: u64,
+) -> Vec<Member> {
+    let opts = SimOptions {
+        cp_rng_seed: Some(cp_rng_seed),
+        ..opts.clone()
+    };
+    add_nodes_on(sim, &opts, &SimDisks::default())
 }
 
 /// A client inside the simulation that talks only to `seeds`.
@@ -213,9 +197,8 @@ impl SimDisks {
     }
 }
 
-/// Like `add_nodes`, with two differences: each node (re)starts on the engine `disks` holds for
-/// it, and a restarted node's wall clock continues from the simulation's elapsed time (a node
-/// of `add_nodes` restarts its clock at `SIM_EPOCH_MS`, so its HLC starts behind the others').
+/// Adds `opts.nodes` node hosts to `sim`; each node (re)starts on the engine `disks` holds for
+/// it, and a restarted node's wall clock continues from the simulation's elapsed time.
 pub fn add_nodes_on(
     sim: &mut turmoil::Sim<'_>,
     opts: &SimOptions,
@@ -239,7 +222,11 @@ pub fn add_nodes_on(
                 let elapsed_ms = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
                 let clock = Arc::new(kv_server::clock::TokioClock::new(SIM_EPOCH_MS + elapsed_ms));
                 let node = Node::new(cfg, Arc::new(engine), Arc::new(TurmoilDialer), clock)?;
-                node.start_cp(kv_server::cp::CpConfig::default()).await?;
+                let cp = kv_server::cp::CpConfig {
+                    rng_seed: opts.cp_rng_seed,
+                    ..Default::default()
+                };
+                node.start_cp(cp).await?;
                 let _background = node.start_background();
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SIM_PORT)).await?;
                 let heartbeats = tokio::spawn(kv_server::server::heartbeat_loop(node.clone()));

@@ -9,6 +9,7 @@
 
 use crate::cp::codec::{self, CodecError};
 use crate::cp::network::{self, NetworkFactory, RaftKind, RaftTransport};
+use crate::cp::runtime::{self, derive_seed};
 use crate::cp::store::{open_group, SmReader, KEYSPACE_PREFIX};
 use crate::cp::types::{CasOutcome, Expected, KeyspaceOutcome, Raft, Request, Response};
 use crate::storage::{Engine, StorageError};
@@ -117,6 +118,9 @@ pub struct CpConfig {
     pub snapshot_every_entries: u64,
     /// Log entries kept behind the snapshot when purging (room for slow followers).
     pub log_entries_kept_after_snapshot: u64,
+    /// Root seed of the election timeouts (mixed with node and group ids): `Some` makes
+    /// elections repeat in simulations; `None` (the default) draws from OS randomness.
+    pub rng_seed: Option<u64>,
 }
 
 impl Default for CpConfig {
@@ -131,6 +135,7 @@ impl Default for CpConfig {
             unreachable_backoff_ms: 200,
             snapshot_every_entries: 10_000,
             log_entries_kept_after_snapshot: 1000,
+            rng_seed: None,
         }
     }
 }
@@ -253,9 +258,12 @@ impl CpEngine {
                 rpc_timeout: Duration::from_millis(config.rpc_timeout_ms),
                 unreachable_backoff: Duration::from_millis(config.unreachable_backoff_ms),
             };
-            let raft = Raft::new(node_id, raft_config.clone(), factory, log, sm)
-                .await
-                .map_err(|e| raft_err(&e))?;
+            let new_raft = Raft::new(node_id, raft_config.clone(), factory, log, sm);
+            let raft = match config.rng_seed {
+                Some(root) => runtime::with_seed(derive_seed(root, node_id, group), new_raft).await,
+                None => new_raft.await,
+            }
+            .map_err(|e| raft_err(&e))?;
             let members: BTreeMap<NodeId, BasicNode> = spec
                 .members
                 .iter()
