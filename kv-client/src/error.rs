@@ -154,10 +154,11 @@ fn describe(status: &Status) -> String {
 pub fn is_connect_failure(status: &Status) -> bool {
     // tonic reports a failed dial as Unavailable whose source chain is a connect error.
     // A dial that times out (the host is gone without a reset) surfaces as tower's "deadline
-    // has elapsed" inside a transport error; a request that timed out is Cancelled instead.
+    // has elapsed" inside a transport error: only the connect timeout is set on endpoints
+    // (`net::configure`), request deadlines are enforced separately.
     let text = describe(status).to_lowercase();
     text.contains("connect")
         || text.contains("connection refused")
         || text.contains("dns")
-        || (status.code() == Code::Unavailable && text.contains("deadline has elapsed"))
+        || text.contains("deadline has elapsed")
 }

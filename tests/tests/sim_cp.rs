@@ -774,12 +774,9 @@ fn crash_case(test: &str, seed: u64, crash_leader: bool) -> u64 {
             let seeds: Vec<String> = layout.nodes.iter().map(|n| addr(n)).collect();
             let mut cfg = kv_client::ClientConfig::new(seeds);
             cfg.timeout = REQUEST_TIMEOUT;
-            // FIXME(kv-client): with token-aware routing a write keeps going to the cached
-            // leader after that node crashed: dialing a dead host times out ("transport error:
-            // deadline has elapsed"), which is classified `Transport` (outcome unknown), so the
-            // write is not retried elsewhere and the cached leader is never forgotten; writes
-            // never fail over. Round-robin routing sidesteps the cache until that is fixed.
-            cfg.routing = kv_client::Routing::RoundRobin;
+            // Token-aware (the default): after the leader's host crashes, the dial times out,
+            // which the client knows was never sent, so it retries elsewhere and forgets that
+            // leader (this test caught the bug where it did not).
             cfg.dialer = Arc::new(tests::TurmoilDialer);
             let c = eventually(EVENTUALLY, || Client::connect(cfg.clone())).await;
             let mut i = 0u64;
