@@ -27,6 +27,27 @@ fn openraft_storage_suite_passes_on_the_memory_engine() {
     Suite::test_all(MemoryStoreBuilder).expect("openraft storage suite");
 }
 
+/// Builds each store on a fresh sled database in a temporary directory, which lives as long as
+/// the store (the suite's first tuple element is kept alive with it).
+struct SledStoreBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledStoreBuilder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), RaftStorageError> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let engine: Arc<dyn Engine> =
+            Arc::new(crate::storage::sled::SledEngine::open(dir.path()).expect("sled opens"));
+        let (log, sm) = open_group(&engine, 7)?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_passes_on_the_sled_engine() {
+    Suite::test_all(SledStoreBuilder).expect("openraft storage suite on sled");
+}
+
 fn entry(index: u64, req: Request) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
