@@ -52,7 +52,7 @@ pub async fn heartbeat_loop(node: Arc<Node>) -> Result<(), String> {
             .config
             .peers
             .iter()
-            .filter(|m| m.id != node.me.id)
+            .filter(|m| m.id != node.me.id && !node.faults.drops(m.id))
             .map(|m| m.id)
             .collect();
         let calls = peers.into_iter().map(|id| {

@@ -945,6 +945,14 @@ impl ipb::internal_server::Internal for InternalService {
         req: Request<ipb::HandshakeRequest>,
     ) -> Result<Response<ipb::HandshakeResponse>, Status> {
         let req = req.into_inner();
+        if self.node.faults.drops(req.node_id) {
+            // Fault injection cuts the link both ways as far as liveness goes: a peer we drop
+            // traffic to is not heard from either.
+            return Err(self.status(NodeError::Unavailable(format!(
+                "traffic with node {} is dropped by fault injection",
+                self.node.describe(req.node_id)
+            ))));
+        }
         if let Err(msg) = check_handshake(&self.node, &req) {
             tracing::warn!(peer = req.node_id, %msg, "refused handshake");
             return Err(NodeError::FailedPrecondition(msg).into_status(&self.node.me.name));
@@ -990,7 +998,9 @@ impl ipb::internal_server::Internal for InternalService {
                 .ok_or_else(|| NodeError::InvalidArgument("ApWrite without a record".into()))?;
             self.node.validate_key(&record.key)?;
             let hint_for = (req.hint_for != 0).then_some(req.hint_for);
-            self.node.membership.heard_from(req.from);
+            if !self.node.faults.drops(req.from) {
+                self.node.membership.heard_from(req.from);
+            }
             self.node
                 .ap
                 .apply_replica(ks, record_from_pb(record), hint_for)?;
