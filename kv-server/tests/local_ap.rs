@@ -5,11 +5,15 @@
 //! keeps its hint), `kv local up` restarts it, the hints drain to zero, and the restarted node's
 //! replica holds every write it missed.
 
+mod common;
+
+use common::*;
+
 use kv_client::{Client, ClientConfig};
 use kv_proto::internal::internal_client::InternalClient;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Nodes of the cluster (`kv local up`'s default).
@@ -21,38 +25,6 @@ const KEYS: usize = 40;
 const HINTS_DEADLINE: Duration = Duration::from_secs(60);
 /// How often `kv status` is polled.
 const POLL: Duration = Duration::from_millis(200);
-
-fn kv(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kv"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("KV_ENDPOINTS")
-        .output()
-        .expect("running kv")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "kv failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Stops the cluster even when an assertion fails.
-struct Cleanup<'a>(&'a Path);
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = kv(self.0, &["local", "down", "--purge"]);
-    }
-}
-
-fn cluster(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join(".kv-local/cluster.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 /// Hints pending for `node`, summed over every reachable node's view in `kv status -o json`.
 fn hints_for(dir: &Path, node: &str) -> u64 {

@@ -2,41 +2,12 @@
 //! value put through one node is read back through each of the others, a killed node's keys
 //! fail fast naming it while the rest are served, and `kv local up` recovers from the crash.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
+
+use common::*;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn kv(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kv"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("KV_ENDPOINTS")
-        .output()
-        .expect("running kv")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "kv failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Stops the cluster even when an assertion fails.
-struct Cleanup<'a>(&'a Path);
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = kv(self.0, &["local", "down", "--purge"]);
-    }
-}
-
-fn cluster(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join(".kv-local/cluster.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 #[test]
 fn local_cluster_serves_through_every_node_and_survives_a_killed_node() {

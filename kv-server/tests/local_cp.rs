@@ -6,9 +6,12 @@
 //! read back through both surviving nodes, and `kv cas` works from the CLI (exit code 2 on a
 //! mismatch).
 
+mod common;
+
+use common::*;
+
 use kv_client::placement::partition_for_key;
 use kv_client::{Client, ClientConfig, Error};
-use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,15 +24,6 @@ const ACKS_AROUND_KILL: usize = 30;
 /// Generous bound for anything that must eventually happen (wall clock, loaded machine).
 const EVENTUALLY: Duration = Duration::from_secs(60);
 
-fn kv(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kv"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("KV_ENDPOINTS")
-        .output()
-        .expect("running kv")
-}
-
 fn text(out: &Output) -> String {
     format!(
         "exit {:?}\nstdout: {}\nstderr: {}",
@@ -37,14 +31,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// Stops the cluster even when an assertion fails.
-struct Cleanup<'a>(&'a Path);
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = kv(self.0, &["local", "down", "--purge"]);
-    }
 }
 
 /// Retries `f` until it succeeds, failing after `EVENTUALLY`.
