@@ -1172,7 +1172,10 @@ async fn workload_host(
             })
             .await;
             if let Err(e) = r {
-                fail(&shared, format!("warm-up: {} never read {key}: {e}", host_name(node)));
+                fail(
+                    &shared,
+                    format!("warm-up: {} never read {key}: {e}", host_name(node)),
+                );
                 return Ok(());
             }
         }
@@ -1191,7 +1194,13 @@ async fn workload_host(
         })
         .await;
         if let Err(e) = r {
-            fail(&shared, format!("warm-up: {} never saw all peers alive: {e}", host_name(node)));
+            fail(
+                &shared,
+                format!(
+                    "warm-up: {} never saw all peers alive: {e}",
+                    host_name(node)
+                ),
+            );
             return Ok(());
         }
     }

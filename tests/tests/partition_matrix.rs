@@ -85,7 +85,10 @@ fn deliberate_bug_skip_read_index_is_caught() {
     let cases: Vec<Case> = BUG_SEEDS.iter().map(|&s| scenario::bug_case(s)).collect();
     let (outcomes, _) = run_all("deliberate bug", &cases);
     for o in &outcomes {
-        let lin = o.lin.as_ref().expect("a CP case has a linearizability report");
+        let lin = o
+            .lin
+            .as_ref()
+            .expect("a CP case has a linearizability report");
         assert_eq!(
             lin.verdict(),
             jepsen::linearizability::Verdict::NotLinearizable,
