@@ -2,6 +2,8 @@
 //! (a `Dialer` and a connection stream over turmoil's simulated TCP) and simulated clusters of
 //! real `kv_server::Node`s.
 
+pub mod scenario;
+
 use hyper_util::rt::TokioIo;
 use kv_client::net::Dialer;
 use kv_client::{Client, ClientConfig};
