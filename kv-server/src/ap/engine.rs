@@ -750,10 +750,18 @@ impl ApEngine {
         let (r, _) = resolve_quorums(ks, opts.consistency)?;
         let partition = self.inner.ring.partition_for_key(key);
         let n = (ks.replicas as usize).min(preference.len());
+        // The coordinator's own replica first, when it has one: it answers without the network.
+        let me = self.node_id();
         let mut candidates: VecDeque<NodeId> = preference[..n]
             .iter()
             .copied()
-            .filter(|&node| self.is_alive(node))
+            .filter(|&node| node == me)
+            .chain(
+                preference[..n]
+                    .iter()
+                    .copied()
+                    .filter(|&node| node != me && self.is_alive(node)),
+            )
             .collect();
         let mut pending = FuturesUnordered::new();
         while pending.len() < r {
