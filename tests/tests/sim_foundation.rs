@@ -1,7 +1,7 @@
 //! Foundation simulation tests: three simulated hosts running real nodes over turmoil's network.
 
 use std::time::Duration;
-use tests::{add_nodes, client, SimOptions};
+use tests::{add_seeded_nodes, client, SimOptions};
 
 const SEED: u64 = 1;
 
@@ -15,7 +15,7 @@ fn sim() -> turmoil::Sim<'static> {
 #[test]
 fn put_through_one_node_is_read_through_every_other() {
     let mut sim = sim();
-    add_nodes(&mut sim, &SimOptions::default());
+    add_seeded_nodes(&mut sim, &SimOptions::default(), SEED);
     sim.client("client", async {
         let writer = client(&["n1:7000"], Duration::from_secs(5)).await?;
         for i in 0..20 {
@@ -49,7 +49,7 @@ fn put_through_one_node_is_read_through_every_other() {
 #[test]
 fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let mut sim = sim();
-    add_nodes(&mut sim, &SimOptions::default());
+    add_seeded_nodes(&mut sim, &SimOptions::default(), SEED);
     sim.client("client", async {
         let c = client(&["n1:7000"], Duration::from_secs(5)).await?;
         c.put("cp", b"kept", b"original", Default::default())
@@ -146,7 +146,7 @@ async fn wait_until_down(c: &kv_client::Client, observer: &str, down: &[&str]) {
 #[test]
 fn one_node_down_serves_every_key_and_a_lost_majority_fails_fast_naming_the_partition() {
     let mut sim = sim();
-    add_nodes(&mut sim, &SimOptions::default());
+    add_seeded_nodes(&mut sim, &SimOptions::default(), SEED);
     sim.client("setup", async {
         let c = client(&["n1:7000"], Duration::from_secs(5)).await?;
         for i in 0..20 {
@@ -230,7 +230,7 @@ fn one_node_down_serves_every_key_and_a_lost_majority_fails_fast_naming_the_part
 #[test]
 fn a_node_with_another_peer_list_is_refused_at_handshake() {
     let mut sim = sim();
-    add_nodes(&mut sim, &SimOptions::default());
+    add_seeded_nodes(&mut sim, &SimOptions::default(), SEED);
     // n4 believes the cluster is n1..n4: the others refuse it, and it stops with the reason.
     let peers = tests::members(4);
     sim.host("n4", move || {
@@ -256,7 +256,7 @@ fn a_node_with_another_peer_list_is_refused_at_handshake() {
 #[test]
 fn routing_policies_spread_or_target_requests() {
     let mut sim = sim();
-    add_nodes(&mut sim, &SimOptions::default());
+    add_seeded_nodes(&mut sim, &SimOptions::default(), SEED);
     sim.client("client", async {
         let mut coordinators = std::collections::BTreeMap::new();
         for routing in [
@@ -307,7 +307,7 @@ fn grpc_reflection_lists_the_public_and_internal_services() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     let mut sim = sim();
-    add_nodes(&mut sim, &SimOptions::default());
+    add_seeded_nodes(&mut sim, &SimOptions::default(), SEED);
     sim.client("grpcurl", async {
         use kv_client::net::Dialer;
         let channel = tests::TurmoilDialer.channel("n2:7000")?;
