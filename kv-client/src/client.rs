@@ -388,7 +388,7 @@ impl Client {
             req.set_timeout(self.inner.config.timeout);
             match tokio::time::timeout(self.inner.config.timeout, grpc.cluster_status(req)).await {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
-                Ok(Err(s)) => last = Some(Error::from_status(s, &addr)),
+                Ok(Err(s)) => last = Some(Error::from_status(s, &self.describe(&addr))),
                 Err(_) => {
                     last = Some(Error::DeadlineExceeded {
                         elapsed_ms: self.inner.config.timeout.as_millis() as u64,
