@@ -1,3 +1,4 @@
+//! Tests of `ap.rs`.
 use super::*;
 use crate::history::{Op, Operation, Outcome};
 

@@ -1,3 +1,4 @@
+//! Tests of `linearizability.rs`.
 use proptest::prelude::*;
 
 use super::*;

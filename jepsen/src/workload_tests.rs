@@ -1,3 +1,4 @@
+//! Tests of `workload.rs`.
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
