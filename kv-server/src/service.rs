@@ -18,18 +18,23 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-/// Reads the request deadline from the `grpc-timeout` header (or the node default).
+/// Longest request deadline honoured; a longer `grpc-timeout` is cut to this.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Reads the request deadline from the `grpc-timeout` header (or the node default), at most
+/// `MAX_REQUEST_TIMEOUT`.
 pub fn request_timeout<T>(node: &Node, req: &Request<T>) -> Duration {
     req.metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
         .unwrap_or(node.config.default_timeout)
+        .min(MAX_REQUEST_TIMEOUT)
 }
 
 /// Parses gRPC's timeout format: digits followed by H, M, S, m, u or n.
 pub fn parse_grpc_timeout(s: &str) -> Option<Duration> {
-    if s.len() < 2 {
+    if s.len() < 2 || !s.is_char_boundary(s.len() - 1) {
         return None;
     }
     let (digits, unit) = s.split_at(s.len() - 1);
@@ -181,7 +186,8 @@ impl KvService {
             .get(FORWARDED_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+            .unwrap_or(0u32)
+            .min(MAX_FORWARD_HOPS);
         Ctx {
             deadline: Instant::now() + timeout - margin,
             hops,
@@ -1099,5 +1105,32 @@ impl ipb::internal_server::Internal for InternalService {
         );
         self.node.clock.set_skew_ms(req.clock_skew_ms);
         Ok(Response::new(ipb::ChaosResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_and_nonsense_is_ignored() {
+        assert_eq!(
+            parse_grpc_timeout("1500m"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("250u"), Some(Duration::from_micros(250)));
+        for bad in ["", "m", "12", "12x", "-1S", "1é", "é"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+        // A huge value saturates instead of overflowing.
+        assert!(parse_grpc_timeout("18446744073709551615H").is_some());
+    }
+
+    #[test]
+    fn cp_keys_of_different_keyspaces_never_collide() {
+        assert_ne!(cp_key(1, b"k"), cp_key(2, b"k"));
+        assert!(cp_key(1, b"k").starts_with(&1u32.to_be_bytes()));
     }
 }

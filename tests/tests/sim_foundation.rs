@@ -116,6 +116,30 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
             "{err}"
         );
 
+        // A deadline far in the future is cut to the node's maximum, not an overflow.
+        {
+            use kv_client::net::Dialer;
+            let mut raw =
+                kv_proto::v1::kv_client::KvClient::new(tests::TurmoilDialer.channel("n2:7000")?);
+            let mut req = tonic::Request::new(kv_proto::v1::GetRequest {
+                keyspace: "cp".into(),
+                key: b"kept".to_vec(),
+                options: None,
+            });
+            req.metadata_mut()
+                .insert("grpc-timeout", "99999999H".parse().unwrap());
+            req.metadata_mut()
+                .insert("kv-forwarded", "4294967295".parse().unwrap());
+            // Past the hop limit a follower does not forward: it names the leader instead.
+            match raw.get(req).await {
+                Ok(got) => assert_eq!(got.into_inner().value, b"original"),
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+                    assert!(status.metadata().get("kv-leader").is_some(), "{status:?}");
+                }
+            }
+        }
+
         // None of the refused writes changed the key.
         let got = c.get("cp", b"kept", Default::default()).await?;
         assert_eq!(got.value.as_deref(), Some(&b"original"[..]));
