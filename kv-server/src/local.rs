@@ -208,6 +208,10 @@ pub async fn up(opts: &UpOptions) -> Result<LocalCluster> {
         drop(child);
     }
     cluster.save(&opts.dir)?;
+    eprintln!(
+        "waiting until every node sees every other (up to {} s)...",
+        READY_TIMEOUT.as_secs()
+    );
     wait_ready(&cluster, &opts.dir).await?;
     Ok(cluster)
 }
