@@ -159,3 +159,35 @@ fn local_up_on_a_port_in_use_says_which_and_what_to_do() {
     );
     assert!(err.contains("--base-port"), "{err}");
 }
+
+#[test]
+fn local_up_in_the_foreground_stops_the_cluster_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _cleanup = Cleanup(dir);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kv"))
+        .args(["local", "up", "--foreground", "--base-port", "0"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Wait (bounded by the command's own 60 s readiness timeout) for the prompt.
+    let ready = lines.by_ref().map_while(Result::ok).any(|l| l.contains("Ctrl-C"));
+    assert!(ready, "kv local up --foreground never said it was ready");
+    let status = ok(&kv(dir, &["local", "status"]));
+    assert_eq!(status.matches("running").count(), 3, "{status}");
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("stopped 3 node(s)")), "{rest:?}");
+    let status = ok(&kv(dir, &["local", "status"]));
+    assert_eq!(status.matches("stopped").count(), 3, "{status}");
+}
