@@ -176,7 +176,10 @@ fn local_up_in_the_foreground_stops_the_cluster_on_ctrl_c() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     // Wait (bounded by the command's own 60 s readiness timeout) for the prompt.
-    let ready = lines.by_ref().map_while(Result::ok).any(|l| l.contains("Ctrl-C"));
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("Ctrl-C"));
     assert!(ready, "kv local up --foreground never said it was ready");
     let status = ok(&kv(dir, &["local", "status"]));
     assert_eq!(status.matches("running").count(), 3, "{status}");
@@ -187,7 +190,10 @@ fn local_up_in_the_foreground_stops_the_cluster_on_ctrl_c() {
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(rest.iter().any(|l| l.contains("stopped 3 node(s)")), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("stopped 3 node(s)")),
+        "{rest:?}"
+    );
     let status = ok(&kv(dir, &["local", "status"]));
     assert_eq!(status.matches("stopped").count(), 3, "{status}");
 }
