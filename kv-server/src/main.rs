@@ -645,7 +645,7 @@ fn print_status(views: &[View], as_json: bool) {
         let out: Vec<_> = views
             .iter()
             .map(|(name, v)| match v {
-                Ok(s) => json!({"node": name, "reachable": true, "leader_of": s.leader_of, "view": s.nodes.iter().map(|n| json!({"name": n.name, "address": n.address, "state": state(n.state), "hints_pending": n.hints_pending})).collect::<Vec<_>>()}),
+                Ok(s) => json!({"node": name, "reachable": true, "leader_of": s.leader_of, "clock_skew_events": s.clock_skew_events, "read_repairs": s.read_repairs, "view": s.nodes.iter().map(|n| json!({"name": n.name, "address": n.address, "state": state(n.state), "hints_pending": n.hints_pending})).collect::<Vec<_>>()}),
                 Err(e) => json!({"node": name, "reachable": false, "error": e.to_string()}),
             })
             .collect();
@@ -655,7 +655,13 @@ fn print_status(views: &[View], as_json: bool) {
     for (name, v) in views {
         match v {
             Ok(s) => {
-                println!("view of {name} (cluster {}):", s.cluster_name);
+                println!(
+                    "view of {name} (cluster {}; leads {} CP partitions; {} read repairs; {} clock-skew events):",
+                    s.cluster_name,
+                    s.leader_of.len(),
+                    s.read_repairs,
+                    s.clock_skew_events
+                );
                 for n in &s.nodes {
                     println!(
                         "  {:<6} {:<22} {:<8} hints pending {}",

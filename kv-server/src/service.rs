@@ -631,7 +631,8 @@ impl pb::kv_server::Kv for KvService {
         _req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let node = &self.node;
-        let hints = node.ap.hint_counts();
+        let ap = node.ap.status();
+        let hints = ap.hints;
         let nodes = node
             .config
             .peers
@@ -668,6 +669,8 @@ impl pb::kv_server::Kv for KvService {
             nodes,
             keyspaces,
             leader_of,
+            clock_skew_events: ap.skew_events,
+            read_repairs: ap.read_repairs,
         }))
     }
 

@@ -156,6 +156,34 @@ fn fault_injection_is_refused_without_chaos_and_partitions_with_it() {
             c.put("cp", b"k", b"v", Default::default()).await
         })
         .await;
+
+        // A clock pushed a minute ahead on n2: n1 accepts n2's writes (last-write-wins needs
+        // every replica to take them), advances its clock, and counts the skew.
+        internal("n2:7000")
+            .chaos(ChaosRequest {
+                clock_skew_ms: 60_000,
+                ..Default::default()
+            })
+            .await?;
+        let via_n2 = client(&["n2:7000"], Duration::from_secs(2)).await?;
+        let all = kv_client::Options {
+            consistency: kv_client::Consistency::All,
+            ..Default::default()
+        };
+        let w = eventually(Duration::from_secs(30), || {
+            via_n2.put("ap", b"skewed", b"from the future", all.clone())
+        })
+        .await;
+        let skewed_ms = w
+            .version
+            .and_then(|v| v.hlc)
+            .expect("an AP version")
+            .physical_ms;
+        let status = c.status(Some("n1:7000")).await?;
+        assert!(status.clock_skew_events > 0, "n1 counted no skew");
+        // n1's next write is ordered after the skewed one.
+        let mine = c.put("ap", b"after", b"v", all).await?;
+        assert!(mine.version.and_then(|v| v.hlc).expect("hlc").physical_ms >= skewed_ms);
         Ok(())
     });
     sim.run().unwrap();

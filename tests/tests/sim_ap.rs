@@ -698,6 +698,13 @@ fn reads_repair_a_stale_replica() {
             by_quorum > 0 && by_all > 0,
             "quorum {by_quorum}, all {by_all}"
         );
+        // The coordinator counts what it repaired; `kv status` shows it.
+        let status = c.status(Some("n1:7000")).await?;
+        assert!(
+            status.read_repairs >= acked.len() as u64,
+            "n1 reports {} read repairs",
+            status.read_repairs
+        );
         // All of this happened before the first periodic anti-entropy round after the start.
         let elapsed = turmoil::sim_elapsed().expect("inside the simulation");
         assert!(
