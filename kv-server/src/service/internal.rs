@@ -1,0 +1,242 @@
+//! The node-to-node `Internal` service: handshake (cluster identity and liveness), Raft
+//! messages, AP replica calls and anti-entropy, fault injection.
+
+use crate::cp::CpError;
+use crate::error::{NodeError, NodeResult};
+use crate::node::Node;
+use crate::transport::{record_from_pb, record_to_pb};
+use crate::types::Mode;
+use kv_proto::internal as ipb;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The node-to-node API.
+pub struct InternalService {
+    node: Arc<Node>,
+}
+
+impl InternalService {
+    /// A service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn status(&self, e: NodeError) -> Status {
+        e.into_status(&self.node.me.name)
+    }
+
+    /// Parses the keyspace id an internal AP request carries, checking it is an AP keyspace.
+    fn keyspace_id(&self, s: &str) -> NodeResult<u32> {
+        let id: u32 = s
+            .parse()
+            .map_err(|_| NodeError::InvalidArgument(format!("malformed keyspace id {s:?}")))?;
+        let ks = self.node.keyspace_by_id(id)?;
+        if ks.mode != Mode::Ap {
+            return Err(NodeError::InvalidArgument(format!(
+                "keyspace {} is not an AP keyspace",
+                ks.name
+            )));
+        }
+        Ok(id)
+    }
+
+    fn check_partition(&self, p: u32) -> NodeResult<()> {
+        if p >= self.node.ring.partition_count() {
+            return Err(NodeError::InvalidArgument(format!(
+                "partition {p} does not exist (the ring has {})",
+                self.node.ring.partition_count()
+            )));
+        }
+        Ok(())
+    }
+
+    fn unimplemented(&self, what: &str) -> Status {
+        NodeError::FailedPrecondition(format!("{what} is not available in this build"))
+            .into_status(&self.node.me.name)
+    }
+}
+
+/// Compares a peer's handshake with this node's config; `Err` says what differs.
+pub fn check_handshake(node: &Node, req: &ipb::HandshakeRequest) -> Result<(), String> {
+    if req.cluster_name != node.config.cluster_name {
+        return Err(format!(
+            "cluster name differs: node {} is in cluster {:?}, the caller (node id {}) in {:?}",
+            node.me.name, node.config.cluster_name, req.node_id, req.cluster_name
+        ));
+    }
+    let mine = node.config.peer_strings();
+    if req.peers != mine {
+        return Err(format!(
+            "peer list differs: node {} has [{}], the caller (node id {}) has [{}]; every node must be started with the same --peers",
+            node.me.name,
+            mine.join(","),
+            req.node_id,
+            req.peers.join(",")
+        ));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl ipb::internal_server::Internal for InternalService {
+    async fn handshake(
+        &self,
+        req: Request<ipb::HandshakeRequest>,
+    ) -> Result<Response<ipb::HandshakeResponse>, Status> {
+        let req = req.into_inner();
+        if self.node.faults.drops(req.node_id) {
+            // Fault injection cuts the link both ways as far as liveness goes: a peer we drop
+            // traffic to is not heard from either.
+            return Err(self.status(NodeError::Unavailable(format!(
+                "traffic with node {} is dropped by fault injection",
+                self.node.describe(req.node_id)
+            ))));
+        }
+        if let Err(msg) = check_handshake(&self.node, &req) {
+            tracing::warn!(peer = req.node_id, %msg, "refused handshake");
+            return Err(NodeError::FailedPrecondition(msg).into_status(&self.node.me.name));
+        }
+        self.node.membership.heard_from(req.node_id);
+        Ok(Response::new(ipb::HandshakeResponse {
+            cluster_name: self.node.config.cluster_name.clone(),
+            node_id: self.node.me.id,
+        }))
+    }
+
+    async fn raft(
+        &self,
+        req: Request<ipb::RaftRequest>,
+    ) -> Result<Response<ipb::RaftResponse>, Status> {
+        let req = req.into_inner();
+        let result = async {
+            let cp = self.node.cp()?;
+            cp.handle_raft(req.group, req.kind, &req.payload)
+                .await
+                .map_err(|e| match e {
+                    CpError::UnknownRaftGroup { .. } | CpError::UnknownKind(_) => {
+                        NodeError::InvalidArgument(e.to_string())
+                    }
+                    other => NodeError::Internal(other.to_string()),
+                })
+        }
+        .await;
+        result
+            .map(|payload| Response::new(ipb::RaftResponse { payload }))
+            .map_err(|e| self.status(e))
+    }
+
+    async fn ap_write(
+        &self,
+        req: Request<ipb::ApWriteRequest>,
+    ) -> Result<Response<ipb::ApWriteResponse>, Status> {
+        let req = req.into_inner();
+        let result = async {
+            let ks = self.keyspace_id(&req.keyspace)?;
+            let record = req
+                .record
+                .ok_or_else(|| NodeError::InvalidArgument("ApWrite without a record".into()))?;
+            self.node.validate_key(&record.key)?;
+            let hint_for = (req.hint_for != 0).then_some(req.hint_for);
+            if !self.node.faults.drops(req.from) {
+                self.node.membership.heard_from(req.from);
+            }
+            self.node
+                .ap
+                .apply_replica(ks, record_from_pb(record), hint_for)?;
+            Ok(ipb::ApWriteResponse {})
+        }
+        .await;
+        result.map(Response::new).map_err(|e| self.status(e))
+    }
+
+    async fn ap_read(
+        &self,
+        req: Request<ipb::ApReadRequest>,
+    ) -> Result<Response<ipb::ApReadResponse>, Status> {
+        let req = req.into_inner();
+        let result = async {
+            let ks = self.keyspace_id(&req.keyspace)?;
+            let record = self.node.ap.read_replica(ks, &req.key)?;
+            Ok(ipb::ApReadResponse {
+                record: record.as_ref().map(record_to_pb),
+            })
+        }
+        .await;
+        result.map(Response::new).map_err(|e| self.status(e))
+    }
+
+    async fn merkle_tree(
+        &self,
+        req: Request<ipb::MerkleTreeRequest>,
+    ) -> Result<Response<ipb::MerkleTreeResponse>, Status> {
+        let req = req.into_inner();
+        let result = async {
+            let ks = self.keyspace_id(&req.keyspace)?;
+            self.check_partition(req.partition)?;
+            let leaves = self.node.ap.merkle_leaves(ks, req.partition)?;
+            Ok(ipb::MerkleTreeResponse { leaves })
+        }
+        .await;
+        result.map(Response::new).map_err(|e| self.status(e))
+    }
+
+    async fn merkle_range(
+        &self,
+        req: Request<ipb::MerkleRangeRequest>,
+    ) -> Result<Response<ipb::MerkleRangeResponse>, Status> {
+        let req = req.into_inner();
+        let result = async {
+            let ks = self.keyspace_id(&req.keyspace)?;
+            self.check_partition(req.partition)?;
+            let records = self.node.ap.merkle_range(ks, req.partition, &req.leaves)?;
+            Ok(ipb::MerkleRangeResponse {
+                records: records.iter().map(record_to_pb).collect(),
+            })
+        }
+        .await;
+        result.map(Response::new).map_err(|e| self.status(e))
+    }
+
+    async fn gossip(
+        &self,
+        _req: Request<ipb::GossipPacket>,
+    ) -> Result<Response<ipb::GossipAck>, Status> {
+        Err(self.unimplemented("gossip"))
+    }
+
+    async fn chaos(
+        &self,
+        req: Request<ipb::ChaosRequest>,
+    ) -> Result<Response<ipb::ChaosResponse>, Status> {
+        if !self.node.config.chaos {
+            return Err(self.status(NodeError::FailedPrecondition(
+                "fault injection is off on this node; start it with --chaos to allow it".into(),
+            )));
+        }
+        let req = req.into_inner();
+        for id in req.drop_to.iter().chain(req.delay_ms.keys()) {
+            if self.node.member(*id).is_none() {
+                return Err(self.status(NodeError::InvalidArgument(format!(
+                    "node id {id} is not a member of the cluster"
+                ))));
+            }
+        }
+        if let Some(ms) = req
+            .delay_ms
+            .values()
+            .find(|ms| **ms > crate::faults::MAX_DELAY_MS)
+        {
+            return Err(self.status(NodeError::InvalidArgument(format!(
+                "delay {ms} ms is over the limit of {} ms",
+                crate::faults::MAX_DELAY_MS
+            ))));
+        }
+        tracing::warn!(drop_to = ?req.drop_to, delay_ms = ?req.delay_ms, clock_skew_ms = req.clock_skew_ms, "fault injection");
+        self.node.faults.set(
+            req.drop_to.into_iter().collect(),
+            req.delay_ms.into_iter().collect(),
+        );
+        self.node.clock.set_skew_ms(req.clock_skew_ms);
+        Ok(Response::new(ipb::ChaosResponse {}))
+    }
+}
