@@ -1,7 +1,7 @@
 //! gRPC adapters for the engines' transport seams: `RaftTransport` (CP) and `ApTransport` (AP)
 //! over the internal service, with the fault-injection filter applied to every outgoing
 //! message. **Architecture invariant:** the engines never see gRPC; only this file and
-//! `service.rs` convert between engine types and protobuf.
+//! `service/` convert between engine types and protobuf.
 
 use crate::ap::engine::{ApTransport, Liveness, TransportError as ApTransportError};
 use crate::ap::lww::ApRecord;
