@@ -243,14 +243,14 @@ impl Client {
             options: Some(opts.to_pb()),
         };
         let resp = self
-            .call(keyspace, key, &opts, Idempotence::Safe, move |mut c, r| {
-                let req = req.clone();
-                Box::pin(async move {
-                    let mut request = tonic::Request::new(req);
-                    request.set_timeout(r);
-                    c.get(request).await.map(|r| r.into_inner())
-                })
-            })
+            .call(
+                keyspace,
+                key,
+                &opts,
+                Idempotence::Safe,
+                req,
+                |mut c, r| async move { c.get(r).await },
+            )
             .await?;
         Ok(GetResult {
             value: resp.found.then_some(resp.value),
@@ -280,14 +280,8 @@ impl Client {
                 key,
                 &opts,
                 Idempotence::Unsafe,
-                move |mut c, r| {
-                    let req = req.clone();
-                    Box::pin(async move {
-                        let mut request = tonic::Request::new(req);
-                        request.set_timeout(r);
-                        c.put(request).await.map(|r| r.into_inner())
-                    })
-                },
+                req,
+                |mut c, r| async move { c.put(r).await },
             )
             .await?;
         Ok(WriteResult {
@@ -314,14 +308,8 @@ impl Client {
                 key,
                 &opts,
                 Idempotence::Unsafe,
-                move |mut c, r| {
-                    let req = req.clone();
-                    Box::pin(async move {
-                        let mut request = tonic::Request::new(req);
-                        request.set_timeout(r);
-                        c.delete(request).await.map(|r| r.into_inner())
-                    })
-                },
+                req,
+                |mut c, r| async move { c.delete(r).await },
             )
             .await?;
         Ok(WriteResult {
@@ -357,14 +345,8 @@ impl Client {
                 key,
                 &opts,
                 Idempotence::Unsafe,
-                move |mut c, r| {
-                    let req = req.clone();
-                    Box::pin(async move {
-                        let mut request = tonic::Request::new(req);
-                        request.set_timeout(r);
-                        c.compare_and_swap(request).await.map(|r| r.into_inner())
-                    })
-                },
+                req,
+                |mut c, r| async move { c.compare_and_swap(r).await },
             )
             .await?;
         Ok(CasResult {
@@ -507,21 +489,21 @@ impl Client {
     }
 
     /// Runs one request with routing, deadline and retries.
-    async fn call<T, F>(
+    /// `send` is the one RPC (e.g. `|mut c, r| async move { c.get(r).await }`); each attempt
+    /// sends a copy of `req` carrying the remaining deadline as `grpc-timeout`.
+    async fn call<Req, Resp, F, Fut>(
         &self,
         keyspace: &str,
         key: &[u8],
         opts: &Options,
         idempotence: Idempotence,
-        f: F,
-    ) -> Result<T, Error>
+        req: Req,
+        send: F,
+    ) -> Result<Resp, Error>
     where
-        F: Fn(
-            KvClient<Channel>,
-            Duration,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<T, tonic::Status>> + Send>,
-        >,
+        Req: Clone,
+        F: Fn(KvClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let timeout = opts.timeout.unwrap_or(self.inner.config.timeout);
         let start = Instant::now();
@@ -552,7 +534,11 @@ impl Client {
             }
             let grpc = self.grpc(&addr)?;
             self.track(&addr, 1);
-            let result = tokio::time::timeout(remaining, f(grpc, remaining)).await;
+            let mut request = tonic::Request::new(req.clone());
+            request.set_timeout(remaining);
+            let result = tokio::time::timeout(remaining, send(grpc, request))
+                .await
+                .map(|r| r.map(tonic::Response::into_inner));
             self.track(&addr, -1);
             let err = match result {
                 Ok(Ok(v)) => return Ok(v),

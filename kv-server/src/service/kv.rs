@@ -15,6 +15,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+/// A public-API client to a peer (requests are forwarded through it).
+type Client = kv_proto::v1::kv_client::KvClient<tonic::transport::Channel>;
+
 /// Most times one request is forwarded between nodes (a non-member to a member, a follower to
 /// the leader); past it the caller gets `ABORTED` with the leader's address.
 pub const MAX_FORWARD_HOPS: u32 = 2;
@@ -139,10 +142,7 @@ impl KvService {
         call: F,
     ) -> NodeResult<Resp>
     where
-        F: FnOnce(
-            kv_proto::v1::kv_client::KvClient<tonic::transport::Channel>,
-            Request<Req>,
-        ) -> Fut,
+        F: FnOnce(Client, Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
         if self.node.membership.state(to) == kv_proto::v1::NodeState::Down {
@@ -209,8 +209,7 @@ impl KvService {
     ) -> NodeResult<Result<CpResponse, Resp>>
     where
         Req: Clone,
-        F: Fn(kv_proto::v1::kv_client::KvClient<tonic::transport::Channel>, Request<Req>) -> Fut
-            + Copy,
+        F: Fn(Client, Request<Req>) -> Fut + Copy,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
         let partition = self.node.ring.partition_for_key(key);
@@ -257,10 +256,7 @@ impl KvService {
         call: F,
     ) -> NodeResult<Resp>
     where
-        F: FnOnce(
-            kv_proto::v1::kv_client::KvClient<tonic::transport::Channel>,
-            Request<Req>,
-        ) -> Fut,
+        F: FnOnce(Client, Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
         if ctx.hops >= MAX_FORWARD_HOPS {
@@ -270,6 +266,57 @@ impl KvService {
             });
         }
         self.forward(to, partition, ctx, body, call).await
+    }
+
+    /// A put (`Some(value)`) or delete (`None`): coordinated here for an AP keyspace, through
+    /// the partition's Raft group for a CP one. `Ok(version)` when it was done here, `Err` with
+    /// the answer of the node it was forwarded to.
+    #[allow(clippy::too_many_arguments)]
+    async fn write<Req, Resp, F, Fut>(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        options: &Option<pb::RequestOptions>,
+        ctx: Ctx,
+        body: Req,
+        send: F,
+    ) -> NodeResult<Result<Version, Resp>>
+    where
+        Req: Clone,
+        F: Fn(Client, Request<Req>) -> Fut + Copy,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        self.node.validate_key(key)?;
+        if let Some(v) = &value {
+            self.node.validate_value(v)?;
+        }
+        let ks = self.node.keyspace(keyspace).await?;
+        if ks.mode == Mode::Ap {
+            let opts = ap_options(options)?;
+            let pref = self.preference(key);
+            let hlc = match value {
+                Some(v) => self.node.ap.put(&ks, &pref, key, v, opts).await?,
+                None => self.node.ap.delete(&ks, &pref, key, opts).await?,
+            };
+            return Ok(Ok(Version::Hlc(hlc)));
+        }
+        let stored_key = cp_key(ks.id, key);
+        let req = match value {
+            Some(value) => CpRequest::Put {
+                keyspace: CP_GROUP_KEYSPACE,
+                key: stored_key,
+                value,
+            },
+            None => CpRequest::Delete {
+                keyspace: CP_GROUP_KEYSPACE,
+                key: stored_key,
+            },
+        };
+        Ok(match self.cp_write(&ks, key, ctx, req, body, send).await? {
+            Ok(r) => Ok(Version::Revision(self.written(r)?)),
+            Err(forwarded) => Err(forwarded),
+        })
     }
 
     fn written(&self, r: CpResponse) -> NodeResult<u64> {
@@ -363,43 +410,23 @@ impl pb::kv_server::Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let ctx = self.ctx(&req);
         let body = req.into_inner();
-        let result = async {
-            self.node.validate_key(&body.key)?;
-            self.node.validate_value(&body.value)?;
-            let ks = self.node.keyspace(&body.keyspace).await?;
-            if ks.mode == Mode::Ap {
-                let opts = ap_options(&body.options)?;
-                let pref = self.preference(&body.key);
-                let hlc = self
-                    .node
-                    .ap
-                    .put(&ks, &pref, &body.key, body.value, opts)
-                    .await?;
-                return Ok(pb::PutResponse {
-                    version: Some(version_pb(Version::Hlc(hlc))),
+        let (keyspace, key, value, options) = (
+            body.keyspace.clone(),
+            body.key.clone(),
+            body.value.clone(),
+            body.options,
+        );
+        let send = |mut c: Client, r| async move { c.put(r).await };
+        let result = self
+            .write(&keyspace, &key, Some(value), &options, ctx, body, send)
+            .await
+            .map(|w| match w {
+                Ok(version) => pb::PutResponse {
+                    version: Some(version_pb(version)),
                     served_by: self.node.me.name.clone(),
-                });
-            }
-            let req = CpRequest::Put {
-                keyspace: CP_GROUP_KEYSPACE,
-                key: cp_key(ks.id, &body.key),
-                value: body.value.clone(),
-            };
-            let key = body.key.clone();
-            match self
-                .cp_write(&ks, &key, ctx, req, body, |mut c, r| async move {
-                    c.put(r).await
-                })
-                .await?
-            {
-                Ok(r) => Ok(pb::PutResponse {
-                    version: Some(version_pb(Version::Revision(self.written(r)?))),
-                    served_by: self.node.me.name.clone(),
-                }),
-                Err(forwarded) => Ok(forwarded),
-            }
-        }
-        .await;
+                },
+                Err(forwarded) => forwarded,
+            });
         result.map(Response::new).map_err(|e| self.status(e))
     }
 
@@ -409,37 +436,18 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let ctx = self.ctx(&req);
         let body = req.into_inner();
-        let result = async {
-            self.node.validate_key(&body.key)?;
-            let ks = self.node.keyspace(&body.keyspace).await?;
-            if ks.mode == Mode::Ap {
-                let opts = ap_options(&body.options)?;
-                let pref = self.preference(&body.key);
-                let hlc = self.node.ap.delete(&ks, &pref, &body.key, opts).await?;
-                return Ok(pb::DeleteResponse {
-                    version: Some(version_pb(Version::Hlc(hlc))),
+        let (keyspace, key, options) = (body.keyspace.clone(), body.key.clone(), body.options);
+        let send = |mut c: Client, r| async move { c.delete(r).await };
+        let result = self
+            .write(&keyspace, &key, None, &options, ctx, body, send)
+            .await
+            .map(|w| match w {
+                Ok(version) => pb::DeleteResponse {
+                    version: Some(version_pb(version)),
                     served_by: self.node.me.name.clone(),
-                });
-            }
-            let req = CpRequest::Delete {
-                keyspace: CP_GROUP_KEYSPACE,
-                key: cp_key(ks.id, &body.key),
-            };
-            let key = body.key.clone();
-            match self
-                .cp_write(&ks, &key, ctx, req, body, |mut c, r| async move {
-                    c.delete(r).await
-                })
-                .await?
-            {
-                Ok(r) => Ok(pb::DeleteResponse {
-                    version: Some(version_pb(Version::Revision(self.written(r)?))),
-                    served_by: self.node.me.name.clone(),
-                }),
-                Err(forwarded) => Ok(forwarded),
-            }
-        }
-        .await;
+                },
+                Err(forwarded) => forwarded,
+            });
         result.map(Response::new).map_err(|e| self.status(e))
     }
 
