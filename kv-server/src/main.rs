@@ -293,6 +293,18 @@ fn version_text(v: &Option<kv_proto::v1::Version>) -> String {
     }
 }
 
+/// Prints the result of a put or delete.
+fn print_write(key: &str, r: &kv_client::WriteResult, output: Output) {
+    if output == Output::Json {
+        println!(
+            "{}",
+            json!({"key": key, "version": version_json(&r.version), "served_by": r.served_by})
+        );
+    } else {
+        println!("OK ({}, via {})", version_text(&r.version), r.served_by);
+    }
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -420,14 +432,7 @@ async fn run() -> Result<()> {
                     client.options(),
                 )
                 .await?;
-            if client.output == Output::Json {
-                println!(
-                    "{}",
-                    json!({"key": key, "version": version_json(&r.version), "served_by": r.served_by})
-                );
-            } else {
-                println!("OK ({}, via {})", version_text(&r.version), r.served_by);
-            }
+            print_write(&key, &r, client.output);
         }
         Cmd::Get { key, client } => {
             let c = client.connect().await?;
@@ -458,14 +463,7 @@ async fn run() -> Result<()> {
             let r = c
                 .delete(&client.keyspace, key.as_bytes(), client.options())
                 .await?;
-            if client.output == Output::Json {
-                println!(
-                    "{}",
-                    json!({"key": key, "version": version_json(&r.version), "served_by": r.served_by})
-                );
-            } else {
-                println!("OK ({}, via {})", version_text(&r.version), r.served_by);
-            }
+            print_write(&key, &r, client.output);
         }
         Cmd::Cas {
             key,

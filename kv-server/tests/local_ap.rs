@@ -118,12 +118,7 @@ fn writes_missed_by_a_killed_node_reach_it_through_hints() {
     let up = ok(&kv(dir, &["local", "up", "--base-port", "0"]));
     assert!(up.contains("local cluster ready"), "{up}");
     let c = cluster(dir);
-    let addrs: Vec<String> = c["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["addr"].as_str().unwrap().to_string())
-        .collect();
+    let addrs = addrs(dir);
     assert_eq!(addrs.len(), NODES);
     let (dead, dead_addr) = ("n3", addrs[2].clone());
     let keys: Vec<String> = (0..KEYS).map(|i| format!("hinted-{i}")).collect();

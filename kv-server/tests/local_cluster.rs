@@ -17,12 +17,7 @@ fn local_cluster_serves_through_every_node_and_survives_a_killed_node() {
     let up = ok(&kv(dir, &["local", "up", "--base-port", "0"]));
     assert!(up.contains("local cluster ready"), "{up}");
     let c = cluster(dir);
-    let addrs: Vec<String> = c["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["addr"].as_str().unwrap().to_string())
-        .collect();
+    let addrs = addrs(dir);
     assert_eq!(addrs.len(), 3);
 
     // Put through one node, read through each of the others.

@@ -66,10 +66,7 @@ async fn killing_the_leader_mid_loop_loses_no_acknowledged_write() {
     let _cleanup = Cleanup(dir);
     let up = kv(dir, &["local", "up", "--base-port", "0"]);
     assert!(up.status.success(), "{}", text(&up));
-    let cluster: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(".kv-local/cluster.json")).unwrap())
-            .unwrap();
-    let nodes: Vec<(String, u64)> = cluster["nodes"]
+    let nodes: Vec<(String, u64)> = cluster(dir)["nodes"]
         .as_array()
         .unwrap()
         .iter()

@@ -40,3 +40,13 @@ pub fn cluster(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join(".kv-local/cluster.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
+
+/// The nodes' addresses from `cluster.json`, in peer-list order.
+pub fn addrs(dir: &Path) -> Vec<String> {
+    cluster(dir)["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["addr"].as_str().unwrap().to_string())
+        .collect()
+}
