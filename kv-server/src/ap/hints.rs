@@ -232,18 +232,9 @@ impl HintStore {
 mod tests {
     use super::*;
     use crate::storage::memory::MemoryEngine;
-    use crate::types::Hlc;
 
     fn rec(key: &str, t: u64) -> ApRecord {
-        ApRecord {
-            key: key.as_bytes().to_vec(),
-            hlc: Hlc {
-                physical_ms: t,
-                logical: 0,
-                node_id: 1,
-            },
-            value: Some(b"v".to_vec()),
-        }
+        crate::ap::testkit::rec(key, t, Some("v"))
     }
 
     #[test]

@@ -148,20 +148,8 @@ pub fn diff_leaves(a: &[u64], b: &[u64]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::Hlc;
+    use crate::ap::testkit::rec;
     use proptest::prelude::*;
-
-    fn rec(key: &str, t: u64, value: Option<&str>) -> ApRecord {
-        ApRecord {
-            key: key.as_bytes().to_vec(),
-            hlc: Hlc {
-                physical_ms: t,
-                logical: 0,
-                node_id: 1,
-            },
-            value: value.map(|v| v.as_bytes().to_vec()),
-        }
-    }
 
     fn leaves(records: &[ApRecord]) -> Vec<u64> {
         let mut b = LeafBuilder::default();

@@ -216,24 +216,12 @@ impl ApStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ap::testkit::rec;
     use crate::storage::memory::MemoryEngine;
-    use crate::types::Hlc;
 
     fn store(engine: &Arc<dyn Engine>) -> ApStore {
         // Partition = first byte of the key mod 4.
         ApStore::open(engine, 2, Arc::new(|k: &[u8]| u32::from(k[0]) % 4)).unwrap()
-    }
-
-    fn rec(key: &str, t: u64, value: Option<&str>) -> ApRecord {
-        ApRecord {
-            key: key.as_bytes().to_vec(),
-            hlc: Hlc {
-                physical_ms: t,
-                logical: 0,
-                node_id: 1,
-            },
-            value: value.map(|v| v.as_bytes().to_vec()),
-        }
     }
 
     #[test]

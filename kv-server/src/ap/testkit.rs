@@ -6,7 +6,7 @@ use super::engine::{ApConfig, ApEngine, ApRing, ApTransport, Liveness, Transport
 use super::lww::ApRecord;
 use crate::clock::Clock;
 use crate::storage::memory::MemoryEngine;
-use crate::types::{KeyspaceDef, NodeId};
+use crate::types::{Hlc, KeyspaceDef, NodeId};
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -335,5 +335,18 @@ impl Cluster {
     /// What `node` stores locally for `key`.
     pub fn local(&self, node: NodeId, key: &[u8]) -> Option<ApRecord> {
         self.node(node).read_replica(self.ks.id, key).unwrap()
+    }
+}
+
+/// A record of `key` written at physical time `t` by node 1 (`None` is a tombstone).
+pub fn rec(key: &str, t: u64, value: Option<&str>) -> ApRecord {
+    ApRecord {
+        key: key.as_bytes().to_vec(),
+        hlc: Hlc {
+            physical_ms: t,
+            logical: 0,
+            node_id: 1,
+        },
+        value: value.map(|v| v.as_bytes().to_vec()),
     }
 }
