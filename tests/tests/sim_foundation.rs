@@ -318,7 +318,23 @@ fn routing_policies_spread_or_target_requests() {
         // Token-aware sends each key to its partition's first replica: several nodes own
         // partitions, so more than one node coordinates.
         assert!(coordinators["TokenAware"].len() > 1, "{coordinators:?}");
-        assert!(!coordinators["LeastOutstanding"].is_empty());
+        // Least-outstanding spreads requests that are in flight together over every node.
+        let mut cfg = kv_client::ClientConfig::new(["n1:7000"]);
+        cfg.routing = kv_client::Routing::LeastOutstanding;
+        cfg.dialer = std::sync::Arc::new(tests::TurmoilDialer);
+        let c = kv_client::Client::connect(cfg).await?;
+        let puts = (0..30).map(|i| {
+            let c = c.clone();
+            async move {
+                c.put("ap", format!("lo{i}").as_bytes(), b"v", Default::default())
+                    .await
+            }
+        });
+        let mut concurrent = std::collections::BTreeSet::new();
+        for r in futures::future::join_all(puts).await {
+            concurrent.insert(r?.served_by);
+        }
+        assert_eq!(concurrent.len(), 3, "{concurrent:?}");
         Ok(())
     });
     sim.run().unwrap();
