@@ -13,8 +13,7 @@
 
 pub mod client;
 pub mod error;
-pub mod net;
-pub mod placement;
+pub use kv_core::{net, placement};
 
 pub use client::{
     CasResult, Client, ClientConfig, Expected, GetResult, Options, Routing, WriteResult,

@@ -4,7 +4,7 @@
 use crate::types::{
     Member, NodeId, DEFAULT_MAX_VALUE_BYTES, DEFAULT_PARTITIONS, DEFAULT_TOKENS_PER_NODE,
 };
-use kv_client::net::validate_addr;
+use kv_core::net::validate_addr;
 use std::path::PathBuf;
 use std::time::Duration;
 

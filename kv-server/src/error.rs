@@ -1,6 +1,6 @@
 //! Node errors and their one conversion to `tonic::Status` (the only place that picks codes).
 
-use kv_client::error::{LEADER_HEADER, NODE_HEADER};
+use kv_core::headers::{LEADER_HEADER, NODE_HEADER};
 use tonic::{Code, Status};
 
 /// Errors of request handling, carrying what the caller needs to act.

@@ -7,7 +7,6 @@ pub mod config;
 pub mod cp;
 pub mod error;
 pub mod faults;
-pub mod local;
 pub mod membership;
 pub mod node;
 pub mod ring;

@@ -13,7 +13,7 @@ use crate::ring::Ring;
 use crate::storage::{self, Engine};
 use crate::transport::GrpcTransport;
 use crate::types::{KeyspaceDef, Member, NodeId, MAX_KEY_BYTES};
-use kv_client::net::Dialer;
+use kv_core::net::Dialer;
 use kv_proto::internal::internal_client::InternalClient;
 use kv_proto::v1::kv_client::KvClient;
 use std::collections::BTreeMap;

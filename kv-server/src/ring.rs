@@ -7,7 +7,7 @@
 //! # Construction
 //! 1. Members are sorted by name. Each member claims T tokens on the 64-bit ring:
 //!    `key_hash(len(name) ‖ name ‖ i)` for i in 0..T (the placement hash of
-//!    [`kv_client::placement`]); ties between equal tokens break on name.
+//!    [`kv_core::placement`]); ties between equal tokens break on name.
 //! 2. Partition p covers hashes `[p·2⁶⁴/Q, (p+1)·2⁶⁴/Q)`; its point is the last hash of that
 //!    range. Walking clockwise from the point, the distinct members in the order their tokens
 //!    appear form p's **token order** (Dynamo's preference list).
@@ -40,7 +40,7 @@
 //!   7–10, 2–3.5x at 11–20 (at most 17 replicas beyond the unavoidable, of 96).
 
 use crate::types::{Member, NodeId};
-use kv_client::placement::{key_hash, partition_for_key};
+use kv_core::placement::{key_hash, partition_for_key};
 use std::collections::{BTreeMap, VecDeque};
 
 /// Largest accepted partition count Q.

@@ -27,8 +27,8 @@ where
         .build_v1()
         .expect("the embedded descriptor set is valid");
     Server::builder()
-        .http2_keepalive_interval(Some(kv_client::net::KEEP_ALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(kv_client::net::KEEP_ALIVE_TIMEOUT))
+        .http2_keepalive_interval(Some(kv_core::net::KEEP_ALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(kv_core::net::KEEP_ALIVE_TIMEOUT))
         .add_service(kv_proto::v1::kv_server::KvServer::new(KvService::new(
             node.clone(),
         )))

@@ -87,7 +87,7 @@ fn blocked(node: &Option<Arc<Node>>, to: NodeId) -> Option<String> {
 
 fn ap_err(to: NodeId, s: tonic::Status) -> ApTransportError {
     if s.code() == tonic::Code::Unavailable
-        && s.metadata().get(kv_client::error::NODE_HEADER).is_none()
+        && s.metadata().get(kv_core::headers::NODE_HEADER).is_none()
     {
         ApTransportError::Unreachable {
             node: to,

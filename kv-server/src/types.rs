@@ -5,16 +5,10 @@ use serde::{Deserialize, Serialize};
 /// A node's id: its 1-based position in the cluster's peer list (identical on every node).
 pub type NodeId = u64;
 
-/// Longest key accepted, in bytes.
-pub const MAX_KEY_BYTES: usize = 1024;
-/// Default longest value accepted, in bytes (configurable per node with `--max-value-bytes`).
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
-/// Default number of fixed partitions Q (a power of two).
-pub const DEFAULT_PARTITIONS: u32 = 32;
-/// Default number of virtual tokens T per node.
-pub const DEFAULT_TOKENS_PER_NODE: u32 = 64;
-/// Default replication factor N.
-pub const DEFAULT_REPLICAS: u32 = 3;
+pub use kv_core::limits::{
+    DEFAULT_MAX_VALUE_BYTES, DEFAULT_PARTITIONS, DEFAULT_REPLICAS, DEFAULT_TOKENS_PER_NODE,
+    MAX_KEY_BYTES,
+};
 
 /// One member of the static cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,4 @@
-//! The quick partition matrix: every schedule of `tests::scenario::schedules()` in CP and AP
+//! The quick partition matrix: every schedule of `chaos::scenario::schedules()` in CP and AP
 //! mode over a few seeds, and the deliberate-bug case that must be caught.
 //!
 //! A failing case prints its seed, the command that reruns just that case, and the path of its
@@ -6,7 +6,7 @@
 //! `KV_CASE=cp/isolate-leader KV_SEED=7 cargo test -p tests --test partition_matrix -- --exact rerun --nocapture`
 //! (case names: `mode/schedule`, plus `cp/isolate-leader+skip-read-index`).
 
-use tests::scenario::{self, Case, Mode, Outcome};
+use chaos::scenario::{self, Case, Mode, Outcome};
 
 /// Seeds of the quick matrix.
 const SEEDS: [u64; 2] = [1, 2];

@@ -1,9 +1,9 @@
 //! Cluster administration in simulation: keyspaces created through the metadata Raft group are
 //! seen by every node; fault injection is refused without `--chaos` and partitions with it.
 
+use kv_testkit::sim::{add_seeded_nodes, client, eventually, SimOptions};
 use std::sync::Arc;
 use std::time::Duration;
-use tests::{add_seeded_nodes, client, eventually, SimOptions};
 
 const SEED: u64 = 7;
 
@@ -102,8 +102,13 @@ fn fault_injection_is_refused_without_chaos_and_partitions_with_it() {
     };
     add_seeded_nodes(&mut sim, &opts, SEED);
     sim.client("chaos", async {
-        let internal =
-            |addr: &str| InternalClient::new(tests::TurmoilDialer.channel(addr).expect("address"));
+        let internal = |addr: &str| {
+            InternalClient::new(
+                kv_testkit::sim::TurmoilDialer
+                    .channel(addr)
+                    .expect("address"),
+            )
+        };
         let isolate = |others: Vec<u64>| ChaosRequest {
             drop_to: others,
             ..Default::default()

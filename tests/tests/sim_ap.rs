@@ -15,13 +15,13 @@ use kv_server::ap::engine::{
 };
 use kv_server::config::NodeConfig;
 use kv_server::membership::DOWN_AFTER;
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tests::{
+use kv_testkit::sim::{
     add_nodes_on, client, eventually, hints_held, wait_node_state, ReplicaReader, SimDisks,
     SimOptions,
 };
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// The seed used when `KV_SIM_SEED` is not set.
@@ -131,7 +131,7 @@ fn run(sim: &mut turmoil::Sim<'_>) {
 }
 
 fn addr(node: &str) -> String {
-    format!("{node}:{}", tests::SIM_PORT)
+    format!("{node}:{}", kv_testkit::sim::SIM_PORT)
 }
 
 fn addrs(nodes: usize) -> Vec<String> {

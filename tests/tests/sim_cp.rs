@@ -16,11 +16,11 @@
 
 use kv_client::placement::partition_for_key;
 use kv_client::{Client, Error};
+use kv_testkit::sim::{add_seeded_nodes, client, eventually, SimOptions, SIM_PORT};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tests::{add_seeded_nodes, client, eventually, SimOptions, SIM_PORT};
 use tokio::time::Instant;
 
 const DEFAULT_SEED: u64 = 20260101;
@@ -777,7 +777,7 @@ fn crash_case(test: &str, seed: u64, crash_leader: bool) -> u64 {
             // Token-aware (the default): after the leader's host crashes, the dial times out,
             // which the client knows was never sent, so it retries elsewhere and forgets that
             // leader (this test caught the bug where it did not).
-            cfg.dialer = Arc::new(tests::TurmoilDialer);
+            cfg.dialer = Arc::new(kv_testkit::sim::TurmoilDialer);
             let c = eventually(EVENTUALLY, || Client::connect(cfg.clone())).await;
             let mut i = 0u64;
             let mut next_key = 0;

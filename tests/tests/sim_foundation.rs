@@ -1,7 +1,7 @@
 //! Foundation simulation tests: three simulated hosts running real nodes over turmoil's network.
 
+use kv_testkit::sim::{add_seeded_nodes, client, SimOptions};
 use std::time::Duration;
-use tests::{add_seeded_nodes, client, SimOptions};
 
 const SEED: u64 = 1;
 
@@ -119,8 +119,9 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         // A deadline far in the future is cut to the node's maximum, not an overflow.
         {
             use kv_client::net::Dialer;
-            let mut raw =
-                kv_proto::v1::kv_client::KvClient::new(tests::TurmoilDialer.channel("n2:7000")?);
+            let mut raw = kv_proto::v1::kv_client::KvClient::new(
+                kv_testkit::sim::TurmoilDialer.channel("n2:7000")?,
+            );
             let mut req = tonic::Request::new(kv_proto::v1::GetRequest {
                 keyspace: "cp".into(),
                 key: b"kept".to_vec(),
@@ -150,7 +151,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
 
 /// Waits until `observer` sees every node in `down` as down.
 async fn wait_until_down(c: &kv_client::Client, observer: &str, down: &[&str]) {
-    tests::eventually(Duration::from_secs(30), || async {
+    kv_testkit::sim::eventually(Duration::from_secs(30), || async {
         let status = c.status(Some(observer)).await.map_err(|e| e.to_string())?;
         for name in down {
             let n = status
@@ -256,16 +257,18 @@ fn a_node_with_another_peer_list_is_refused_at_handshake() {
     let mut sim = sim();
     add_seeded_nodes(&mut sim, &SimOptions::default(), SEED);
     // n4 believes the cluster is n1..n4: the others refuse it, and it stops with the reason.
-    let peers = tests::members(4);
+    let peers = kv_testkit::sim::members(4);
     sim.host("n4", move || {
         let peers = peers.clone();
         async move {
-            let cfg = kv_server::config::NodeConfig::new("n4", tests::SIM_CLUSTER, peers);
+            let cfg = kv_server::config::NodeConfig::new("n4", kv_testkit::sim::SIM_CLUSTER, peers);
             let node = kv_server::node::Node::new(
                 cfg,
                 std::sync::Arc::new(kv_server::storage::memory::MemoryEngine::new()),
-                std::sync::Arc::new(tests::TurmoilDialer),
-                std::sync::Arc::new(kv_server::clock::TokioClock::new(tests::SIM_EPOCH_MS)),
+                std::sync::Arc::new(kv_testkit::sim::TurmoilDialer),
+                std::sync::Arc::new(kv_server::clock::TokioClock::new(
+                    kv_testkit::sim::SIM_EPOCH_MS,
+                )),
             )?;
             let err = kv_server::server::heartbeat_loop(node).await.unwrap_err();
             assert!(err.contains("refused this node"), "{err}");
@@ -290,7 +293,7 @@ fn routing_policies_spread_or_target_requests() {
         ] {
             let mut cfg = kv_client::ClientConfig::new(["n1:7000"]);
             cfg.routing = routing;
-            cfg.dialer = std::sync::Arc::new(tests::TurmoilDialer);
+            cfg.dialer = std::sync::Arc::new(kv_testkit::sim::TurmoilDialer);
             let c = kv_client::Client::connect(cfg).await?;
             let ring = c.refresh_ring().await?;
             let mut seen = std::collections::BTreeSet::new();
@@ -321,7 +324,7 @@ fn routing_policies_spread_or_target_requests() {
         // Least-outstanding spreads requests that are in flight together over every node.
         let mut cfg = kv_client::ClientConfig::new(["n1:7000"]);
         cfg.routing = kv_client::Routing::LeastOutstanding;
-        cfg.dialer = std::sync::Arc::new(tests::TurmoilDialer);
+        cfg.dialer = std::sync::Arc::new(kv_testkit::sim::TurmoilDialer);
         let c = kv_client::Client::connect(cfg).await?;
         let puts = (0..30).map(|i| {
             let c = c.clone();
@@ -350,7 +353,7 @@ fn grpc_reflection_lists_the_public_and_internal_services() {
     add_seeded_nodes(&mut sim, &SimOptions::default(), SEED);
     sim.client("grpcurl", async {
         use kv_client::net::Dialer;
-        let channel = tests::TurmoilDialer.channel("n2:7000")?;
+        let channel = kv_testkit::sim::TurmoilDialer.channel("n2:7000")?;
         let mut client = ServerReflectionClient::new(channel);
         let request = ServerReflectionRequest {
             host: String::new(),

@@ -16,9 +16,9 @@
 //! deliberate-bug case passes when some check catches the bug (how often the linearizability
 //! checker itself did is printed at the end).
 
+use chaos::scenario::{self, Case, Outcome};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use tests::scenario::{self, Case, Outcome};
 
 /// Cases of the smoke run.
 const SMOKE_CASES: [&str; 2] = ["cp/isolate-leader", "ap/isolate-leader"];

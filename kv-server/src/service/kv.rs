@@ -171,7 +171,7 @@ impl KvService {
                 self.node.membership.heard_from(to);
                 Ok(resp.into_inner())
             }
-            Ok(Err(status)) if status.metadata().get(kv_client::error::NODE_HEADER).is_some() => {
+            Ok(Err(status)) if status.metadata().get(kv_core::headers::NODE_HEADER).is_some() => {
                 // The node answered with an error of its own: pass it on unchanged.
                 Err(NodeError::Remote(status))
             }
@@ -181,7 +181,7 @@ impl KvService {
                     self.node.describe(to),
                     status.message()
                 );
-                if kv_client::error::is_connect_failure(&status) {
+                if kv_core::headers::is_connect_failure(&status) {
                     Err(NodeError::NotSent(msg))
                 } else {
                     Err(NodeError::Unavailable(msg))

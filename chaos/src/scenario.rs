@@ -27,7 +27,6 @@
 //! Every check holds for any interleaving: windows come from the times the harness actually
 //! applied each fault, never from the schedule alone.
 
-use crate::{client, TurmoilDialer, SIM_PORT};
 use futures::StreamExt;
 use jepsen::ap::{ApInput, ApReport, ConvergenceSample, Record, ReplicaRead};
 use jepsen::history::{History, Op, Outcome as OpOutcome, Recorder};
@@ -35,8 +34,9 @@ use jepsen::linearizability::{LinReport, Verdict};
 use jepsen::nemesis::{Fault, Schedule};
 use jepsen::report::SummaryRow;
 use jepsen::workload::{self, CasResult, ClientError, KvClient, ReadResult, Stop, WorkloadConfig};
-use kv_client::net::Dialer;
+use kv_core::net::Dialer;
 use kv_proto::internal::internal_client::InternalClient;
+use kv_testkit::sim::{client, TurmoilDialer, SIM_PORT};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -750,15 +750,15 @@ pub fn run_with(case: &Case, settings: &Settings) -> Outcome {
         .tcp_capacity(4096)
         .build();
     let skip = case.skip_read_index;
-    let opts = crate::SimOptions {
+    let opts = kv_testkit::sim::SimOptions {
         tweak: Arc::new(move |cfg| {
             cfg.unsafe_skip_read_index = skip;
             cfg.anti_entropy_interval_ms = AP_ANTI_ENTROPY_INTERVAL.as_millis() as u64;
         }),
-        ..crate::SimOptions::default()
+        ..kv_testkit::sim::SimOptions::default()
     };
     // Elections draw from the case's seed too, so a rerun repeats them.
-    crate::add_seeded_nodes(&mut sim, &opts, case.seed);
+    kv_testkit::sim::add_seeded_nodes(&mut sim, &opts, case.seed);
 
     let shared = Arc::new(Mutex::new(Shared::default()));
     let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
@@ -1210,7 +1210,7 @@ async fn workload_host(
     }
     let mut hosts: Vec<usize> = (0..NODES).collect();
     if case.target_leader {
-        let partitions = crate::SimOptions::default().partitions;
+        let partitions = kv_testkit::sim::SimOptions::default().partitions;
         let p = kv_client::placement::partition_for_key(keys[0].as_bytes(), partitions);
         let leader = bounded(WARMUP_MAX, Duration::from_millis(100), || async {
             for (node, admin) in admins.iter().enumerate() {

@@ -3,8 +3,9 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kv_client::{Client, ClientConfig, Consistency, Expected, Options, Routing};
-use kv_server::local::{self, LocalCluster, UpOptions};
+mod local;
 use kv_server::{config, node, server};
+use local::{LocalCluster, UpOptions};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
