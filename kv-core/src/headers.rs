@@ -2,6 +2,10 @@
 
 use tonic::Status;
 
+#[cfg(test)]
+#[path = "headers_tests.rs"]
+mod tests;
+
 /// Metadata key a node sets on every status it sends, naming itself.
 pub const NODE_HEADER: &str = "kv-node";
 /// Metadata key holding the leader's address on an `ABORTED` (not leader) status.
@@ -23,15 +27,18 @@ pub fn describe(status: &Status) -> String {
     out
 }
 
-/// True when a status says the connection could not be made (so the request was not sent).
+/// True when a status says the connection could not be made, so the request was certainly not
+/// sent. Decided from the error's type, never its text: tonic wraps every failure of its
+/// connector (refused, unreachable, DNS, connect timeout) in `tonic::ConnectError`, while a
+/// connection that breaks after the request left ("connection reset", "connection closed before
+/// message completed") surfaces as a hyper or h2 error — the request may have been applied.
 pub fn is_connect_failure(status: &Status) -> bool {
-    // tonic reports a failed dial as Unavailable whose source chain is a connect error.
-    // A dial that times out (the host is gone without a reset) surfaces as tower's "deadline
-    // has elapsed" inside a transport error: only the connect timeout is set on endpoints
-    // (`net::configure`), request deadlines are enforced separately.
-    let text = describe(status).to_lowercase();
-    text.contains("connect")
-        || text.contains("connection refused")
-        || text.contains("dns")
-        || text.contains("deadline has elapsed")
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
