@@ -418,7 +418,14 @@ impl StateMachineStore {
             }
             Request::CreateKeyspace(def) => {
                 let key = keyspace_key(&def.name);
+                // The built-in keyspaces exist from the start without an entry of their own:
+                // they count as present, so `cp` or `ap` can never be redefined (that would
+                // hide every key already written to them).
                 let mut defs = BTreeMap::new();
+                for builtin in KeyspaceDef::builtin() {
+                    let bytes = codec::encode("keyspace", &builtin).map_err(io_write)?;
+                    defs.insert(keyspace_key(&builtin.name), bytes);
+                }
                 for (k, v, _) in self.reader.scan_prefix(KEYSPACE_PREFIX).map_err(io_read)? {
                     defs.insert(k, v);
                 }
