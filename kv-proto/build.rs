@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let includes = [PathBuf::from("proto"), well_known];
     tonic_prost_build::configure()
+        // Decode failures are INVALID_ARGUMENT, not INTERNAL (see src/codec.rs).
+        .codec_path("crate::codec::KvCodec")
         .file_descriptor_set_path(out.join("kv_descriptor.bin"))
         .compile_protos(&protos, &includes)?;
     println!("cargo:rerun-if-changed=proto");

@@ -1,6 +1,8 @@
 //! Generated protobuf and gRPC code for kv's public API (`kv.v1`) and node-to-node API
 //! (`kv.internal.v1`). **Only this crate knows the .proto files.**
 
+pub mod codec;
+
 /// Package tree mirroring the protobuf packages, so cross-package references resolve.
 pub mod kv {
     /// The public client API.
