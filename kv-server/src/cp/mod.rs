@@ -9,6 +9,7 @@
 //! and openraft's network on top of it), `runtime` (tokio with a seedable election RNG), `engine` (`CpEngine`, the multi-Raft manager).
 
 pub mod codec;
+pub mod dedup;
 pub mod engine;
 pub mod network;
 pub mod runtime;
@@ -22,6 +23,8 @@ pub use engine::{
 pub use network::{RaftKind, RaftTransport, TransportError};
 pub use types::{CasOutcome, Expected, KeyspaceOutcome, Request, Response, TypeConfig};
 
+#[cfg(test)]
+mod dedup_tests;
 #[cfg(test)]
 mod engine_tests;
 #[cfg(test)]

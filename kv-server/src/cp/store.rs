@@ -20,6 +20,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::cp::codec::{self, CodecError};
+use crate::cp::dedup;
 use crate::cp::types::{
     CasOutcome, Entry, Expected, KeyspaceOutcome, LogId, RaftStorageError, Request, Response,
     SnapshotMeta, StoredMembership, TypeConfig,
@@ -416,6 +417,26 @@ impl StateMachineStore {
                     Response::Cas(CasOutcome::Mismatch { current })
                 }
             }
+            Request::Once { id, request } => {
+                let key = dedup::outcome_key(id);
+                if let Some((bytes, _)) = self.current(&key, overlay)? {
+                    if let Some(first) = dedup::recall(&bytes) {
+                        return Ok(first);
+                    }
+                }
+                let resp = match *request {
+                    // Nested tags are never proposed; apply the inner write once, untagged.
+                    Request::Once { request, .. } => {
+                        self.apply_request(*request, index, overlay)?
+                    }
+                    other => self.apply_request(other, index, overlay)?,
+                };
+                if let Some(outcome) = dedup::remember(&resp) {
+                    overlay.insert(key, Some(put(outcome)));
+                    overlay.insert(dedup::order_key(index), Some(put(dedup::encode_id(id))));
+                }
+                resp
+            }
             Request::CreateKeyspace(def) => {
                 let key = keyspace_key(&def.name);
                 // The built-in keyspaces exist from the start without an entry of their own:
@@ -460,6 +481,31 @@ impl StateMachineStore {
         })
     }
 
+    /// Drops remembered request ids that fell out of the window (see `cp::dedup`).
+    fn forget_old_request_ids(
+        &self,
+        last_applied: u64,
+        overlay: &mut BTreeMap<Vec<u8>, Option<StoredRecord>>,
+    ) -> Result<(), RaftStorageError> {
+        let start = data_key(&dedup::order_key(0));
+        let end = data_key(&dedup::order_key(dedup::window_start(last_applied)));
+        // At most one page per apply: the window moves by at most one batch per call.
+        let page = self
+            .sm
+            .range(Bound::Included(&start), Bound::Excluded(&end), SCAN_PAGE)
+            .map_err(io_read)?;
+        let location = self.reader.records.location().to_string();
+        for (k, v) in page {
+            let user_key = k[1..].to_vec();
+            let rec = record::decode(&v, &user_key, self.sm.name(), &location).map_err(io_read)?;
+            if let Some(id) = rec.value.as_deref().and_then(dedup::decode_id) {
+                overlay.entry(dedup::outcome_key(id)).or_insert(None);
+            }
+            overlay.insert(user_key, None);
+        }
+        Ok(())
+    }
+
     fn meta_ops(&self) -> Result<Vec<BatchOp>, RaftStorageError> {
         Ok(vec![
             BatchOp::Insert(
@@ -502,6 +548,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             self.applied = Some(entry.log_id);
             responses.push(resp);
+        }
+        if let Some(last) = self.applied {
+            self.forget_old_request_ids(last.index, &mut overlay)?;
         }
         let mut ops: Vec<BatchOp> = overlay
             .into_iter()

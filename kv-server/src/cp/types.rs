@@ -74,6 +74,25 @@ pub enum Request {
     },
     /// Metadata group only: adds a keyspace definition unless its name or id is taken.
     CreateKeyspace(KeyspaceDef),
+    /// A client write tagged with its request id: applied at most once per id within the
+    /// window of `cp::dedup` (a retry gets the first outcome). Appended last so log entries
+    /// written before it existed still decode.
+    Once {
+        /// The client's id for this logical write, the same on every retry.
+        id: RequestId,
+        /// The write (`Put`, `Delete` or `Cas`).
+        request: Box<Request>,
+    },
+}
+
+/// Identifies one logical client write across retries: the Raft dissertation's client session
+/// (client id) and sequence number (§6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestId {
+    /// Random per client instance.
+    pub client_id: u64,
+    /// Increases with every write the client starts.
+    pub seq: u64,
 }
 
 /// Result of creating a keyspace. Existing names and ids are outcomes, not errors.
