@@ -6,7 +6,7 @@ use crate::placement::partition_for_key;
 use kv_proto::v1 as pb;
 use kv_proto::v1::kv_client::KvClient;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -149,8 +149,10 @@ struct RingView {
 enum Idempotence {
     /// Reads: any retryable error may be retried.
     Safe,
-    /// Writes: retried only when certainly not applied.
-    Unsafe,
+    /// Writes carrying a request id: a CP keyspace applies them at most once per id, and an AP
+    /// write applied twice is the same write at a later timestamp, so any retryable error may
+    /// be retried.
+    Deduplicated,
 }
 
 /// An async kv client. Cheap to clone; clones share connections and the ring.
@@ -166,6 +168,10 @@ struct Inner {
     outstanding: Mutex<BTreeMap<String, usize>>,
     leaders: Mutex<BTreeMap<(String, u32), String>>,
     next: AtomicUsize,
+    /// This client's id in every write's `RequestId` (random, never 0).
+    client_id: u64,
+    /// The sequence number of the next write.
+    next_seq: AtomicU64,
 }
 
 impl Client {
@@ -187,6 +193,8 @@ impl Client {
                 outstanding: Mutex::new(BTreeMap::new()),
                 leaders: Mutex::new(BTreeMap::new()),
                 next: AtomicUsize::new(0),
+                client_id: rand::random::<u64>().max(1),
+                next_seq: AtomicU64::new(1),
             }),
         };
         client.refresh_ring().await?;
@@ -273,13 +281,14 @@ impl Client {
             key: key.to_vec(),
             value: value.to_vec(),
             options: Some(opts.to_pb()),
+            request_id: Some(self.request_id()),
         };
         let resp = self
             .call(
                 keyspace,
                 key,
                 &opts,
-                Idempotence::Unsafe,
+                Idempotence::Deduplicated,
                 req,
                 |mut c, r| async move { c.put(r).await },
             )
@@ -301,13 +310,14 @@ impl Client {
             keyspace: keyspace.into(),
             key: key.to_vec(),
             options: Some(opts.to_pb()),
+            request_id: Some(self.request_id()),
         };
         let resp = self
             .call(
                 keyspace,
                 key,
                 &opts,
-                Idempotence::Unsafe,
+                Idempotence::Deduplicated,
                 req,
                 |mut c, r| async move { c.delete(r).await },
             )
@@ -338,13 +348,14 @@ impl Client {
             expected: Some(expected),
             new_value: new_value.to_vec(),
             options: Some(opts.to_pb()),
+            request_id: Some(self.request_id()),
         };
         let resp = self
             .call(
                 keyspace,
                 key,
                 &opts,
-                Idempotence::Unsafe,
+                Idempotence::Deduplicated,
                 req,
                 |mut c, r| async move { c.compare_and_swap(r).await },
             )
@@ -561,7 +572,7 @@ impl Client {
             }
             let may_retry = match idempotence {
                 Idempotence::Safe => err.is_retryable(),
-                Idempotence::Unsafe => err.certainly_not_applied(),
+                Idempotence::Deduplicated => err.is_retryable(),
             };
             if !may_retry || attempt >= MAX_ATTEMPTS {
                 return Err(match (reported, &err) {
@@ -602,6 +613,14 @@ impl Client {
             let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// A fresh id for one logical write, kept on every retry of it.
+    fn request_id(&self) -> pb::RequestId {
+        pb::RequestId {
+            client_id: self.inner.client_id,
+            seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed),
         }
     }
 
