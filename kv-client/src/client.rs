@@ -1,7 +1,8 @@
 //! The `Client`: ring discovery, routing, deadlines and safe retries.
 
 use crate::error::Error;
-use crate::net::{validate_addr, Dialer, TcpDialer};
+use crate::net::validate_addr;
+use crate::options::{CasResult, ClientConfig, Expected, GetResult, Options, Routing, WriteResult};
 use crate::placement::partition_for_key;
 use kv_proto::v1 as pb;
 use kv_proto::v1::kv_client::KvClient;
@@ -22,118 +23,6 @@ pub const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(20);
 pub const BACKOFF_START: Duration = Duration::from_millis(20);
 /// Longest backoff between attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
-
-/// How the client picks the node a request goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Routing {
-    /// To the key's owner (first of its partition's preference list, or the cached CP leader).
-    #[default]
-    TokenAware,
-    /// To each allowed node in turn.
-    RoundRobin,
-    /// To the allowed node with the fewest requests in flight from this client.
-    LeastOutstanding,
-}
-
-/// Client settings.
-#[derive(Clone)]
-pub struct ClientConfig {
-    /// Addresses ("host:port") of nodes to discover the cluster from.
-    pub seeds: Vec<String>,
-    /// Routing policy.
-    pub routing: Routing,
-    /// Deadline of one request, retries included.
-    pub timeout: Duration,
-    /// Talk only to the seeds (like `etcdctl --endpoints`), never to other discovered nodes.
-    pub seeds_only: bool,
-    /// Makes connections (TCP, or simulated).
-    pub dialer: Arc<dyn Dialer>,
-}
-
-impl ClientConfig {
-    /// Settings with the given seeds and defaults for everything else.
-    pub fn new<S: Into<String>>(seeds: impl IntoIterator<Item = S>) -> Self {
-        Self {
-            seeds: seeds.into_iter().map(Into::into).collect(),
-            routing: Routing::default(),
-            timeout: DEFAULT_TIMEOUT,
-            seeds_only: false,
-            dialer: Arc::new(TcpDialer),
-        }
-    }
-}
-
-/// Per-request options.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    /// AP: replicas to wait for.
-    pub consistency: pb::Consistency,
-    /// AP: explicit R (0 = from consistency).
-    pub read_replicas: u32,
-    /// AP: explicit W (0 = from consistency).
-    pub write_replicas: u32,
-    /// CP: allow a possibly stale read from any replica.
-    pub stale: bool,
-    /// Overrides the client's deadline for this request.
-    pub timeout: Option<Duration>,
-}
-
-impl Options {
-    fn to_pb(&self) -> pb::RequestOptions {
-        pb::RequestOptions {
-            consistency: self.consistency as i32,
-            read_replicas: self.read_replicas,
-            write_replicas: self.write_replicas,
-            stale: self.stale,
-        }
-    }
-}
-
-/// What a compare-and-swap expects the key to hold.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Expected {
-    /// The key's current revision.
-    Version(u64),
-    /// The key's current value.
-    Value(Vec<u8>),
-    /// The key must not exist.
-    Absent,
-}
-
-/// Result of a get.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GetResult {
-    /// The value, if the key exists.
-    pub value: Option<Vec<u8>>,
-    /// Its version, if the key exists.
-    pub version: Option<pb::Version>,
-    /// The node that served the read.
-    pub served_by: String,
-    /// True when the read may be stale (asked for with `stale`).
-    pub maybe_stale: bool,
-}
-
-/// Result of a put or delete.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteResult {
-    /// The version the write committed at.
-    pub version: Option<pb::Version>,
-    /// The node that coordinated the write.
-    pub served_by: String,
-}
-
-/// Result of a compare-and-swap.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CasResult {
-    /// Whether the swap happened.
-    pub succeeded: bool,
-    /// New version on success; current version on mismatch.
-    pub version: Option<pb::Version>,
-    /// Current value on mismatch (None if absent).
-    pub current_value: Option<Vec<u8>>,
-    /// The node that served it.
-    pub served_by: String,
-}
 
 /// What the client knows of the ring.
 #[derive(Debug, Clone, Default)]

@@ -13,10 +13,10 @@
 
 pub mod client;
 pub mod error;
+pub mod options;
 pub use kv_core::{net, placement};
 
-pub use client::{
-    CasResult, Client, ClientConfig, Expected, GetResult, Options, Routing, WriteResult,
-};
+pub use client::Client;
 pub use error::Error;
 pub use kv_proto::v1::Consistency;
+pub use options::{CasResult, ClientConfig, Expected, GetResult, Options, Routing, WriteResult};
