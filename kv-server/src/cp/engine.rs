@@ -228,6 +228,21 @@ pub struct CpEngine {
     unsafe_skip_read_index: AtomicBool,
 }
 
+/// How many maximal election timeouts a member that is not a group's preferred leader waits
+/// before initializing the group itself (in case the preferred leader is down).
+const INITIALIZE_DELAY_ELECTION_TIMEOUTS: u64 = 2;
+
+/// Initializes a pristine group member; one that already has state is left as it is.
+async fn initialize(raft: &Raft, members: BTreeMap<NodeId, BasicNode>) -> Result<(), String> {
+    if raft.is_initialized().await.map_err(|e| e.to_string())? {
+        return Ok(());
+    }
+    match raft.initialize(members).await {
+        Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 impl CpEngine {
     /// Starts every group of `groups` that has this node as a member, over `engine`, and
     /// initializes each with its membership (an already initialized group keeps its state).
@@ -269,11 +284,26 @@ impl CpEngine {
                 .iter()
                 .map(|id| (*id, BasicNode::default()))
                 .collect();
-            // Every member initializes with the same membership, so the group forms even when
-            // one member is down; a member with any state refuses (NotAllowed), which is fine.
-            match raft.initialize(members).await {
-                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(e) => return Err(raft_err(&e)),
+            // The group's preferred leader (the partition's owner, first of its preference
+            // list, which the ring balances across nodes) initializes at once, and
+            // initializing starts its election: a fresh cluster's leaders are as balanced as
+            // the ring. The other members initialize too, later, so the group still forms when
+            // the preferred leader is down; a member that has any state by then refuses
+            // (NotAllowed), which is fine.
+            if spec.members.first() == Some(&node_id) {
+                initialize(&raft, members).await.map_err(|e| raft_err(&e))?;
+            } else {
+                let raft = raft.clone();
+                let delay = Duration::from_millis(
+                    config.election_timeout_max_ms * INITIALIZE_DELAY_ELECTION_TIMEOUTS,
+                );
+                let partition = spec.partition;
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Err(e) = initialize(&raft, members).await {
+                        tracing::warn!(partition, error = %e, "initializing a cp group failed");
+                    }
+                });
             }
             map.insert(group, Group { spec, raft, reader });
         }
