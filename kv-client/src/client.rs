@@ -39,8 +39,8 @@ enum Idempotence {
     /// Reads: any retryable error may be retried.
     Safe,
     /// Writes carrying a request id: a CP keyspace applies them at most once per id, and an AP
-    /// write applied twice is the same write at a later timestamp, so any retryable error may
-    /// be retried.
+    /// write applied twice is the same write at a later timestamp, so a write whose connection
+    /// broke after it was sent may be retried too.
     Deduplicated,
 }
 
@@ -461,7 +461,11 @@ impl Client {
             }
             let may_retry = match idempotence {
                 Idempotence::Safe => err.is_retryable(),
-                Idempotence::Deduplicated => err.is_retryable(),
+                // A node's own Unavailable is its answer (e.g. the minority side of a
+                // partition), not a lost message: it is reported, not retried.
+                Idempotence::Deduplicated => {
+                    err.certainly_not_applied() || matches!(err, Error::Transport { .. })
+                }
             };
             if !may_retry || attempt >= MAX_ATTEMPTS {
                 return Err(match (reported, &err) {
