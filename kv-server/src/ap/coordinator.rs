@@ -7,13 +7,12 @@
 //! remaining sends run on in their own task, tracked by `wait_writes_idle`; every remote call
 //! has a timeout; read repair is best effort (anti-entropy repairs what it misses).
 
-use super::engine::{with_timeout, ApEngine};
 use super::config::RequestOptions;
+use super::engine::{with_timeout, ApEngine};
 use super::error::{ApError, TransportError};
 use super::lww::ApRecord;
 use super::plan::{
-    plan_write, read_candidates, resolve_quorums, ReadOutcome, ReadQuorum, WriteQuorum,
-    WriteTarget,
+    plan_write, read_candidates, resolve_quorums, ReadOutcome, ReadQuorum, WriteQuorum, WriteTarget,
 };
 use crate::types::{Hlc, KeyspaceDef, NodeId, MAX_KEY_BYTES};
 use futures::future::BoxFuture;

@@ -202,7 +202,11 @@ fn write_quorums() {
             coordinator: 1,
             w: 2,
             fallbacks: &[4],
-            events: &[Fail((1, None), Some((4, Some(1)))), Ack(4, None), Ack(2, Some(2))],
+            events: &[
+                Fail((1, None), Some((4, Some(1)))),
+                Ack(4, None),
+                Ack(2, Some(2)),
+            ],
             acks: 2,
         },
     ];
@@ -396,9 +400,8 @@ fn read_plans() {
         },
     ];
     for c in cases {
-        let candidates = read_candidates(c.preference, c.n, c.coordinator, |n| {
-            !c.down.contains(&n)
-        });
+        let candidates =
+            read_candidates(c.preference, c.n, c.coordinator, |n| !c.down.contains(&n));
         let (mut q, first) = ReadQuorum::start(candidates, c.r);
         assert_eq!(first, c.first, "{}", c.name);
         let then: Vec<NodeId> = std::iter::from_fn(|| q.fail()).collect();
@@ -434,7 +437,10 @@ fn read_outcomes() {
         ReadOutcomeCase {
             name: "replicas that agree need no repair",
             r: 2,
-            answers: vec![(1, Some(rec("k", 5, Some("v")))), (2, Some(rec("k", 5, Some("v"))))],
+            answers: vec![
+                (1, Some(rec("k", 5, Some("v")))),
+                (2, Some(rec("k", 5, Some("v")))),
+            ],
             expected: ReadOutcome::Resolved {
                 newest: Some(rec("k", 5, Some("v"))),
                 stale: vec![],
@@ -456,7 +462,10 @@ fn read_outcomes() {
         ReadOutcomeCase {
             name: "a newer tombstone wins over a value and is written back",
             r: 2,
-            answers: vec![(3, Some(rec("k", 9, None))), (1, Some(rec("k", 5, Some("v"))))],
+            answers: vec![
+                (3, Some(rec("k", 9, None))),
+                (1, Some(rec("k", 5, Some("v")))),
+            ],
             expected: ReadOutcome::Resolved {
                 newest: Some(rec("k", 9, None)),
                 stale: vec![1],
