@@ -3,24 +3,43 @@
 //! **Architecture invariant:** every AP record and hint is stored through `RecordTree`, so every
 //! read is checksum-verified; no AP code names a storage engine or a wire format.
 //!
-//! Layering (each file depends only on the ones before it): `hlc` → `lww` → `merkle` → `store`
-//! → `hints` → `engine`. Cores without I/O (`lww::merge`, `merkle::diff`, `engine::plan_write`,
-//! `engine::resolve_quorums`) are plain functions that tests drive directly.
+//! Layering (each line depends only on the ones before it):
+//! - `hlc` → `lww` → `merkle` → `store` → `hints`: timestamps, records and their storage;
+//! - `error`, `seams`, `config`: what the engine reports, what it is plugged into (network,
+//!   failure detector, ring) and how it is configured;
+//! - `plan`: the pure decisions (write plan and fallbacks, quorum counting, read plan and
+//!   repair, hint actions, anti-entropy peers), no I/O — the "engine" of openraft's
+//!   engine/runtime split, driven from tables in `plan_tests`;
+//! - `engine` (`ApEngine`, its shared state) and the runtime that carries out `plan`'s decisions,
+//!   one `impl ApEngine` per file: `replica`, `coordinator`, `background` (hint replay,
+//!   anti-entropy and tombstone purge, each its own task).
 
+pub mod background;
+pub mod config;
+mod coordinator;
 pub mod engine;
+pub mod error;
 pub mod hints;
 pub mod hlc;
 pub mod lww;
 pub mod merkle;
+pub mod plan;
+mod replica;
+pub mod seams;
 pub mod store;
 
 #[cfg(test)]
+mod background_tests;
+#[cfg(test)]
 mod cluster_tests;
+#[cfg(test)]
+mod plan_tests;
 #[cfg(test)]
 mod testkit;
 
-pub use engine::{
-    AntiEntropyStats, ApConfig, ApEngine, ApError, ApRing, ApStatus, ApTransport, Consistency,
-    Liveness, ReplayStats, RequestOptions, TransportError,
-};
+pub use background::{AntiEntropyStats, ReplayStats};
+pub use config::{ApConfig, Consistency, RequestOptions};
+pub use engine::{ApEngine, ApStatus};
+pub use error::{ApError, TransportError};
 pub use lww::ApRecord;
+pub use seams::{ApRing, ApTransport, Liveness};

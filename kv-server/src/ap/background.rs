@@ -1,0 +1,257 @@
+//! Background work of the AP engine: hint replay, anti-entropy and tombstone purge. Each job has
+//! a step that tests drive by hand (`replay_hints_once`, `anti_entropy_round` /
+//! `anti_entropy_once`, `purge_tombstones_once`), and `spawn_background` runs each step in its own
+//! task on its own interval, so none waits for another: an anti-entropy round stuck on a peer
+//! whose Merkle call hangs until its timeout delays neither hint replay nor purging.
+//!
+//! Invariants: a hint is deleted only after its owner acknowledged it, or once older than the
+//! hint window (anti-entropy repairs the owner then); anti-entropy moves records both ways and
+//! merges with LWW, so an exchange never loses the newer copy; every remote call has a timeout.
+
+use super::config::{
+    ANTI_ENTROPY_PUSH_CONCURRENCY, HINT_REPLAY_BATCH, MERKLE_LEAVES_PER_RANGE_CALL,
+};
+use super::engine::{with_timeout, ApEngine};
+use super::error::ApError;
+use super::merkle;
+use super::plan::{anti_entropy_peer, hint_action, records_to_push, HintAction};
+use crate::types::{KeyspaceDef, Mode, NodeId};
+use futures::stream::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{Interval, MissedTickBehavior};
+
+/// Outcome of one hint replay round.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Hints acknowledged by their owner and deleted.
+    pub delivered: usize,
+    /// Hints whose send failed (kept for the next round).
+    pub failed: usize,
+    /// Hints kept because their owner is down.
+    pub waiting: usize,
+    /// Hints dropped as older than the hint window.
+    pub expired: usize,
+}
+
+/// Outcome of one anti-entropy exchange.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AntiEntropyStats {
+    /// Leaves whose hashes differed.
+    pub differing_leaves: usize,
+    /// Records received from the peer (its records in the differing leaves).
+    pub records_fetched: usize,
+    /// Of those, records that superseded ours and were stored.
+    pub records_applied: usize,
+    /// Our records sent to the peer (newer than its copy, or absent there).
+    pub records_pushed: usize,
+}
+
+/// The keyspace definitions current when a background round starts.
+pub type KeyspaceSource = Arc<dyn Fn() -> Vec<KeyspaceDef> + Send + Sync>;
+
+/// An interval of `period_ms` whose first tick is immediate; a tick that comes due while the
+/// previous step still runs is delayed rather than bunched up.
+fn ticker(period_ms: u64) -> Interval {
+    let mut tick = tokio::time::interval(Duration::from_millis(period_ms));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
+}
+
+impl ApEngine {
+    /// Sends pending hints to their owners that are alive; deletes each one only after its
+    /// owner acknowledged it. Hints older than the hint window are dropped.
+    pub async fn replay_hints_once(&self) -> Result<ReplayStats, ApError> {
+        let mut stats = ReplayStats::default();
+        let now_ms = self.inner.clock.wall_ms();
+        for owner in self.inner.hints.counts().into_keys() {
+            let alive = self.inner.liveness.is_alive(owner);
+            for hint in self.inner.hints.pending_for(owner, HINT_REPLAY_BATCH)? {
+                match hint_action(
+                    alive,
+                    hint.record.hlc.physical_ms,
+                    now_ms,
+                    self.inner.config.hint_max_age_ms,
+                ) {
+                    HintAction::Wait => stats.waiting += 1,
+                    HintAction::Expire => {
+                        tracing::warn!(
+                            node_id = self.node_id(),
+                            owner,
+                            "hint expired; anti-entropy will repair the owner"
+                        );
+                        self.inner.hints.remove(&hint)?;
+                        stats.expired += 1;
+                    }
+                    HintAction::Deliver => {
+                        let fut = self.inner.transport.write(
+                            owner,
+                            hint.keyspace_id,
+                            hint.record.clone(),
+                            None,
+                        );
+                        match with_timeout(owner, self.inner.config.write_timeout_ms, fut).await {
+                            Ok(()) => {
+                                self.inner.hints.remove(&hint)?;
+                                stats.delivered += 1;
+                            }
+                            Err(e) => {
+                                tracing::info!(node_id = self.node_id(), owner, error = %e, "hint replay failed; will retry");
+                                stats.failed += 1;
+                                // The owner is not answering: the rest of its hints wait too.
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Exchanges one partition with `peer`: compares Merkle leaves, fetches the peer's records in
+    /// differing leaves and merges them here, and pushes ours that the peer lacks or has older.
+    pub async fn anti_entropy_once(
+        &self,
+        keyspace_id: u32,
+        partition: u32,
+        peer: NodeId,
+    ) -> Result<AntiEntropyStats, ApError> {
+        let timeout_ms = self.inner.config.merkle_timeout_ms;
+        let store = self.store(keyspace_id)?;
+        let ours = store.merkle_leaves(partition)?;
+        let fut = self
+            .inner
+            .transport
+            .merkle_leaves(peer, keyspace_id, partition);
+        let theirs = with_timeout(peer, timeout_ms, fut).await?;
+        let differing = merkle::diff_leaves(&ours, &theirs);
+        let mut stats = AntiEntropyStats {
+            differing_leaves: differing.len(),
+            ..Default::default()
+        };
+        for chunk in differing.chunks(MERKLE_LEAVES_PER_RANGE_CALL) {
+            let fut =
+                self.inner
+                    .transport
+                    .merkle_range(peer, keyspace_id, partition, chunk.to_vec());
+            let their_records = with_timeout(peer, timeout_ms, fut).await?;
+            stats.records_fetched += their_records.len();
+            let our_records = store.records_in_leaves(partition, chunk)?;
+            let to_push = records_to_push(our_records, &their_records);
+            for r in &their_records {
+                self.inner.clock.observe(r.hlc);
+                if store.apply(r)? {
+                    stats.records_applied += 1;
+                }
+            }
+            // One flush per batch rather than per record (replica writes flush one by one).
+            self.inner.engine.flush()?;
+            let pushes = futures::stream::iter(to_push.into_iter().map(|r| {
+                let fut = self.inner.transport.write(peer, keyspace_id, r, None);
+                with_timeout(peer, self.inner.config.write_timeout_ms, fut)
+            }))
+            .buffer_unordered(ANTI_ENTROPY_PUSH_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+            for p in pushes {
+                p?;
+                stats.records_pushed += 1;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Purges tombstones older than the grace period from every open keyspace store.
+    pub fn purge_tombstones_once(&self) -> Result<usize, ApError> {
+        let now_ms = self.inner.clock.wall_ms();
+        let stores: Vec<_> = self
+            .inner
+            .stores
+            .lock()
+            .expect("stores lock poisoned")
+            .values()
+            .cloned()
+            .collect();
+        let mut purged = 0;
+        for s in stores {
+            purged += s.purge_tombstones(now_ms, self.inner.config.tombstone_grace_ms)?;
+        }
+        Ok(purged)
+    }
+
+    /// One anti-entropy round: every partition of every AP keyspace that this node replicates,
+    /// against one live co-replica chosen by `round` (so rounds rotate through peers).
+    pub async fn anti_entropy_round(&self, keyspaces: &[KeyspaceDef], round: usize) {
+        for ks in keyspaces.iter().filter(|k| k.mode == Mode::Ap) {
+            for partition in 0..self.inner.ring.partition_count() {
+                let pref = self.inner.ring.preference_list(partition);
+                let Some(peer) =
+                    anti_entropy_peer(&pref, ks.replicas as usize, self.node_id(), round, |p| {
+                        self.inner.liveness.is_alive(p)
+                    })
+                else {
+                    continue;
+                };
+                if let Err(e) = self.anti_entropy_once(ks.id, partition, peer).await {
+                    tracing::warn!(node_id = self.node_id(), keyspace_id = ks.id, partition, peer, error = %e, "anti-entropy failed");
+                }
+            }
+        }
+    }
+
+    /// Starts hint replay, anti-entropy and tombstone purging, each in its own task on its own
+    /// interval (first tick immediate), until the returned handle is aborted; `keyspaces` yields
+    /// the current keyspace definitions for each anti-entropy round.
+    pub fn spawn_background(&self, keyspaces: KeyspaceSource) -> JoinHandle<()> {
+        let cfg = &self.inner.config;
+        let mut jobs = JoinSet::new();
+
+        let (this, period_ms) = (self.clone(), cfg.hint_replay_interval_ms);
+        jobs.spawn(async move {
+            let mut tick = ticker(period_ms);
+            loop {
+                tick.tick().await;
+                if let Err(e) = this.replay_hints_once().await {
+                    tracing::warn!(node_id = this.node_id(), error = %e, "hint replay failed");
+                }
+            }
+        });
+
+        let (this, period_ms) = (self.clone(), cfg.anti_entropy_interval_ms);
+        jobs.spawn(async move {
+            let mut tick = ticker(period_ms);
+            let mut round = 0usize;
+            loop {
+                tick.tick().await;
+                this.anti_entropy_round(&keyspaces(), round).await;
+                round = round.wrapping_add(1);
+            }
+        });
+
+        let (this, period_ms) = (self.clone(), cfg.purge_interval_ms);
+        jobs.spawn(async move {
+            let mut tick = ticker(period_ms);
+            loop {
+                tick.tick().await;
+                if let Err(e) = this.purge_tombstones_once() {
+                    tracing::warn!(node_id = this.node_id(), error = %e, "tombstone purge failed");
+                }
+            }
+        });
+
+        // The set lives in this task, so aborting the handle drops it, and dropping a `JoinSet`
+        // aborts every job in it. The jobs never return; a panicking one is a bug, passed on to
+        // the handle as before the jobs were split.
+        tokio::spawn(async move {
+            while let Some(ended) = jobs.join_next().await {
+                if let Err(e) = ended {
+                    if e.is_panic() {
+                        std::panic::resume_unwind(e.into_panic());
+                    }
+                }
+            }
+        })
+    }
+}

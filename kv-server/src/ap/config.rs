@@ -1,0 +1,109 @@
+//! Configuration of one node's AP engine (`ApConfig`), its defaults and named bounds, and the
+//! per-request options (`Consistency`, `RequestOptions`).
+
+use super::hints::{DEFAULT_HINT_MAX_AGE_MS, MAX_HINTS_PER_NODE};
+use super::hlc::DEFAULT_MAX_SKEW_MS;
+use super::store::DEFAULT_TOMBSTONE_GRACE_MS;
+use crate::types::{NodeId, DEFAULT_MAX_VALUE_BYTES};
+
+/// Default time a replica has to acknowledge a write.
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 1_000;
+/// Default time a replica has to answer a read.
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 1_000;
+/// Default time a peer has to answer a Merkle leaves or range request.
+pub const DEFAULT_MERKLE_TIMEOUT_MS: u64 = 5_000;
+/// Default period of hint replay.
+pub const DEFAULT_HINT_REPLAY_INTERVAL_MS: u64 = 1_000;
+/// Default period of one anti-entropy round over this node's partitions.
+pub const DEFAULT_ANTI_ENTROPY_INTERVAL_MS: u64 = 60_000;
+/// Default period of tombstone purging.
+pub const DEFAULT_PURGE_INTERVAL_MS: u64 = 60 * 60 * 1000;
+/// Most hints sent to one owner per replay round.
+pub const HINT_REPLAY_BATCH: usize = 256;
+/// Most differing leaves fetched in one Merkle range call.
+pub const MERKLE_LEAVES_PER_RANGE_CALL: usize = 32;
+/// Most concurrent pushes (writes) to a peer during anti-entropy.
+pub const ANTI_ENTROPY_PUSH_CONCURRENCY: usize = 16;
+
+/// Configuration of one node's AP engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApConfig {
+    /// This node.
+    pub node_id: NodeId,
+    /// Skew beyond which remote timestamps are reported (see `hlc`).
+    pub max_skew_ms: u64,
+    /// How long tombstones are kept (must exceed `hint_max_age_ms` and the anti-entropy period).
+    pub tombstone_grace_ms: u64,
+    /// Age after which a hint is dropped instead of replayed.
+    pub hint_max_age_ms: u64,
+    /// Most hints held for one owner.
+    pub max_hints_per_node: usize,
+    /// Per-replica write timeout.
+    pub write_timeout_ms: u64,
+    /// Per-replica read timeout.
+    pub read_timeout_ms: u64,
+    /// Per-call Merkle timeout.
+    pub merkle_timeout_ms: u64,
+    /// Largest value accepted.
+    pub max_value_bytes: usize,
+    /// Period of the hint replay task started by `spawn_background`.
+    pub hint_replay_interval_ms: u64,
+    /// Period of the anti-entropy task started by `spawn_background`.
+    pub anti_entropy_interval_ms: u64,
+    /// Period of the tombstone purge task started by `spawn_background`.
+    pub purge_interval_ms: u64,
+}
+
+impl ApConfig {
+    /// The defaults for `node_id`.
+    pub fn new(node_id: NodeId) -> Self {
+        Self {
+            node_id,
+            max_skew_ms: DEFAULT_MAX_SKEW_MS,
+            tombstone_grace_ms: DEFAULT_TOMBSTONE_GRACE_MS,
+            hint_max_age_ms: DEFAULT_HINT_MAX_AGE_MS,
+            max_hints_per_node: MAX_HINTS_PER_NODE,
+            write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
+            read_timeout_ms: DEFAULT_READ_TIMEOUT_MS,
+            merkle_timeout_ms: DEFAULT_MERKLE_TIMEOUT_MS,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            hint_replay_interval_ms: DEFAULT_HINT_REPLAY_INTERVAL_MS,
+            anti_entropy_interval_ms: DEFAULT_ANTI_ENTROPY_INTERVAL_MS,
+            purge_interval_ms: DEFAULT_PURGE_INTERVAL_MS,
+        }
+    }
+}
+
+/// Per-request consistency level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// R = W = 1.
+    One,
+    /// R = W = majority of N.
+    Quorum,
+    /// R = W = N.
+    All,
+    /// Explicit R and W (each 1..=N).
+    Explicit {
+        /// Replicas a read waits for.
+        r: u32,
+        /// Acks a write waits for.
+        w: u32,
+    },
+}
+
+/// Options of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// Consistency level; `None` uses the keyspace's R and W.
+    pub consistency: Option<Consistency>,
+}
+
+impl RequestOptions {
+    /// Options with this consistency level.
+    pub fn with(consistency: Consistency) -> Self {
+        Self {
+            consistency: Some(consistency),
+        }
+    }
+}

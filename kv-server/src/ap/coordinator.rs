@@ -1,0 +1,284 @@
+//! The AP coordinator, the runtime half of `plan.rs`: `put`, `delete` and `get` on any node,
+//! sending to the replicas `plan_write` / `read_candidates` choose, counting answers with
+//! `WriteQuorum` / `ReadQuorum`, and writing the newest record back to stale replicas (read
+//! repair).
+//!
+//! Invariants: a write returns after W distinct nodes acked (a durable hint counts) while its
+//! remaining sends run on in their own task, tracked by `wait_writes_idle`; every remote call
+//! has a timeout; read repair is best effort (anti-entropy repairs what it misses).
+
+use super::config::RequestOptions;
+use super::engine::{with_timeout, ApEngine};
+use super::error::{ApError, TransportError};
+use super::lww::ApRecord;
+use super::plan::{
+    plan_write, read_candidates, resolve_quorums, ReadOutcome, ReadQuorum, WriteQuorum, WriteTarget,
+};
+use crate::types::{Hlc, KeyspaceDef, NodeId, MAX_KEY_BYTES};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::sync::atomic::Ordering;
+
+impl ApEngine {
+    fn check_key(&self, key: &[u8]) -> Result<(), ApError> {
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return Err(ApError::InvalidArgument(format!(
+                "key is {} bytes; keys must be 1..={MAX_KEY_BYTES} bytes",
+                key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes `value` under `key`; returns the write's timestamp after W acks.
+    pub async fn put(
+        &self,
+        ks: &KeyspaceDef,
+        preference: &[NodeId],
+        key: &[u8],
+        value: Vec<u8>,
+        opts: RequestOptions,
+    ) -> Result<Hlc, ApError> {
+        if value.len() > self.inner.config.max_value_bytes {
+            return Err(ApError::InvalidArgument(format!(
+                "value is {} bytes; the limit is {} bytes (--max-value-bytes)",
+                value.len(),
+                self.inner.config.max_value_bytes
+            )));
+        }
+        self.write(ks, preference, key, Some(value), opts).await
+    }
+
+    /// Deletes `key` (writes a tombstone); returns the delete's timestamp after W acks.
+    pub async fn delete(
+        &self,
+        ks: &KeyspaceDef,
+        preference: &[NodeId],
+        key: &[u8],
+        opts: RequestOptions,
+    ) -> Result<Hlc, ApError> {
+        self.write(ks, preference, key, None, opts).await
+    }
+
+    async fn write(
+        &self,
+        ks: &KeyspaceDef,
+        preference: &[NodeId],
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        opts: RequestOptions,
+    ) -> Result<Hlc, ApError> {
+        self.check_key(key)?;
+        let (_, w) = resolve_quorums(ks, opts.consistency)?;
+        let partition = self.inner.ring.partition_for_key(key);
+        let hlc = self.inner.clock.now();
+        let record = ApRecord {
+            key: key.to_vec(),
+            hlc,
+            value,
+        };
+        let (targets, fallbacks) =
+            plan_write(preference, ks.replicas as usize, self.node_id(), |n| {
+                self.is_alive(n)
+            });
+        let quorum = WriteQuorum::new(self.node_id(), w, fallbacks);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        // The writes run in their own task: the caller returns after W acks while the remaining
+        // replicas (and fallbacks for failed ones) still get the write.
+        self.inner.writes_in_flight.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(
+            self.clone()
+                .drive_write(ks.id, record, targets, quorum, done_tx),
+        );
+        let answered = done_rx.await.unwrap_or(0);
+        if answered >= w {
+            Ok(hlc)
+        } else {
+            Err(ApError::Unavailable {
+                op: "write",
+                needed: w,
+                answered,
+                partition,
+            })
+        }
+    }
+
+    /// Sends the write to `targets`, hands each answer to `quorum` and carries out what it
+    /// decides; reports the ack count on `done` once W is reached, or when every send ended.
+    async fn drive_write(
+        self,
+        keyspace_id: u32,
+        record: ApRecord,
+        targets: Vec<WriteTarget>,
+        mut quorum: WriteQuorum,
+        done: tokio::sync::oneshot::Sender<usize>,
+    ) {
+        let mut pending = FuturesUnordered::new();
+        for t in targets {
+            pending.push(self.send_write(t, keyspace_id, record.clone()));
+        }
+        let mut done = Some(done);
+        while let Some((target, result)) = pending.next().await {
+            match result {
+                Ok(()) => {
+                    if let Some(acks) = quorum.ack(target.node) {
+                        if let Some(d) = done.take() {
+                            let _ = d.send(acks);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let owner = target.hint_for.unwrap_or(target.node);
+                    tracing::warn!(node_id = self.node_id(), to = target.node, owner, error = %e, "AP write failed; trying a fallback");
+                    if let Some(t) = quorum.fail(target) {
+                        pending.push(self.send_write(t, keyspace_id, record.clone()));
+                    }
+                }
+            }
+        }
+        if let Some(d) = done.take() {
+            let _ = d.send(quorum.acks());
+        }
+        if self.inner.writes_in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.inner.writes_idle.notify_waiters();
+        }
+    }
+
+    /// Waits until every write this node coordinated has finished with all of its replicas and
+    /// fallbacks (a write returns after W acks; the rest continues in the background).
+    pub async fn wait_writes_idle(&self) {
+        loop {
+            let notified = self.inner.writes_idle.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a notification between the check and the await is kept.
+            notified.as_mut().enable();
+            if self.inner.writes_in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn send_write(
+        &self,
+        target: WriteTarget,
+        keyspace_id: u32,
+        record: ApRecord,
+    ) -> BoxFuture<'static, (WriteTarget, Result<(), TransportError>)> {
+        if target.node == self.node_id() {
+            let result = self
+                .apply_replica(keyspace_id, record, target.hint_for)
+                .map(|_| ())
+                .map_err(|e| TransportError::Remote {
+                    node: target.node,
+                    message: e.to_string(),
+                });
+            return Box::pin(async move { (target, result) });
+        }
+        let fut = self
+            .inner
+            .transport
+            .write(target.node, keyspace_id, record, target.hint_for);
+        let timeout_ms = self.inner.config.write_timeout_ms;
+        Box::pin(async move { (target, with_timeout(target.node, timeout_ms, fut).await) })
+    }
+
+    fn send_read(
+        &self,
+        node: NodeId,
+        keyspace_id: u32,
+        key: &[u8],
+    ) -> BoxFuture<'static, (NodeId, Result<Option<ApRecord>, TransportError>)> {
+        if node == self.node_id() {
+            let result = self
+                .read_replica(keyspace_id, key)
+                .map_err(|e| TransportError::Remote {
+                    node,
+                    message: e.to_string(),
+                });
+            return Box::pin(async move { (node, result) });
+        }
+        let fut = self.inner.transport.read(node, keyspace_id, key.to_vec());
+        let timeout_ms = self.inner.config.read_timeout_ms;
+        Box::pin(async move { (node, with_timeout(node, timeout_ms, fut).await) })
+    }
+
+    /// Reads `key` from R replicas: the newest value and its timestamp (`None` if absent or
+    /// deleted); replicas that answered with an older or missing record are repaired.
+    pub async fn get(
+        &self,
+        ks: &KeyspaceDef,
+        preference: &[NodeId],
+        key: &[u8],
+        opts: RequestOptions,
+    ) -> Result<Option<(Vec<u8>, Hlc)>, ApError> {
+        self.check_key(key)?;
+        let (r, _) = resolve_quorums(ks, opts.consistency)?;
+        let partition = self.inner.ring.partition_for_key(key);
+        let candidates = read_candidates(preference, ks.replicas as usize, self.node_id(), |n| {
+            self.is_alive(n)
+        });
+        let (mut quorum, first) = ReadQuorum::start(candidates, r);
+        let mut pending: FuturesUnordered<_> = first
+            .into_iter()
+            .map(|node| self.send_read(node, ks.id, key))
+            .collect();
+        while let Some((node, result)) = pending.next().await {
+            match result {
+                Ok(rec) => quorum.answer(node, rec),
+                Err(e) => {
+                    tracing::warn!(node_id = self.node_id(), to = node, error = %e, "AP read failed; asking another replica");
+                    if let Some(next) = quorum.fail() {
+                        pending.push(self.send_read(next, ks.id, key));
+                    }
+                }
+            }
+        }
+        match quorum.finish() {
+            ReadOutcome::Unavailable { answered } => Err(ApError::Unavailable {
+                op: "read",
+                needed: r,
+                answered,
+                partition,
+            }),
+            ReadOutcome::Resolved { newest: None, .. } => Ok(None),
+            ReadOutcome::Resolved {
+                newest: Some(newest),
+                stale,
+            } => {
+                self.inner.clock.observe(newest.hlc);
+                self.read_repair(ks.id, &newest, stale).await;
+                Ok(newest.value.map(|v| (v, newest.hlc)))
+            }
+        }
+    }
+
+    /// Writes `newest` back to the `stale` replicas.
+    async fn read_repair(&self, keyspace_id: u32, newest: &ApRecord, stale: Vec<NodeId>) {
+        let repairs: FuturesUnordered<_> = stale
+            .into_iter()
+            .map(|node| {
+                self.send_write(
+                    WriteTarget {
+                        node,
+                        hint_for: None,
+                    },
+                    keyspace_id,
+                    newest.clone(),
+                )
+            })
+            .collect();
+        let results: Vec<_> = repairs.collect().await;
+        for (target, result) in results {
+            match result {
+                Ok(()) => {
+                    self.inner.read_repairs.fetch_add(1, Ordering::Relaxed);
+                }
+                // Best effort: anti-entropy repairs what read repair could not.
+                Err(e) => {
+                    tracing::warn!(node_id = self.node_id(), to = target.node, error = %e, "read repair failed")
+                }
+            }
+        }
+    }
+}
