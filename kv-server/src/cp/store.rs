@@ -25,6 +25,7 @@ use crate::cp::types::{
     CasOutcome, Entry, Expected, KeyspaceOutcome, LogId, RaftStorageError, Request, Response,
     SnapshotMeta, StoredMembership, TypeConfig,
 };
+use crate::storage::group_commit::GroupCommit;
 use crate::storage::record::{self, RecordTree, StoredRecord};
 use crate::storage::{BatchOp, Engine, StorageError, Tree};
 use crate::types::{KeyspaceDef, Version};
@@ -125,6 +126,7 @@ pub fn open_group(
         group,
         log: open("log")?,
         meta: open("meta")?,
+        commit: engine.group_commit(),
     };
     let sm_tree = open("sm")?;
     let applied: Option<LogId> =
@@ -151,6 +153,8 @@ pub struct LogStore {
     group: u64,
     log: Arc<dyn Tree>,
     meta: Arc<dyn Tree>,
+    /// The engine's group commit; `None` flushes inline (memory engines, simulations).
+    commit: Option<Arc<GroupCommit>>,
 }
 
 impl LogStore {
@@ -247,12 +251,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 bytes,
             ));
         }
+        if let Err(e) = self.log.apply_batch(&ops) {
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(io_write(e));
+        }
+        // Durable before acknowledged: openraft counts this node towards a quorum only once
+        // the flush covering these entries is done. With group commit that flush is shared
+        // with every other group's appends (and AP writes) ready at the same moment.
+        if let Some(commit) = &self.commit {
+            commit.after_flush(Box::new(move |r| {
+                callback.log_io_completed(r.map_err(|e| std::io::Error::other(e.to_string())));
+            }));
+            return Ok(());
+        }
         let res = self
             .log
-            .apply_batch(&ops)
-            .and_then(|()| self.log.flush())
+            .flush()
             .map_err(|e| std::io::Error::other(e.to_string()));
-        // Durable before acknowledged: openraft counts this node towards a quorum only now.
         match res {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

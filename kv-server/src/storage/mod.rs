@@ -2,6 +2,7 @@
 //! (default, on disk) and an in-memory engine (tests, simulation). Replication code sees only
 //! these traits. **Architecture invariant:** nothing outside `storage/` names sled.
 
+pub mod group_commit;
 pub mod memory;
 pub mod record;
 pub mod sled;
@@ -13,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Errors of the storage layer. Every variant names where the data lives.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// The engine failed (I/O error, sled error).
     #[error("storage engine error in {location}: {message}")]
@@ -84,6 +85,11 @@ pub trait Engine: Send + Sync + 'static {
     fn flush(&self) -> Result<()>;
     /// Where the data lives: the data directory, or "memory".
     fn location(&self) -> &str;
+    /// The engine's group commit, when a flush is costly enough to share (sled). `None` means
+    /// callers flush inline (memory engines, simulated disks: deterministic, no thread).
+    fn group_commit(&self) -> Option<Arc<group_commit::GroupCommit>> {
+        None
+    }
 }
 
 /// Which storage engine a node runs on.

@@ -3,6 +3,7 @@
 //! directory; `apply_batch` is one `sled::Batch` (all or nothing, also across a crash); `flush`
 //! returns only once earlier writes are on disk.
 
+use super::group_commit::GroupCommit;
 use super::{BatchOp, Engine, Result, StorageError, Tree};
 use std::ops::Bound;
 use std::path::Path;
@@ -16,6 +17,7 @@ const SLED_LOCK_ERROR: &str = "could not acquire lock";
 pub struct SledEngine {
     db: ::sled::Db,
     location: String,
+    commit: Arc<GroupCommit>,
 }
 
 impl SledEngine {
@@ -38,7 +40,23 @@ impl SledEngine {
                 message,
             }
         })?;
-        Ok(SledEngine { db, location })
+        let flushed = db.clone();
+        let flush_location = location.clone();
+        let commit = GroupCommit::start("sled", move || {
+            flushed
+                .flush()
+                .map(drop)
+                .map_err(|e| engine_error(&flush_location, e))
+        })
+        .map_err(|e| StorageError::Engine {
+            location: location.clone(),
+            message: format!("cannot start the flush thread: {e}"),
+        })?;
+        Ok(SledEngine {
+            db,
+            location,
+            commit: Arc::new(commit),
+        })
     }
 }
 
@@ -72,6 +90,10 @@ impl Engine for SledEngine {
 
     fn location(&self) -> &str {
         &self.location
+    }
+
+    fn group_commit(&self) -> Option<Arc<GroupCommit>> {
+        Some(self.commit.clone())
     }
 }
 
