@@ -257,3 +257,44 @@ fn merge(register: History, set: History) -> History {
     }
     History { events }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(cut: &[(usize, usize)], down: &[usize], slow: &[(usize, usize)]) -> Net {
+        Net {
+            cut: cut.iter().copied().collect(),
+            down: down.iter().copied().collect(),
+            slow: slow.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn sides_follow_who_reaches_a_majority() {
+        use Side::*;
+        assert_eq!(net(&[], &[], &[]).sides(), [Whole, Whole, Whole]);
+        // Node 0 isolated: it alone is the minority.
+        assert_eq!(
+            net(&[(0, 1), (0, 2)], &[], &[]).sides(),
+            [Minority, Majority, Majority]
+        );
+        // A bridge (0 and 2 cut, 1 sees both): everyone still reaches two of three.
+        assert_eq!(
+            net(&[(0, 2)], &[], &[]).sides(),
+            [Majority, Majority, Majority]
+        );
+        // A crashed node is down; the others reach each other.
+        assert_eq!(net(&[], &[0], &[]).sides(), [Down, Majority, Majority]);
+        // A slow link is a fault but cuts nothing.
+        assert_eq!(
+            net(&[], &[], &[(0, 1)]).sides(),
+            [Majority, Majority, Majority]
+        );
+        // A crash during a partition: node 1 cut from 2 while 0 is down.
+        assert_eq!(
+            net(&[(1, 2)], &[0], &[]).sides(),
+            [Down, Minority, Minority]
+        );
+    }
+}
