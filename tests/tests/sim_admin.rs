@@ -1,7 +1,8 @@
 //! Cluster administration in simulation: keyspaces created through the metadata Raft group are
 //! seen by every node; fault injection is refused without `--chaos` and partitions with it.
 
-use kv_testkit::sim::{add_seeded_nodes, client, eventually, SimOptions};
+use chaos::faults::{FaultClient, FaultError};
+use kv_testkit::sim::{add_seeded_nodes, client, eventually, SimOptions, TurmoilDialer};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,9 +92,6 @@ fn a_keyspace_created_through_one_node_is_served_by_every_node() {
 
 #[test]
 fn fault_injection_is_refused_without_chaos_and_partitions_with_it() {
-    use kv_client::net::Dialer;
-    use kv_proto::internal::internal_client::InternalClient;
-    use kv_proto::internal::ChaosRequest;
     let mut sim = sim();
     // n1 and n2 allow fault injection; n3 does not.
     let opts = SimOptions {
@@ -102,32 +100,36 @@ fn fault_injection_is_refused_without_chaos_and_partitions_with_it() {
     };
     add_seeded_nodes(&mut sim, &opts, SEED);
     sim.client("chaos", async {
-        let internal = |addr: &str| {
-            InternalClient::new(
-                kv_testkit::sim::TurmoilDialer
-                    .channel(addr)
-                    .expect("address"),
-            )
-        };
-        let isolate = |others: Vec<u64>| ChaosRequest {
-            drop_to: others,
-            ..Default::default()
-        };
-        let err = internal("n3:7000")
-            .chaos(isolate(vec![1, 2]))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-        assert!(err.message().contains("--chaos"), "{}", err.message());
-        let err = internal("n1:7000")
-            .chaos(isolate(vec![9]))
-            .await
-            .unwrap_err();
-        assert!(err.message().contains("not a member"), "{}", err.message());
+        let peers = [("n1", "n1:7000"), ("n2", "n2:7000"), ("n3", "n3:7000")];
+        let mut faults = FaultClient::new(peers, TurmoilDialer)?;
+        let err = faults.partition_one_way("n3", "n1").await.unwrap_err();
+        assert!(
+            matches!(&err, FaultError::NotEnabled { node, .. } if node == "n3"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--chaos"), "{err}");
+        assert!(faults.faults().node("n3").is_clear());
+        // A client that believes in a fourth node names a peer id n1 does not know.
+        let mut ghost =
+            FaultClient::new(peers.into_iter().chain([("n9", "n9:7000")]), TurmoilDialer)?;
+        let err = ghost.partition_one_way("n1", "n9").await.unwrap_err();
+        assert!(
+            matches!(&err, FaultError::Rejected { node, .. } if node == "n1"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("not a member"), "{err}");
+        let err = faults.slow("n1", "n2", 3_600_000).await.unwrap_err();
+        assert!(
+            matches!(&err, FaultError::Rejected { node, .. } if node == "n1"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("over the limit"), "{err}");
+        assert!(faults.faults().node("n1").is_clear());
 
-        // n1 drops its traffic to n2 and n3, and they drop theirs to n1 (n3 through n2's
-        // view is enough for the test: n1 alone cannot reach any majority).
-        internal("n1:7000").chaos(isolate(vec![2, 3])).await?;
+        // n1 drops its traffic to n2 and n3 (one way: n3 takes no faults), so it hears no
+        // answer from either and cannot reach any majority.
+        faults.partition_one_way("n1", "n2").await?;
+        faults.partition_one_way("n1", "n3").await?;
         let c = client(&["n1:7000"], Duration::from_secs(2)).await?;
         eventually(Duration::from_secs(30), || async {
             let s = c.status(Some("n1:7000")).await.map_err(|e| e.to_string())?;
@@ -155,8 +157,9 @@ fn fault_injection_is_refused_without_chaos_and_partitions_with_it() {
             .unwrap_err();
         assert!(matches!(err, kv_client::Error::Unavailable(_)), "{err}");
 
-        // Healing: an empty request clears the faults, and CP serves n1 again.
-        internal("n1:7000").chaos(ChaosRequest::default()).await?;
+        // Healing clears the faults (n3, without --chaos, holds none), and CP serves n1 again.
+        faults.heal_all().await?;
+        assert!(faults.faults().node("n1").is_clear());
         eventually(Duration::from_secs(30), || async {
             c.put("cp", b"k", b"v", Default::default()).await
         })
@@ -164,12 +167,7 @@ fn fault_injection_is_refused_without_chaos_and_partitions_with_it() {
 
         // A clock pushed a minute ahead on n2: n1 accepts n2's writes (last-write-wins needs
         // every replica to take them), advances its clock, and counts the skew.
-        internal("n2:7000")
-            .chaos(ChaosRequest {
-                clock_skew_ms: 60_000,
-                ..Default::default()
-            })
-            .await?;
+        faults.skew("n2", 60_000).await?;
         let via_n2 = client(&["n2:7000"], Duration::from_secs(2)).await?;
         let all = kv_client::Options {
             consistency: kv_client::Consistency::All,
@@ -189,6 +187,19 @@ fn fault_injection_is_refused_without_chaos_and_partitions_with_it() {
         // n1's next write is ordered after the skewed one.
         let mine = c.put("ap", b"after", b"v", all).await?;
         assert!(mine.version.and_then(|v| v.hlc).expect("hlc").physical_ms >= skewed_ms);
+
+        // A partition both ways needs both sides: n1 takes its half, n3 refuses its own, and
+        // the client remembers exactly that (the skew on n2 stays in place).
+        let err = faults.partition(&["n1"], &["n3"]).await.unwrap_err();
+        assert!(
+            matches!(&err, FaultError::NotEnabled { node, .. } if node == "n3"),
+            "{err}"
+        );
+        assert_eq!(faults.faults().request("n1").drop_to, [3]);
+        assert_eq!(faults.faults().request("n2").clock_skew_ms, 60_000);
+        assert!(faults.faults().node("n3").is_clear());
+        faults.heal_all().await?;
+        assert!(faults.faults().node("n1").is_clear() && faults.faults().node("n2").is_clear());
         Ok(())
     });
     sim.run().unwrap();
