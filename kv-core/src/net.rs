@@ -7,7 +7,7 @@ use tonic::transport::{Channel, Endpoint};
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// HTTP/2 keep-alive ping interval. Keep-alive is what lets a pooled connection notice a dead
-/// link and reconnect after a partition heals (see NOTES.md, "tonic inside turmoil").
+/// link and reconnect after a partition heals (turmoil drops packets and never retransmits).
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(500);
 /// How long to wait for a keep-alive ping's answer before the connection is declared dead.
 pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_millis(1000);

@@ -238,7 +238,7 @@ fn print_status(ctx: &Ctx, s: &Survey) -> Result<(), CliError> {
                 s.partition_count
             ));
         } else {
-            t.push_str(&format!("UNHEALTHY ({} problem(s), see below)", s.problems.len()));
+            t.push_str(&format!("UNHEALTHY ({} problem(s), listed on stderr)", s.problems.len()));
         }
         t
     })
