@@ -353,9 +353,42 @@ mod tests {
     #[test]
     fn global_flags_are_accepted_before_and_after_the_subcommand() {
         for args in [
-            &["kv", "--keyspace", "ap", "-o", "json", "--timeout-ms", "7", "put", "k", "v"][..],
-            &["kv", "put", "k", "v", "--keyspace", "ap", "-o", "json", "--timeout-ms", "7"],
-            &["kv", "-k", "ap", "put", "-o", "json", "k", "v", "--timeout-ms", "7"],
+            &[
+                "kv",
+                "--keyspace",
+                "ap",
+                "-o",
+                "json",
+                "--timeout-ms",
+                "7",
+                "put",
+                "k",
+                "v",
+            ][..],
+            &[
+                "kv",
+                "put",
+                "k",
+                "v",
+                "--keyspace",
+                "ap",
+                "-o",
+                "json",
+                "--timeout-ms",
+                "7",
+            ],
+            &[
+                "kv",
+                "-k",
+                "ap",
+                "put",
+                "-o",
+                "json",
+                "k",
+                "v",
+                "--timeout-ms",
+                "7",
+            ],
         ] {
             let cli = Cli::try_parse_from(args).unwrap();
             assert_eq!(cli.global.keyspace, "ap", "{args:?}");

@@ -130,9 +130,10 @@ impl CliError {
 pub fn classify(err: &kv_client::Error, stage: Stage) -> Exit {
     use kv_client::Error as E;
     match err {
-        E::InvalidArgument(_) | E::Config(_) | E::KeyspaceNotFound(_) | E::FailedPrecondition(_) => {
-            Exit::BadInput
-        }
+        E::InvalidArgument(_)
+        | E::Config(_)
+        | E::KeyspaceNotFound(_)
+        | E::FailedPrecondition(_) => Exit::BadInput,
         E::AlreadyExists(_) | E::DataLoss(_) | E::Other { .. } => Exit::Error,
         // Connecting only reads the ring: whatever went wrong, the command sent nothing yet.
         _ if stage == Stage::Connect => Exit::Unavailable,
@@ -265,7 +266,7 @@ fn format_from_args(args: &[std::ffi::OsString]) -> Format {
 /// `NAME_base64` to `obj`; both null for `None`.
 pub fn put_bytes(obj: &mut Map<String, Value>, name: &str, bytes: Option<&[u8]>) {
     let text = bytes.and_then(|b| std::str::from_utf8(b).ok());
-    obj.insert(name.into(), text.map_or(Value::Null, |t| Value::from(t)));
+    obj.insert(name.into(), text.map_or(Value::Null, Value::from));
     obj.insert(
         format!("{name}_base64"),
         bytes.map_or(Value::Null, |b| Value::from(base64(b))),
@@ -283,8 +284,7 @@ pub fn bytes_text(bytes: &[u8]) -> String {
 /// Standard base64 (RFC 4648, with padding). Written here rather than pulled in as a crate:
 /// the CLI only ever encodes.
 pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = [
@@ -399,17 +399,72 @@ mod tests {
         };
         // (error, connect, read, write)
         let table = [
-            (&unavailable, Exit::Unavailable, Exit::Unavailable, Exit::OutcomeUnknown),
-            (&deadline, Exit::Unavailable, Exit::OutcomeUnknown, Exit::OutcomeUnknown),
-            (&connect, Exit::Unavailable, Exit::Unavailable, Exit::Unavailable),
-            (&transport, Exit::Unavailable, Exit::Unavailable, Exit::OutcomeUnknown),
-            (&not_leader, Exit::Unavailable, Exit::Unavailable, Exit::Unavailable),
-            (&E::InvalidArgument("k".into()), Exit::BadInput, Exit::BadInput, Exit::BadInput),
-            (&E::Config("a".into()), Exit::BadInput, Exit::BadInput, Exit::BadInput),
-            (&E::KeyspaceNotFound("x".into()), Exit::BadInput, Exit::BadInput, Exit::BadInput),
-            (&E::FailedPrecondition("ap".into()), Exit::BadInput, Exit::BadInput, Exit::BadInput),
-            (&E::AlreadyExists("x".into()), Exit::Error, Exit::Error, Exit::Error),
-            (&E::DataLoss("crc".into()), Exit::Error, Exit::Error, Exit::Error),
+            (
+                &unavailable,
+                Exit::Unavailable,
+                Exit::Unavailable,
+                Exit::OutcomeUnknown,
+            ),
+            (
+                &deadline,
+                Exit::Unavailable,
+                Exit::OutcomeUnknown,
+                Exit::OutcomeUnknown,
+            ),
+            (
+                &connect,
+                Exit::Unavailable,
+                Exit::Unavailable,
+                Exit::Unavailable,
+            ),
+            (
+                &transport,
+                Exit::Unavailable,
+                Exit::Unavailable,
+                Exit::OutcomeUnknown,
+            ),
+            (
+                &not_leader,
+                Exit::Unavailable,
+                Exit::Unavailable,
+                Exit::Unavailable,
+            ),
+            (
+                &E::InvalidArgument("k".into()),
+                Exit::BadInput,
+                Exit::BadInput,
+                Exit::BadInput,
+            ),
+            (
+                &E::Config("a".into()),
+                Exit::BadInput,
+                Exit::BadInput,
+                Exit::BadInput,
+            ),
+            (
+                &E::KeyspaceNotFound("x".into()),
+                Exit::BadInput,
+                Exit::BadInput,
+                Exit::BadInput,
+            ),
+            (
+                &E::FailedPrecondition("ap".into()),
+                Exit::BadInput,
+                Exit::BadInput,
+                Exit::BadInput,
+            ),
+            (
+                &E::AlreadyExists("x".into()),
+                Exit::Error,
+                Exit::Error,
+                Exit::Error,
+            ),
+            (
+                &E::DataLoss("crc".into()),
+                Exit::Error,
+                Exit::Error,
+                Exit::Error,
+            ),
         ];
         for (err, connect, read, write) in table {
             assert_eq!(classify(err, Stage::Connect), connect, "{err} at connect");
@@ -427,21 +482,37 @@ mod tests {
             &["kv", "get", "--output=json"],
             &["kv", "-ojson", "get"],
         ] {
-            assert_eq!(format_from_args(&args(spelling)), Format::Json, "{spelling:?}");
+            assert_eq!(
+                format_from_args(&args(spelling)),
+                Format::Json,
+                "{spelling:?}"
+            );
         }
-        assert_eq!(format_from_args(&args(&["kv", "get", "json"])), Format::Text);
+        assert_eq!(
+            format_from_args(&args(&["kv", "get", "json"])),
+            Format::Text
+        );
     }
 
     #[test]
     fn values_are_text_when_utf8_and_always_base64() {
         let mut obj = Map::new();
         put_bytes(&mut obj, "value", Some(b"hi"));
-        assert_eq!(Value::Object(obj), json!({"value": "hi", "value_base64": "aGk="}));
+        assert_eq!(
+            Value::Object(obj),
+            json!({"value": "hi", "value_base64": "aGk="})
+        );
         let mut obj = Map::new();
         put_bytes(&mut obj, "value", Some(&[0xff, 0x00]));
-        assert_eq!(Value::Object(obj), json!({"value": null, "value_base64": "/wA="}));
+        assert_eq!(
+            Value::Object(obj),
+            json!({"value": null, "value_base64": "/wA="})
+        );
         let mut obj = Map::new();
         put_bytes(&mut obj, "value", None);
-        assert_eq!(Value::Object(obj), json!({"value": null, "value_base64": null}));
+        assert_eq!(
+            Value::Object(obj),
+            json!({"value": null, "value_base64": null})
+        );
     }
 }

@@ -51,7 +51,9 @@ impl Run {
         assert_eq!(v["error"]["exit"], self.code, "{}", self.show());
         assert_eq!(v["error"]["code"], name, "{}", self.show());
         assert!(
-            v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
             "{}",
             self.show()
         );
@@ -175,13 +177,19 @@ fn scripts_get_one_exit_code_table_json_everywhere_and_binary_safe_values() {
     assert_eq!(up["nodes"].as_array().unwrap().len(), 3, "{up}");
     assert_eq!(up["dir_source"], "env", "{up}");
     assert!(up["dir"].as_str().unwrap().ends_with(".kv-local"), "{up}");
-    let endpoints = run(dir, &["local", "endpoints", "-o", "json"]).exit(0).json();
+    let endpoints = run(dir, &["local", "endpoints", "-o", "json"])
+        .exit(0)
+        .json();
     assert_eq!(endpoints["endpoints"], up["endpoints"]);
     let n3_addr = run(dir, &["local", "endpoints", "n3"]).exit(0).text();
     assert_eq!(n3_addr.trim(), up["nodes"][2]["addr"].as_str().unwrap());
     let status = run(dir, &["local", "status", "-o", "json"]).exit(0).json();
     assert!(
-        status["nodes"].as_array().unwrap().iter().all(|n| n["running"] == true),
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["running"] == true),
         "{status}"
     );
 
@@ -194,7 +202,20 @@ fn scripts_get_one_exit_code_table_json_everywhere_and_binary_safe_values() {
     let put = run(dir, &["-o", "json", "--keyspace", "ap", "put", "g1", "one"]).exit(0);
     assert_eq!(put.json()["keyspace"], "ap");
     assert!(put.json()["version"]["hlc"].is_object(), "{}", put.show());
-    let put = run(dir, &["put", "g2", "two", "-k", "ap", "-o", "json", "--timeout-ms", "9000"]);
+    let put = run(
+        dir,
+        &[
+            "put",
+            "g2",
+            "two",
+            "-k",
+            "ap",
+            "-o",
+            "json",
+            "--timeout-ms",
+            "9000",
+        ],
+    );
     assert_eq!(put.exit(0).json()["keyspace"], "ap");
     let got = run(dir, &["--keyspace", "ap", "get", "g1"]).exit(0);
     assert_eq!(got.text(), "one\n");
@@ -209,7 +230,11 @@ fn scripts_get_one_exit_code_table_json_everywhere_and_binary_safe_values() {
 
     // 4: a compare-and-swap mismatch, with the current value.
     let mismatch = run(dir, &["cas", "k", "w", "--expect-value", "other"]).exit(4);
-    assert!(mismatch.text().starts_with("MISMATCH"), "{}", mismatch.show());
+    assert!(
+        mismatch.text().starts_with("MISMATCH"),
+        "{}",
+        mismatch.show()
+    );
     let mismatch = both_modes(dir, &["cas", "k", "w", "--expect-value", "other"], 4, "").json();
     assert_eq!(mismatch["succeeded"], false, "{mismatch}");
     assert_eq!(mismatch["current_value"], "v", "{mismatch}");
@@ -221,22 +246,50 @@ fn scripts_get_one_exit_code_table_json_everywhere_and_binary_safe_values() {
     // 2: bad input, whether the CLI or the cluster finds it.
     both_modes(dir, &["put", "", "v"], 2, "bad_input");
     both_modes(dir, &["get", "k", "-k", "no-such-keyspace"], 2, "bad_input");
-    both_modes(dir, &["cas", "g1", "x", "--expect-absent", "-k", "ap"], 2, "bad_input");
+    both_modes(
+        dir,
+        &["cas", "g1", "x", "--expect-absent", "-k", "ap"],
+        2,
+        "bad_input",
+    );
     both_modes(dir, &["get"], 2, "bad_input");
-    both_modes(dir, &["put", "k", "v", "--consistency", "most"], 2, "bad_input");
+    both_modes(
+        dir,
+        &["put", "k", "v", "--consistency", "most"],
+        2,
+        "bad_input",
+    );
     both_modes(dir, &["get", "k", "--endpoints", "nowhere"], 2, "bad_input");
 
     // 1: anything else, e.g. a keyspace that exists with another definition.
-    let created = run(dir, &["keyspace", "create", "orders", "--mode", "ap", "-o", "json"]);
+    let created = run(
+        dir,
+        &["keyspace", "create", "orders", "--mode", "ap", "-o", "json"],
+    );
     assert_eq!(created.exit(0).json()["keyspace"]["mode"], "ap");
-    both_modes(dir, &["keyspace", "create", "orders", "--mode", "cp"], 1, "error");
+    both_modes(
+        dir,
+        &["keyspace", "create", "orders", "--mode", "cp"],
+        1,
+        "error",
+    );
 
     // 5 before anything was sent: no node at the given address.
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let nowhere = free.local_addr().unwrap().to_string();
     drop(free);
-    both_modes(dir, &["get", "k", "--endpoints", &nowhere], 5, "unavailable");
-    both_modes(dir, &["put", "k", "v", "--endpoints", &nowhere], 5, "unavailable");
+    both_modes(
+        dir,
+        &["get", "k", "--endpoints", &nowhere],
+        5,
+        "unavailable",
+    );
+    both_modes(
+        dir,
+        &["put", "k", "v", "--endpoints", &nowhere],
+        5,
+        "unavailable",
+    );
 
     // Keyspaces, ring, status, delete: JSON from each.
     let list = run(dir, &["keyspace", "list", "-o", "json"]).exit(0).json();
@@ -249,16 +302,26 @@ fn scripts_get_one_exit_code_table_json_everywhere_and_binary_safe_values() {
     assert!(names.contains(&"orders") && names.contains(&"cp"), "{list}");
     let ring = run(dir, &["ring", "-o", "json"]).exit(0).json();
     assert_eq!(ring["members"].as_array().unwrap().len(), 3, "{ring}");
-    let status = run(dir, &["status", "--wait-ms", "30000", "-o", "json"]).exit(0).json();
+    let status = run(dir, &["status", "--wait-ms", "30000", "-o", "json"])
+        .exit(0)
+        .json();
     assert_eq!(status["healthy"], true, "{status}");
-    assert_eq!(status["partitions_without_leader"], serde_json::json!([]), "{status}");
+    assert_eq!(
+        status["partitions_without_leader"],
+        serde_json::json!([]),
+        "{status}"
+    );
     let deleted = run(dir, &["delete", "c", "-o", "json"]).exit(0).json();
     assert!(deleted["version"].is_object(), "{deleted}");
     run(dir, &["get", "c"]).exit(3);
 
     // A closed stdout (`kv ring | head -1`) ends quietly.
     let (code, stderr) = with_closed_stdout(dir, &["ring"]);
-    assert_eq!((code, stderr.as_str()), (0, ""), "kv ring into a closed pipe");
+    assert_eq!(
+        (code, stderr.as_str()),
+        (0, ""),
+        "kv ring into a closed pipe"
+    );
 
     // Binary values: 1 MiB through stdin and --raw, from a file, base64 in JSON.
     // FIXME: the 1 MiB value goes to the AP keyspace: in a debug build a CP write over about
@@ -272,25 +335,47 @@ fn scripts_get_one_exit_code_table_json_everywhere_and_binary_safe_values() {
     };
     run_with_stdin(dir, &big(&["put", "blob", "-"]), &blob).exit(0);
     let raw = run(dir, &big(&["get", "blob", "--raw"])).exit(0);
-    assert!(raw.stdout == blob, "1 MiB value changed on the way ({} bytes back)", raw.stdout.len());
-    let json = run(dir, &big(&["get", "blob", "-o", "json"])).exit(0).json();
+    assert!(
+        raw.stdout == blob,
+        "1 MiB value changed on the way ({} bytes back)",
+        raw.stdout.len()
+    );
+    let json = run(dir, &big(&["get", "blob", "-o", "json"]))
+        .exit(0)
+        .json();
     assert_eq!(json["value"], Value::Null, "not UTF-8, so no text form");
     assert!(unbase64(json["value_base64"].as_str().unwrap()) == blob);
     let small = binary(300);
     let file = dir.join("small.bin");
     std::fs::write(&file, &small).unwrap();
-    run(dir, &["put", "small", "--value-file", file.to_str().unwrap()]).exit(0);
+    run(
+        dir,
+        &["put", "small", "--value-file", file.to_str().unwrap()],
+    )
+    .exit(0);
     assert_eq!(run(dir, &["get", "small", "--raw"]).exit(0).stdout, small);
     let mut with_newline = small.clone();
     with_newline.push(b'\n');
     assert_eq!(run(dir, &["get", "small"]).exit(0).stdout, with_newline);
-    both_modes(dir, &["put", "x", "--value-file", "/no/such/file"], 2, "bad_input");
-    run(dir, &["get", "small", "--raw", "-o", "json"]).exit(2).json_error("bad_input");
+    both_modes(
+        dir,
+        &["put", "x", "--value-file", "/no/such/file"],
+        2,
+        "bad_input",
+    );
+    run(dir, &["get", "small", "--raw", "-o", "json"])
+        .exit(2)
+        .json_error("bad_input");
 
     // Node control: kill n3; status and quorum-all requests say what they could and could not do.
-    let killed = run(dir, &["local", "kill", "n3", "-o", "json"]).exit(0).json();
+    let killed = run(dir, &["local", "kill", "n3", "-o", "json"])
+        .exit(0)
+        .json();
     assert_eq!(killed["action"], "kill", "{killed}");
-    assert!(killed["pid_before"].is_u64() && killed["running"] == false, "{killed}");
+    assert!(
+        killed["pid_before"].is_u64() && killed["running"] == false,
+        "{killed}"
+    );
     let status = both_modes(dir, &["status"], 5, "unavailable");
     let report = status.json();
     assert_eq!(report["healthy"], false, "{report}");
@@ -310,21 +395,42 @@ fn scripts_get_one_exit_code_table_json_everywhere_and_binary_safe_values() {
         "outcome_unknown",
     );
     // 5: a read changes nothing, so a read short of replicas is simply unavailable.
-    both_modes(dir, &["get", "g1", "-k", "ap", "--consistency", "all"], 5, "unavailable");
+    both_modes(
+        dir,
+        &["get", "g1", "-k", "ap", "--consistency", "all"],
+        5,
+        "unavailable",
+    );
     let again = run(dir, &["local", "kill", "n3"]).exit(0);
     assert!(again.text().contains("not running"), "{}", again.show());
 
     // start / stop / restart, with the data kept.
-    let started = run(dir, &["local", "start", "n3", "-o", "json"]).exit(0).json();
-    assert!(started["running"] == true && started["pid_before"].is_null(), "{started}");
-    let stopped = run(dir, &["local", "stop", "n3", "-o", "json"]).exit(0).json();
+    let started = run(dir, &["local", "start", "n3", "-o", "json"])
+        .exit(0)
+        .json();
+    assert!(
+        started["running"] == true && started["pid_before"].is_null(),
+        "{started}"
+    );
+    let stopped = run(dir, &["local", "stop", "n3", "-o", "json"])
+        .exit(0)
+        .json();
     assert_eq!(stopped["running"], false, "{stopped}");
     run(dir, &["local", "start", "n3"]).exit(0);
-    let restarted = run(dir, &["local", "restart", "n3", "-o", "json"]).exit(0).json();
-    assert!(restarted["running"] == true && restarted["pid_before"].is_u64(), "{restarted}");
+    let restarted = run(dir, &["local", "restart", "n3", "-o", "json"])
+        .exit(0)
+        .json();
+    assert!(
+        restarted["running"] == true && restarted["pid_before"].is_u64(),
+        "{restarted}"
+    );
     assert_ne!(restarted["pid"], restarted["pid_before"], "{restarted}");
     let n3_addr = n3_addr.trim();
-    let got = run(dir, &["get", "k", "--endpoints", n3_addr, "--timeout-ms", "20000"]).exit(0);
+    let got = run(
+        dir,
+        &["get", "k", "--endpoints", n3_addr, "--timeout-ms", "20000"],
+    )
+    .exit(0);
     assert_eq!(got.text(), "v\n");
     both_modes(dir, &["local", "kill", "n9"], 2, "bad_input");
 
@@ -339,26 +445,49 @@ fn without_a_cluster_usage_errors_help_and_completions_still_follow_the_contract
 
     let no_cluster = both_modes(dir, &["get", "k"], 2, "bad_input");
     let message = no_cluster.json_error("bad_input")["error"]["message"].to_string();
-    assert!(message.contains("kv local up") && message.contains("KV_DIR"), "{message}");
+    assert!(
+        message.contains("kv local up") && message.contains("KV_DIR"),
+        "{message}"
+    );
     both_modes(dir, &["local", "status"], 2, "bad_input");
     both_modes(dir, &["local", "start", "n1"], 2, "bad_input");
     both_modes(dir, &["no-such-command"], 2, "bad_input");
-    both_modes(dir, &["server", "--name", "n1", "--peers", "n1=x"], 1, "error");
+    both_modes(
+        dir,
+        &["server", "--name", "n1", "--peers", "n1=x"],
+        1,
+        "error",
+    );
 
     for shell in ["bash", "zsh", "fish"] {
         let script = run(dir, &["completion", shell]).exit(0).text();
-        assert!(script.contains("kv") && script.contains("local"), "{shell}: {script}");
-        let json = run(dir, &["completion", shell, "-o", "json"]).exit(0).json();
+        assert!(
+            script.contains("kv") && script.contains("local"),
+            "{shell}: {script}"
+        );
+        let json = run(dir, &["completion", shell, "-o", "json"])
+            .exit(0)
+            .json();
         assert_eq!(json["script"].as_str(), Some(script.as_str()));
     }
     let help = run(dir, &["--help"]).exit(0).text();
-    assert!(help.contains("key-value store") && help.contains("Examples:"), "{help}");
+    assert!(
+        help.contains("key-value store") && help.contains("Examples:"),
+        "{help}"
+    );
     assert!(help.contains("Exit codes"), "{help}");
     let help = run(dir, &["put", "--help"]).exit(0).text();
-    assert!(help.contains("Examples:") && help.contains("kv put"), "{help}");
+    assert!(
+        help.contains("Examples:") && help.contains("kv put"),
+        "{help}"
+    );
 
     let (code, stderr) = with_closed_stdout(dir, &["completion", "bash"]);
-    assert_eq!((code, stderr.as_str()), (0, ""), "completion into a closed pipe");
+    assert_eq!(
+        (code, stderr.as_str()),
+        (0, ""),
+        "completion into a closed pipe"
+    );
 }
 
 #[test]
@@ -386,7 +515,10 @@ fn the_local_cluster_folder_is_found_as_documented_and_named_in_messages() {
     let s = |p: &Path| p.to_str().unwrap().to_string();
     assert_eq!(
         down(dir, &[], &[]),
-        (s(&home.join(".local/share/kv/local")), "user_default".into())
+        (
+            s(&home.join(".local/share/kv/local")),
+            "user_default".into()
+        )
     );
     assert_eq!(
         down(dir, &[("XDG_DATA_HOME", &xdg)], &[]),

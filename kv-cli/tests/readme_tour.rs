@@ -100,7 +100,9 @@ impl Drop for Checkout {
 fn the_readme_tour_runs_as_written() {
     let mut lines = tour_lines();
     assert!(
-        lines.first().is_some_and(|l| l.starts_with("cargo build --release")),
+        lines
+            .first()
+            .is_some_and(|l| l.starts_with("cargo build --release")),
         "the tour starts by building the release binary: {lines:?}"
     );
     // The build itself is this test's own build.
@@ -109,7 +111,10 @@ fn the_readme_tour_runs_as_written() {
         !lines.iter().any(|l| l.contains("cargo run")),
         "the tour uses the built binary: {lines:?}"
     );
-    assert!(lines.iter().any(|l| l.starts_with("kv local up")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("kv local up")),
+        "{lines:?}"
+    );
     assert!(lines.iter().any(|l| expected_exit(l) != 0), "{lines:?}");
     let checkout = Checkout::new();
     let out = checkout

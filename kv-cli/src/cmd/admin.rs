@@ -19,7 +19,10 @@ pub const STATUS_RETRY_INTERVAL: Duration = Duration::from_millis(200);
 /// `kv ring`.
 pub async fn ring(ctx: &Ctx) -> Result<Exit, CliError> {
     let c = ctx.client().await?;
-    let ring = c.refresh_ring().await.map_err(CliError::client(Stage::Read))?;
+    let ring = c
+        .refresh_ring()
+        .await
+        .map_err(CliError::client(Stage::Read))?;
     let n = 3.min(ring.members.len());
     let mut owned = BTreeMap::new();
     let mut replicas = BTreeMap::new();
@@ -73,7 +76,10 @@ pub async fn ring(ctx: &Ctx) -> Result<Exit, CliError> {
                 .find(|m| m.id == *id)
                 .map_or(id.to_string(), |m| m.name.clone())
         };
-        t.push_str(&format!("\n{:<10} PREFERENCE LIST (replicas first)", "PARTITION"));
+        t.push_str(&format!(
+            "\n{:<10} PREFERENCE LIST (replicas first)",
+            "PARTITION"
+        ));
         for p in &ring.partitions {
             let list: Vec<String> = p.preference.iter().map(name).collect();
             t.push_str(&format!("\n{:<10} {}", p.id, list.join(" ")));
@@ -109,7 +115,10 @@ fn state_name(s: i32) -> &'static str {
 
 /// Asks every member at once, each with a short deadline, and judges the cluster's health.
 async fn survey(ctx: &Ctx, c: &kv_client::Client) -> Result<Survey, CliError> {
-    let ring = c.refresh_ring().await.map_err(CliError::client(Stage::Read))?;
+    let ring = c
+        .refresh_ring()
+        .await
+        .map_err(CliError::client(Stage::Read))?;
     let per_node = ctx.timeout().min(STATUS_NODE_TIMEOUT);
     let asks: Vec<_> = ring
         .members
@@ -143,7 +152,11 @@ async fn survey(ctx: &Ctx, c: &kv_client::Client) -> Result<Survey, CliError> {
             Err(e) => problems.push(format!("{} ({}) did not answer: {e}", v.name, v.address)),
             Ok(s) => {
                 led.extend(s.leader_of.iter().copied());
-                for n in s.nodes.iter().filter(|n| n.state == pb::NodeState::Down as i32) {
+                for n in s
+                    .nodes
+                    .iter()
+                    .filter(|n| n.state == pb::NodeState::Down as i32)
+                {
                     problems.push(format!("{} sees {} down", v.name, n.name));
                 }
             }
@@ -256,7 +269,14 @@ pub async fn keyspace(ctx: &Ctx, command: KeyspaceCmd) -> Result<Exit, CliError>
             let json: Vec<Value> = list.iter().map(keyspace_json).collect();
             ctx.out.result(json!({"keyspaces": json}), || {
                 list.iter()
-                    .map(|k| format!("{:<16} {:<3} replicas={}", k.name, mode_name(k.mode), k.replicas))
+                    .map(|k| {
+                        format!(
+                            "{:<16} {:<3} replicas={}",
+                            k.name,
+                            mode_name(k.mode),
+                            k.replicas
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             })?;
@@ -305,8 +325,10 @@ pub fn completion(ctx: &Ctx, shell: clap_complete::Shell) -> Result<Exit, CliErr
     clap_complete::generate(shell, &mut Cli::command(), "kv", &mut script);
     if ctx.out.json() {
         let text = String::from_utf8_lossy(&script);
-        ctx.out
-            .result(json!({"shell": shell.to_string(), "script": text}), String::new)?;
+        ctx.out.result(
+            json!({"shell": shell.to_string(), "script": text}),
+            String::new,
+        )?;
     } else {
         ctx.out.bytes(&script)?;
     }

@@ -3,9 +3,7 @@
 
 use super::Ctx;
 use crate::cli::{ConsistencyArg, RequestArgs};
-use crate::output::{
-    bytes_text, put_bytes, version_json, version_text, CliError, Exit, Stage,
-};
+use crate::output::{bytes_text, put_bytes, version_json, version_text, CliError, Exit, Stage};
 use anyhow::Context;
 use kv_client::{Consistency, Expected, Options, WriteResult};
 use serde_json::{json, Map, Value};
@@ -82,7 +80,12 @@ pub async fn put(
     let value = value.read()?;
     let c = ctx.client().await?;
     let r = c
-        .put(&ctx.global.keyspace, key.as_bytes(), &value, options(ctx, request))
+        .put(
+            &ctx.global.keyspace,
+            key.as_bytes(),
+            &value,
+            options(ctx, request),
+        )
         .await
         .map_err(CliError::client(Stage::Write))?;
     print_write(ctx, key, &r)
@@ -107,12 +110,7 @@ fn print_write(ctx: &Ctx, key: &str, r: &WriteResult) -> Result<Exit, CliError> 
 }
 
 /// `kv get KEY`: exit 3 when the key does not exist.
-pub async fn get(
-    ctx: &Ctx,
-    key: &str,
-    raw: bool,
-    request: &RequestArgs,
-) -> Result<Exit, CliError> {
+pub async fn get(ctx: &Ctx, key: &str, raw: bool, request: &RequestArgs) -> Result<Exit, CliError> {
     if raw && ctx.out.json() {
         return Err(CliError::BadInput(
             "--raw prints bytes, -o json prints JSON: choose one".into(),

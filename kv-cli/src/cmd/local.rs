@@ -26,7 +26,10 @@ pub async fn run(ctx: &Ctx, command: LocalCmd) -> Result<Exit, CliError> {
             let cluster = local::up(&dir.path, &opts, &progress).await?;
             let endpoints = cluster.endpoints().join(",");
             ctx.out.result(
-                with_dir(&dir, json!({"nodes": nodes_json(&cluster.nodes), "endpoints": cluster.endpoints()})),
+                with_dir(
+                    &dir,
+                    json!({"nodes": nodes_json(&cluster.nodes), "endpoints": cluster.endpoints()}),
+                ),
                 || {
                     let mut text = format!("local cluster ready in {dir}");
                     for n in &cluster.nodes {
@@ -77,7 +80,9 @@ pub async fn run(ctx: &Ctx, command: LocalCmd) -> Result<Exit, CliError> {
             } else {
                 nodes
                     .iter()
-                    .map(|name| node_index(&cluster, name, &dir).map(|i| cluster.nodes[i].addr.clone()))
+                    .map(|name| {
+                        node_index(&cluster, name, &dir).map(|i| cluster.nodes[i].addr.clone())
+                    })
                     .collect::<Result<_, _>>()?
             };
             ctx.out

@@ -110,20 +110,79 @@ mod tests {
     fn each_rule_wins_over_the_ones_after_it() {
         let flag = Path::new("/f");
         let cases = [
-            (Some(flag), os("/e"), true, os("/x"), os("/h"), "/f", DirSource::Flag),
-            (None, os("/e"), true, os("/x"), os("/h"), "/e", DirSource::Env),
-            (None, None, true, os("/x"), os("/h"), ".kv-local", DirSource::CurrentDir),
-            (None, None, false, os("/x"), os("/h"), "/x/kv/local", DirSource::UserDefault),
-            (None, None, false, None, os("/h"), "/h/.local/share/kv/local", DirSource::UserDefault),
+            (
+                Some(flag),
+                os("/e"),
+                true,
+                os("/x"),
+                os("/h"),
+                "/f",
+                DirSource::Flag,
+            ),
+            (
+                None,
+                os("/e"),
+                true,
+                os("/x"),
+                os("/h"),
+                "/e",
+                DirSource::Env,
+            ),
+            (
+                None,
+                None,
+                true,
+                os("/x"),
+                os("/h"),
+                ".kv-local",
+                DirSource::CurrentDir,
+            ),
+            (
+                None,
+                None,
+                false,
+                os("/x"),
+                os("/h"),
+                "/x/kv/local",
+                DirSource::UserDefault,
+            ),
+            (
+                None,
+                None,
+                false,
+                None,
+                os("/h"),
+                "/h/.local/share/kv/local",
+                DirSource::UserDefault,
+            ),
             // Empty variables are unset; a relative XDG_DATA_HOME is ignored.
-            (None, os(""), false, os("rel"), os("/h"), "/h/.local/share/kv/local", DirSource::UserDefault),
-            (None, None, false, None, None, ".kv-local", DirSource::CurrentDir),
+            (
+                None,
+                os(""),
+                false,
+                os("rel"),
+                os("/h"),
+                "/h/.local/share/kv/local",
+                DirSource::UserDefault,
+            ),
+            (
+                None,
+                None,
+                false,
+                None,
+                None,
+                ".kv-local",
+                DirSource::CurrentDir,
+            ),
         ];
         for (flag, env, cwd, xdg, home, path, source) in cases {
             let got = resolve_with(flag, env.clone(), cwd, xdg.clone(), home.clone());
             assert_eq!(
                 got,
-                ClusterDir { path: PathBuf::from(path), source },
+                ClusterDir {
+                    path: PathBuf::from(path),
+                    source
+                },
                 "flag {flag:?} KV_DIR {env:?} cwd {cwd} XDG {xdg:?} HOME {home:?}"
             );
         }

@@ -249,7 +249,12 @@ pub enum Stop {
 }
 
 /// Ends node `i`'s process (if it runs) and records it as stopped.
-pub fn stop_node(dir: &Path, cluster: &mut LocalCluster, i: usize, how: Stop) -> Result<NodeChange> {
+pub fn stop_node(
+    dir: &Path,
+    cluster: &mut LocalCluster,
+    i: usize,
+    how: Stop,
+) -> Result<NodeChange> {
     let node = &mut cluster.nodes[i];
     let pid_before = node.pid.filter(|p| pid_alive(*p));
     if let Some(pid) = node.pid.take() {

@@ -1,7 +1,9 @@
 //! Process control of local-cluster nodes: spawning `kv server`, signals, liveness of a pid,
 //! free ports, and waiting until the running nodes see each other.
 
-use super::{LocalCluster, LocalNode, KILL_TIMEOUT, LOCAL_CLUSTER_NAME, READY_TIMEOUT, STOP_TIMEOUT};
+use super::{
+    LocalCluster, LocalNode, KILL_TIMEOUT, LOCAL_CLUSTER_NAME, READY_TIMEOUT, STOP_TIMEOUT,
+};
 use anyhow::{bail, Context, Result};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -175,9 +177,10 @@ pub async fn wait_ready(cluster: &LocalCluster, dir: &Path) -> Result<()> {
                 continue;
             };
             let sees_all = names.iter().all(|name| {
-                status.nodes.iter().any(|s| {
-                    s.name == *name && s.state == kv_proto::v1::NodeState::Alive as i32
-                })
+                status
+                    .nodes
+                    .iter()
+                    .any(|s| s.name == *name && s.state == kv_proto::v1::NodeState::Alive as i32)
             });
             if sees_all {
                 ready += 1;
