@@ -28,7 +28,10 @@ pub fn pid_alive(pid: u32) -> bool {
         .rsplit(')')
         .next()
         .and_then(|s| s.split_whitespace().next());
-    state != Some("Z") && String::from_utf8_lossy(&cmdline).contains("server")
+    // Right after spawn the exec may not have set up the new argv yet, and cmdline reads
+    // empty: that is our node starting, not a dead one. (Issue 15 replaces this heuristic.)
+    state != Some("Z")
+        && (cmdline.is_empty() || String::from_utf8_lossy(&cmdline).contains("server"))
 }
 
 /// True when nothing listens on `addr`.
