@@ -72,6 +72,13 @@ pub enum Cmd {
         kv server --name n1 --peers n1=10.0.0.1:7001,n2=10.0.0.2:7001,n3=10.0.0.3:7001 --data-dir /var/lib/kv")]
     Server(ServerArgs),
     /// Manages a local cluster of real `kv server` processes on loopback.
+    #[command(after_help = "Examples:\n  \
+        kv local up && kv local status\n  \
+        kv local kill n3 && kv local start n3\n  \
+        export KV_ENDPOINTS=$(kv local endpoints)\n  \
+        kv local down --purge\n\n\
+        The cluster's folder: --dir, else $KV_DIR, else ./.kv-local if it exists, else\n\
+        $XDG_DATA_HOME/kv/local (~/.local/share/kv/local).")]
     Local {
         /// The local-cluster command.
         #[command(subcommand)]
@@ -163,6 +170,9 @@ pub enum Cmd {
         wait_ms: u64,
     },
     /// Lists or creates keyspaces.
+    #[command(after_help = "Examples:\n  \
+        kv keyspace list\n  \
+        kv keyspace create orders --mode ap --replicas 3")]
     Keyspace {
         /// The keyspace command.
         #[command(subcommand)]
