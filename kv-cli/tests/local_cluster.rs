@@ -162,9 +162,7 @@ fn local_up_in_the_foreground_stops_the_cluster_on_ctrl_c() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let _cleanup = Cleanup(dir);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kv"))
-        .args(["local", "up", "--foreground", "--base-port", "0"])
-        .current_dir(dir)
+    let mut child = kv_command(dir, &["local", "up", "--foreground", "--base-port", "0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

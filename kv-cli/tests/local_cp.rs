@@ -3,7 +3,7 @@
 //! the partition's leader is SIGKILLed mid-loop. The loop goes on (writes failing with
 //! `Unavailable` / `DeadlineExceeded` are of unknown outcome, not acknowledged), the failover
 //! time (kill → first acknowledged write, wall clock) is printed, every acknowledged write is
-//! read back through both surviving nodes, and `kv cas` works from the CLI (exit code 2 on a
+//! read back through both surviving nodes, and `kv cas` works from the CLI (exit code 4 on a
 //! mismatch).
 
 mod common;
@@ -256,7 +256,7 @@ async fn killing_the_leader_mid_loop_loses_no_acknowledged_write() {
     let out = cas(&["cas-key", "two", "--expect-value", "one"]);
     assert!(out.status.success(), "{}", text(&out));
     let out = cas(&["cas-key", "three", "--expect-value", "one"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("MISMATCH") && stdout.contains("\"two\""),

@@ -5,14 +5,22 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// Runs `kv ARGS` in `dir`, ignoring any `KV_ENDPOINTS` of the environment.
-pub fn kv(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kv"))
-        .args(args)
+/// `kv ARGS` run in `dir`, with the local cluster in `dir/.kv-local` and nothing of the
+/// caller's environment that could point it elsewhere (endpoints, cluster folder, ports).
+pub fn kv_command(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kv"));
+    cmd.args(args)
         .current_dir(dir)
         .env_remove("KV_ENDPOINTS")
-        .output()
-        .expect("running kv")
+        .env_remove("KV_BASE_PORT")
+        .env("KV_DIR", dir.join(".kv-local"))
+        .env("XDG_DATA_HOME", dir.join("xdg"));
+    cmd
+}
+
+/// Runs `kv ARGS` in `dir` (see `kv_command`).
+pub fn kv(dir: &Path, args: &[&str]) -> Output {
+    kv_command(dir, args).output().expect("running kv")
 }
 
 /// The command's stdout; fails the test (showing both streams) if it did not succeed.

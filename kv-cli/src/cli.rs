@@ -1,0 +1,413 @@
+//! The command line: every command, flag and help text of `kv` (clap definitions only; the
+//! commands themselves live in `cmd/`). Flags marked global are accepted before or after the
+//! subcommand.
+
+use crate::output::Format;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+const ABOUT: &str = "kv: a distributed key-value store whose keyspaces choose their side of CAP \
+(cp: Raft, linearizable; ap: Dynamo-style, always writable). This one binary runs a node \
+(`kv server`), starts a cluster of real processes on this machine (`kv local`), reads and writes \
+keys, and shows the ring and each node's view of the cluster.";
+
+const EXAMPLES: &str = "\
+Examples:
+  kv local up                          # three nodes on 127.0.0.1:7001-7003
+  kv put greeting hello                # keyspace cp by default
+  kv get greeting -o json              # value, version, serving node
+  kv -k ap put cart:42 '3 items'       # global flags go before or after the command
+  kv put photo - < photo.jpg           # any bytes, from stdin
+  kv get photo --raw > copy.jpg        # the bytes exactly
+  kv status                            # exit 5 while a node is down
+  kv local kill n3 && kv local start n3
+
+Exit codes (the same with -o json): 0 ok, 1 error, 2 bad input or usage, 3 key not found,
+4 compare-and-swap mismatch, 5 unavailable (nothing applied), 6 outcome unknown (deadline
+passed, or a write may have been applied). See docs/cli.md.";
+
+/// The whole command line.
+#[derive(Parser, Debug)]
+#[command(name = "kv", version, about = ABOUT, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Flags every command accepts, before or after the subcommand.
+    #[command(flatten)]
+    pub global: Global,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Flags accepted anywhere on the command line.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Nodes to talk to (host:port,...); only these are used. Default: $KV_ENDPOINTS, else
+    /// the local cluster.
+    #[arg(long, global = true, env = "KV_ENDPOINTS", value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// Keyspace.
+    #[arg(long, short = 'k', global = true, default_value = "cp")]
+    pub keyspace: String,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+    /// Request deadline in milliseconds, retries included.
+    #[arg(long, global = true, default_value_t = 5000)]
+    pub timeout_ms: u64,
+    /// Folder of the local cluster. Default: $KV_DIR, else ./.kv-local if it exists, else
+    /// $XDG_DATA_HOME/kv/local (~/.local/share/kv/local).
+    #[arg(long, global = true)]
+    pub dir: Option<PathBuf>,
+    /// How requests pick a node.
+    #[arg(long, global = true, value_enum, default_value_t = RoutingArg::TokenAware)]
+    pub routing: RoutingArg,
+}
+
+/// Every command.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Runs one node.
+    #[command(after_help = "Example:\n  \
+        kv server --name n1 --peers n1=10.0.0.1:7001,n2=10.0.0.2:7001,n3=10.0.0.3:7001 --data-dir /var/lib/kv")]
+    Server(ServerArgs),
+    /// Manages a local cluster of real `kv server` processes on loopback.
+    #[command(after_help = "Examples:\n  \
+        kv local up && kv local status\n  \
+        kv local kill n3 && kv local start n3\n  \
+        export KV_ENDPOINTS=$(kv local endpoints)\n  \
+        kv local down --purge\n\n\
+        The cluster's folder: --dir, else $KV_DIR, else ./.kv-local if it exists, else\n\
+        $XDG_DATA_HOME/kv/local (~/.local/share/kv/local).")]
+    Local {
+        /// The local-cluster command.
+        #[command(subcommand)]
+        command: LocalCmd,
+    },
+    /// Writes a key.
+    #[command(after_help = "Examples:\n  \
+        kv put greeting hello\n  \
+        kv -k ap put cart:42 '3 items' --consistency all\n  \
+        kv put photo - < photo.jpg\n  \
+        kv put photo --value-file photo.jpg")]
+    Put {
+        /// The key.
+        key: String,
+        /// The value; `-` reads it from stdin.
+        #[arg(required_unless_present = "value_file")]
+        value: Option<OsString>,
+        /// Reads the value from this file.
+        #[arg(long, conflicts_with = "value")]
+        value_file: Option<PathBuf>,
+        /// Request options.
+        #[command(flatten)]
+        request: RequestArgs,
+    },
+    /// Reads a key (exit 3 when it does not exist).
+    #[command(after_help = "Examples:\n  \
+        kv get greeting\n  \
+        kv get greeting -o json                 # value, value_base64, version, served_by\n  \
+        kv get photo --raw > photo.jpg          # the bytes exactly, no newline\n  \
+        kv get greeting --stale                 # CP: any replica, maybe stale")]
+    Get {
+        /// The key.
+        key: String,
+        /// Prints the value's bytes exactly as stored, with no newline.
+        #[arg(long)]
+        raw: bool,
+        /// Request options.
+        #[command(flatten)]
+        request: RequestArgs,
+    },
+    /// Deletes a key.
+    #[command(after_help = "Example:\n  kv delete greeting")]
+    Delete {
+        /// The key.
+        key: String,
+        /// Request options.
+        #[command(flatten)]
+        request: RequestArgs,
+    },
+    /// Replaces a key's value if it holds what is expected (CP keyspaces; exit 4 on mismatch).
+    #[command(after_help = "Examples:\n  \
+        kv cas greeting hi --expect-value hello\n  \
+        kv cas counter 8 --expect-version 41\n  \
+        kv cas lock me --expect-absent\n  \
+        kv cas photo - --expect-version 7 < new.jpg")]
+    Cas {
+        /// The key.
+        key: String,
+        /// The new value; `-` reads it from stdin.
+        #[arg(required_unless_present = "value_file")]
+        new_value: Option<OsString>,
+        /// Reads the new value from this file.
+        #[arg(long, conflicts_with = "new_value")]
+        value_file: Option<PathBuf>,
+        /// Swap only if the key's revision is this.
+        #[arg(long, group = "expect")]
+        expect_version: Option<u64>,
+        /// Swap only if the key's value is this.
+        #[arg(long, group = "expect")]
+        expect_value: Option<OsString>,
+        /// Swap only if the key does not exist.
+        #[arg(long, group = "expect")]
+        expect_absent: bool,
+        /// Request options.
+        #[command(flatten)]
+        request: RequestArgs,
+    },
+    /// Shows the ring: partitions per node, preference lists, imbalance.
+    #[command(after_help = "Examples:\n  kv ring\n  kv ring -o json")]
+    Ring,
+    /// Asks every node (in parallel) for its view; exit 5 when a node is down or a CP
+    /// partition has no leader.
+    #[command(after_help = "Examples:\n  \
+        kv status\n  \
+        kv status --wait-ms 30000   # until every node answers and every partition has a leader")]
+    Status {
+        /// Asks again until the cluster is healthy or this many milliseconds have passed.
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
+    },
+    /// Lists or creates keyspaces.
+    #[command(after_help = "Examples:\n  \
+        kv keyspace list\n  \
+        kv keyspace create orders --mode ap --replicas 3")]
+    Keyspace {
+        /// The keyspace command.
+        #[command(subcommand)]
+        command: KeyspaceCmd,
+    },
+    /// Prints a shell completion script.
+    #[command(after_help = "Examples:\n  \
+        kv completion bash > ~/.local/share/bash-completion/completions/kv\n  \
+        kv completion zsh > \"${fpath[1]}/_kv\"\n  \
+        kv completion fish > ~/.config/fish/completions/kv.fish")]
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Per-request options of the data commands.
+#[derive(Args, Debug, Clone)]
+pub struct RequestArgs {
+    /// AP: replicas to wait for.
+    #[arg(long, value_enum)]
+    pub consistency: Option<ConsistencyArg>,
+    /// CP: allow a possibly stale read from any replica.
+    #[arg(long)]
+    pub stale: bool,
+}
+
+/// `kv keyspace ...`.
+#[derive(Subcommand, Debug)]
+pub enum KeyspaceCmd {
+    /// Lists keyspaces.
+    #[command(after_help = "Example:\n  kv keyspace list -o json")]
+    List,
+    /// Creates a keyspace.
+    #[command(after_help = "Example:\n  kv keyspace create orders --mode ap --replicas 3")]
+    Create {
+        /// Name.
+        name: String,
+        /// cp or ap.
+        #[arg(long)]
+        mode: ModeArg,
+        /// Replication factor N.
+        #[arg(long, default_value_t = 3)]
+        replicas: u32,
+    },
+}
+
+/// Replication mode of a new keyspace.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ModeArg {
+    /// Raft per partition: linearizable, unavailable without a majority.
+    Cp,
+    /// Dynamo-style: available on every side of a partition, last write wins.
+    Ap,
+}
+
+/// `kv local ...`.
+#[derive(Subcommand, Debug)]
+pub enum LocalCmd {
+    /// Starts a local cluster (3 nodes on loopback) and returns once it is ready.
+    #[command(after_help = "Examples:\n  \
+        kv local up\n  \
+        kv local up --base-port 0          # free ports chosen now\n  \
+        kv local up --dir /tmp/c1 --nodes 5 --chaos\n  \
+        kv local up --foreground           # Ctrl-C stops it")]
+    Up {
+        /// Number of nodes of a new cluster.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// First port of a new cluster (nodes use consecutive ports); 0 picks free ports.
+        #[arg(long, env = "KV_BASE_PORT", default_value_t = 7001)]
+        base_port: u16,
+        /// Stay attached; stop the cluster on Ctrl-C.
+        #[arg(long)]
+        foreground: bool,
+        /// Start nodes with fault injection allowed (--chaos); remembered for restarts.
+        #[arg(long)]
+        chaos: bool,
+    },
+    /// Stops the local cluster (data is kept unless --purge).
+    #[command(after_help = "Examples:\n  kv local down\n  kv local down --purge")]
+    Down {
+        /// Also delete the folder and all data.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Shows the local cluster's processes.
+    #[command(after_help = "Example:\n  kv local status -o json")]
+    Status,
+    /// Prints nodes' addresses, comma separated (all nodes, or those named).
+    #[command(after_help = "Examples:\n  \
+        export KV_ENDPOINTS=$(kv local endpoints)\n  \
+        kv get greeting --endpoints \"$(kv local endpoints n2)\"")]
+    Endpoints {
+        /// Node names (default: every node).
+        nodes: Vec<String>,
+    },
+    /// Kills a node with SIGKILL (a crash: no flush, no goodbye).
+    #[command(after_help = "Example:\n  kv local kill n3")]
+    Kill {
+        /// Node name (n1, n2, ...).
+        node: String,
+    },
+    /// Stops a node with SIGTERM (SIGKILL if it has not exited after 10 s).
+    #[command(after_help = "Example:\n  kv local stop n3")]
+    Stop {
+        /// Node name.
+        node: String,
+    },
+    /// Starts a stopped or killed node again with its data, and waits until it is ready.
+    #[command(after_help = "Example:\n  kv local start n3")]
+    Start {
+        /// Node name.
+        node: String,
+    },
+    /// Stops a node (SIGTERM) and starts it again with its data.
+    #[command(after_help = "Example:\n  kv local restart n3")]
+    Restart {
+        /// Node name.
+        node: String,
+    },
+}
+
+/// `kv server` flags.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// This node's name (must appear in --peers).
+    #[arg(long)]
+    pub name: String,
+    /// Address to listen on (defaults to this node's address in --peers).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// All nodes of the cluster: name=host:port,... (identical on every node).
+    #[arg(long)]
+    pub peers: String,
+    /// Cluster name; nodes with another name are refused.
+    #[arg(long, default_value = "kv")]
+    pub cluster_name: String,
+    /// Data directory (sled). Without it data lives in memory and is lost on exit.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Number of partitions Q (a power of two).
+    #[arg(long, default_value_t = kv_server::types::DEFAULT_PARTITIONS)]
+    pub partitions: u32,
+    /// Largest value accepted, in bytes.
+    #[arg(long, default_value_t = kv_server::types::DEFAULT_MAX_VALUE_BYTES)]
+    pub max_value_bytes: usize,
+    /// Accept fault-injection requests (drop/delay traffic, skew the clock).
+    #[arg(long)]
+    pub chaos: bool,
+    /// AP anti-entropy period (Merkle tree exchange between replicas), in milliseconds.
+    #[arg(long, default_value_t = kv_server::ap::engine::DEFAULT_ANTI_ENTROPY_INTERVAL_MS)]
+    pub anti_entropy_interval_ms: u64,
+}
+
+/// AP consistency level.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ConsistencyArg {
+    /// One replica.
+    One,
+    /// A majority of replicas.
+    Quorum,
+    /// Every replica.
+    All,
+}
+
+/// Routing policy of the client.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RoutingArg {
+    /// To the key's owner (or its partition's known leader).
+    TokenAware,
+    /// To each node in turn.
+    RoundRobin,
+    /// To the node with the fewest requests in flight.
+    LeastOutstanding,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_are_accepted_before_and_after_the_subcommand() {
+        for args in [
+            &[
+                "kv",
+                "--keyspace",
+                "ap",
+                "-o",
+                "json",
+                "--timeout-ms",
+                "7",
+                "put",
+                "k",
+                "v",
+            ][..],
+            &[
+                "kv",
+                "put",
+                "k",
+                "v",
+                "--keyspace",
+                "ap",
+                "-o",
+                "json",
+                "--timeout-ms",
+                "7",
+            ],
+            &[
+                "kv",
+                "-k",
+                "ap",
+                "put",
+                "-o",
+                "json",
+                "k",
+                "v",
+                "--timeout-ms",
+                "7",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.global.keyspace, "ap", "{args:?}");
+            assert_eq!(cli.global.output, Format::Json, "{args:?}");
+            assert_eq!(cli.global.timeout_ms, 7, "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["kv", "--dir", "/x", "local", "status"]).unwrap();
+        assert_eq!(cli.global.dir, Some(PathBuf::from("/x")));
+        let cli = Cli::try_parse_from(["kv", "local", "status", "--dir", "/y"]).unwrap();
+        assert_eq!(cli.global.dir, Some(PathBuf::from("/y")));
+    }
+}
