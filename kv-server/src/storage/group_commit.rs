@@ -137,7 +137,7 @@ mod tests {
             t.await.unwrap();
         }
         let n = flushes.load(Ordering::SeqCst);
-        assert!(n >= 1 && n < 200, "{n} flushes for 200 syncs");
+        assert!((1..200).contains(&n), "{n} flushes for 200 syncs");
     }
 
     #[tokio::test]
