@@ -1,7 +1,8 @@
 //! The node: configuration, ring, keyspaces, storage, the engines and the peer links they share,
 //! and the request paths that the gRPC services call. The peer links are built first and handed
-//! to the engines' transports and to the node; nothing the node owns points back at it. **Architecture invariant:** every request is validated
-//! (key, value, keyspace, options) before anything is read or written.
+//! to the engines' transports and to the node; nothing the node owns points back at it.
+//! **Architecture invariant:** every request is validated (key, value, keyspace, options)
+//! before anything is read or written.
 
 use crate::ap::{ApConfig, ApEngine, ApRing};
 use crate::clock::Clock;
@@ -307,5 +308,65 @@ impl ApRing for RingView {
     }
     fn preference_list(&self, partition: u32) -> Vec<NodeId> {
         self.0.preference_list(partition).to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::storage::memory::MemoryEngine;
+    use std::collections::BTreeSet;
+
+    fn config(name: &str) -> NodeConfig {
+        let peers = crate::config::parse_peers("n1=127.0.0.1:7001,n2=127.0.0.1:7002").unwrap();
+        NodeConfig::new(name, "c", peers)
+    }
+
+    fn links_for(cfg: &NodeConfig, me: NodeId) -> Arc<PeerLinks> {
+        Arc::new(PeerLinks::new(
+            me,
+            &cfg.peers,
+            Arc::new(kv_core::net::TcpDialer),
+        ))
+    }
+
+    fn build(cfg: NodeConfig, links: Arc<PeerLinks>) -> Result<Arc<Node>, ConfigError> {
+        Node::with_links(
+            cfg,
+            links,
+            Arc::new(MemoryEngine::new()),
+            Arc::new(SystemClock::default()),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_node_uses_the_links_it_is_given() {
+        let cfg = config("n1");
+        let links = links_for(&cfg, 1);
+        links.faults().set(BTreeSet::from([2]), BTreeMap::new());
+        let node = build(cfg, links.clone()).unwrap();
+        assert!(Arc::ptr_eq(&node.links, &links));
+        assert!(
+            node.links.faults().drops(2),
+            "faults set before the node apply to it"
+        );
+        assert_eq!(node.describe(2), "n2 (127.0.0.1:7002)");
+    }
+
+    #[tokio::test]
+    async fn links_of_another_node_or_peer_list_are_refused() {
+        let cfg = config("n1");
+        let err = build(cfg.clone(), links_for(&cfg, 2))
+            .err()
+            .expect("wrong node");
+        assert!(err.to_string().contains("node n1 (id 1)"), "{err}");
+        let other = NodeConfig::new(
+            "n1",
+            "c",
+            crate::config::parse_peers("n1=127.0.0.1:7001,n2=127.0.0.1:7999").unwrap(),
+        );
+        let err = build(cfg, links_for(&other, 1)).err().expect("wrong peers");
+        assert!(err.to_string().contains("peer list"), "{err}");
     }
 }
