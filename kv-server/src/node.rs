@@ -1,24 +1,22 @@
-//! The node: configuration, ring, keyspaces, storage and peer connections, and the request
-//! paths that the gRPC services call. **Architecture invariant:** every request is validated
-//! (key, value, keyspace, options) before anything is read or written.
+//! The node: configuration, ring, keyspaces, storage, the engines and the peer links they share,
+//! and the request paths that the gRPC services call. The peer links are built first and handed
+//! to the engines' transports and to the node; nothing the node owns points back at it.
+//! **Architecture invariant:** every request is validated (key, value, keyspace, options)
+//! before anything is read or written.
 
-use crate::ap::engine::{ApConfig, ApEngine, ApRing};
+use crate::ap::{ApConfig, ApEngine, ApRing};
 use crate::clock::Clock;
 use crate::config::{ConfigError, NodeConfig};
 use crate::cp::{CpConfig, CpEngine, GroupSpec};
 use crate::error::{NodeError, NodeResult};
-use crate::faults::Faults;
-use crate::membership::Membership;
+use crate::peers::PeerLinks;
 use crate::ring::Ring;
 use crate::storage::{self, Engine};
 use crate::transport::GrpcTransport;
 use crate::types::{KeyspaceDef, Member, NodeId, MAX_KEY_BYTES};
 use kv_core::net::Dialer;
-use kv_proto::internal::internal_client::InternalClient;
-use kv_proto::v1::kv_client::KvClient;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use tonic::transport::Channel;
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// Metadata key marking a request forwarded by another node (it is never forwarded again).
 pub const FORWARDED_HEADER: &str = "kv-forwarded";
@@ -42,22 +40,18 @@ pub struct Node {
     pub keyspaces: RwLock<BTreeMap<String, KeyspaceDef>>,
     /// The storage engine.
     pub engine: Arc<dyn Engine>,
-    /// Liveness of peers.
-    pub membership: Membership,
+    /// Links to the peers: channels, injected faults (`--chaos`) and liveness.
+    pub links: Arc<PeerLinks>,
     /// Wall clock (skewable by fault injection).
     pub clock: Arc<dyn Clock>,
-    /// Faults injected on outgoing traffic (`--chaos`).
-    pub faults: Faults,
     /// The AP engine (Dynamo-style keyspaces).
     pub ap: ApEngine,
-    dialer: Arc<dyn Dialer>,
-    channels: Mutex<BTreeMap<NodeId, Channel>>,
     cp: OnceLock<CpEngine>,
-    link: GrpcTransport,
 }
 
 impl Node {
-    /// Builds a node from its config, engine, dialer and clock (engines open, nothing runs yet).
+    /// Builds a node from its config, engine, dialer and clock (engines open, nothing runs yet),
+    /// with peer links of its own over `dialer`.
     pub fn new(
         config: NodeConfig,
         engine: Arc<dyn Engine>,
@@ -65,6 +59,29 @@ impl Node {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Node>, ConfigError> {
         let me = config.validate()?;
+        let links = Arc::new(PeerLinks::new(me.id, &config.peers, dialer));
+        Node::with_links(config, links, engine, clock)
+    }
+
+    /// Builds a node over peer links made beforehand (they must be this node's, for the same
+    /// peer list); engines open, nothing runs yet.
+    pub fn with_links(
+        config: NodeConfig,
+        links: Arc<PeerLinks>,
+        engine: Arc<dyn Engine>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Node>, ConfigError> {
+        let me = config.validate()?;
+        let same_peers = links.members().count() == config.peers.len()
+            && config.peers.iter().all(|m| links.member(m.id) == Some(m));
+        if links.me() != me.id || !same_peers {
+            return Err(ConfigError(format!(
+                "the peer links were built for node id {} and another peer list; node {} (id {}) needs links for its own --peers",
+                links.me(),
+                me.name,
+                me.id
+            )));
+        }
         let ring = Arc::new(
             Ring::new(&config.peers, config.partitions, config.tokens_per_node)
                 .map_err(|e| ConfigError(e.to_string()))?,
@@ -73,46 +90,39 @@ impl Node {
             .into_iter()
             .map(|k| (k.name.clone(), k))
             .collect();
-        let membership = Membership::new(me.id, &config.peers);
         let mut ap_config = ApConfig::new(me.id);
         ap_config.max_value_bytes = config.max_value_bytes;
         ap_config.anti_entropy_interval_ms = config.anti_entropy_interval_ms;
         ap_config.hint_replay_interval_ms = config.hint_replay_interval_ms;
-        let link = GrpcTransport::default();
+        let transport = GrpcTransport::new(links.clone());
         let ap = ApEngine::open(
             ap_config,
             engine.clone(),
             clock.clone(),
-            Arc::new(link.clone()),
-            Arc::new(link.clone()),
+            Arc::new(transport.clone()),
+            Arc::new(transport),
             Arc::new(RingView(ring.clone())),
         )
         .map_err(|e| ConfigError(format!("opening the AP engine: {e}")))?;
-        let node = Arc::new(Node {
+        Ok(Arc::new(Node {
             config,
             me,
             ring,
             keyspaces: RwLock::new(keyspaces),
             engine,
-            membership,
+            links,
             clock,
-            faults: Faults::default(),
             ap,
-            dialer,
-            channels: Mutex::new(BTreeMap::new()),
             cp: OnceLock::new(),
-            link,
-        });
-        node.link.bind(Arc::downgrade(&node));
-        Ok(node)
+        }))
     }
 
     /// Starts the CP engine: one Raft group per partition of the built-in `cp` keyspace (every
     /// CP keyspace shares them; the state machine namespaces keys by keyspace) plus the
     /// metadata group of all nodes.
-    pub async fn start_cp(self: &Arc<Self>, cp_config: CpConfig) -> Result<(), NodeError> {
+    pub async fn start_cp(&self, cp_config: CpConfig) -> Result<(), NodeError> {
         let groups = self.cp_group_specs();
-        let transport = Arc::new(GrpcTransport::new(Arc::downgrade(self)));
+        let transport = Arc::new(GrpcTransport::new(self.links.clone()));
         let cp = CpEngine::start(
             self.me.id,
             self.engine.clone(),
@@ -219,34 +229,7 @@ impl Node {
 
     /// The member with this id.
     pub fn member(&self, id: NodeId) -> Option<&Member> {
-        self.config.peers.iter().find(|m| m.id == id)
-    }
-
-    /// A channel to a peer (lazy, cached).
-    pub fn channel(&self, id: NodeId) -> NodeResult<Channel> {
-        let mut channels = self.channels.lock().expect("channel lock");
-        if let Some(ch) = channels.get(&id) {
-            return Ok(ch.clone());
-        }
-        let member = self
-            .member(id)
-            .ok_or_else(|| NodeError::Internal(format!("unknown node id {id}")))?;
-        let ch = self
-            .dialer
-            .channel(&member.addr)
-            .map_err(|e| NodeError::Internal(format!("node {}: {e}", member.name)))?;
-        channels.insert(id, ch.clone());
-        Ok(ch)
-    }
-
-    /// Public-API client to a peer.
-    pub fn kv_client(&self, id: NodeId) -> NodeResult<KvClient<Channel>> {
-        Ok(KvClient::new(self.channel(id)?))
-    }
-
-    /// Internal-API client to a peer.
-    pub fn internal_client(&self, id: NodeId) -> NodeResult<InternalClient<Channel>> {
-        Ok(InternalClient::new(self.channel(id)?))
+        self.links.member(id)
     }
 
     /// Looks up a keyspace (re-reading the metadata on a miss), with an error listing those
@@ -301,9 +284,7 @@ impl Node {
 
     /// Describes a node for error messages: "n2 (127.0.0.1:7002)".
     pub fn describe(&self, id: NodeId) -> String {
-        self.member(id)
-            .map(|m| format!("{} ({})", m.name, m.addr))
-            .unwrap_or_else(|| format!("node {id}"))
+        self.links.describe(id)
     }
 }
 
@@ -327,5 +308,65 @@ impl ApRing for RingView {
     }
     fn preference_list(&self, partition: u32) -> Vec<NodeId> {
         self.0.preference_list(partition).to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::storage::memory::MemoryEngine;
+    use std::collections::BTreeSet;
+
+    fn config(name: &str) -> NodeConfig {
+        let peers = crate::config::parse_peers("n1=127.0.0.1:7001,n2=127.0.0.1:7002").unwrap();
+        NodeConfig::new(name, "c", peers)
+    }
+
+    fn links_for(cfg: &NodeConfig, me: NodeId) -> Arc<PeerLinks> {
+        Arc::new(PeerLinks::new(
+            me,
+            &cfg.peers,
+            Arc::new(kv_core::net::TcpDialer),
+        ))
+    }
+
+    fn build(cfg: NodeConfig, links: Arc<PeerLinks>) -> Result<Arc<Node>, ConfigError> {
+        Node::with_links(
+            cfg,
+            links,
+            Arc::new(MemoryEngine::new()),
+            Arc::new(SystemClock::default()),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_node_uses_the_links_it_is_given() {
+        let cfg = config("n1");
+        let links = links_for(&cfg, 1);
+        links.faults().set(BTreeSet::from([2]), BTreeMap::new());
+        let node = build(cfg, links.clone()).unwrap();
+        assert!(Arc::ptr_eq(&node.links, &links));
+        assert!(
+            node.links.faults().drops(2),
+            "faults set before the node apply to it"
+        );
+        assert_eq!(node.describe(2), "n2 (127.0.0.1:7002)");
+    }
+
+    #[tokio::test]
+    async fn links_of_another_node_or_peer_list_are_refused() {
+        let cfg = config("n1");
+        let err = build(cfg.clone(), links_for(&cfg, 2))
+            .err()
+            .expect("wrong node");
+        assert!(err.to_string().contains("node n1 (id 1)"), "{err}");
+        let other = NodeConfig::new(
+            "n1",
+            "c",
+            crate::config::parse_peers("n1=127.0.0.1:7001,n2=127.0.0.1:7999").unwrap(),
+        );
+        let err = build(cfg, links_for(&other, 1)).err().expect("wrong peers");
+        assert!(err.to_string().contains("peer list"), "{err}");
     }
 }

@@ -1,17 +1,18 @@
 //! gRPC adapters for the engines' transport seams: `RaftTransport` (CP) and `ApTransport` (AP)
-//! over the internal service, with the fault-injection filter applied to every outgoing
-//! message. **Architecture invariant:** the engines never see gRPC; only this file and
+//! over the internal service, every message leaving through `PeerLinks::open` (so the
+//! fault-injection filter applies to all of them). **Architecture invariant:** the engines never see gRPC; only this file and
 //! `service/` convert between engine types and protobuf.
 
-use crate::ap::engine::{ApTransport, Liveness, TransportError as ApTransportError};
-use crate::ap::lww::ApRecord;
-use crate::cp::network::{RaftKind, RaftTransport, TransportError as RaftTransportError};
-use crate::node::Node;
+use crate::ap::{ApRecord, ApTransport, Liveness, TransportError as ApTransportError};
+use crate::cp::{RaftKind, RaftTransport, TransportError as RaftTransportError};
+use crate::peers::PeerLinks;
 use crate::types::{Hlc, NodeId};
 use futures::future::BoxFuture;
 use kv_proto::internal as ipb;
+use kv_proto::internal::internal_client::InternalClient;
 use kv_proto::v1 as pb;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::Arc;
+use tonic::transport::Channel;
 
 /// Converts an AP record to its wire form.
 pub fn record_to_pb(r: &ApRecord) -> ipb::Record {
@@ -41,48 +42,41 @@ pub fn record_from_pb(r: ipb::Record) -> ApRecord {
     }
 }
 
-/// Both engines' transports (and the AP engine's liveness view) over the node's internal gRPC
-/// clients. Holds the node weakly: the node owns the engines, which own this. Made before the
-/// node (the engines need it to open) and bound to it right after; clones share the binding.
-#[derive(Clone, Default)]
+/// Both engines' transports (and the AP engine's liveness view) over the peer links. Holds the
+/// links, not the node: it is made before the node and the node never needs to be reached from
+/// here.
+#[derive(Clone)]
 pub struct GrpcTransport {
-    node: Arc<OnceLock<Weak<Node>>>,
+    links: Arc<PeerLinks>,
 }
 
 impl GrpcTransport {
-    /// A transport bound to `node`.
-    pub fn new(node: Weak<Node>) -> Self {
-        let t = Self::default();
-        t.bind(node);
-        t
+    /// A transport over `links`.
+    pub fn new(links: Arc<PeerLinks>) -> Self {
+        Self { links }
     }
 
-    /// Binds the transport to its node (once; later calls are ignored).
-    pub fn bind(&self, node: Weak<Node>) {
-        let _ = self.node.set(node);
-    }
-
-    fn upgrade(&self) -> Option<Arc<Node>> {
-        self.node.get().and_then(Weak::upgrade)
+    /// An internal-API client to `to`, after the fault filter; a refusal becomes `unreachable`.
+    async fn client<E>(
+        &self,
+        to: NodeId,
+        unreachable: impl FnOnce(String) -> E,
+    ) -> Result<InternalClient<Channel>, E> {
+        self.links
+            .internal_client(to)
+            .await
+            .map_err(|e| unreachable(e.to_string()))
     }
 }
 
 impl Liveness for GrpcTransport {
     fn is_alive(&self, node: NodeId) -> bool {
-        self.upgrade().is_some_and(|n| n.membership.is_alive(node))
+        self.links.membership().is_alive(node)
     }
 }
 
-/// Why an outgoing message was not sent: node gone, or a fault injected by chaos.
-fn blocked(node: &Option<Arc<Node>>, to: NodeId) -> Option<String> {
-    match node {
-        None => Some("node is shutting down".into()),
-        Some(n) if n.faults.drops(to) => Some(format!(
-            "traffic to {} is dropped by fault injection",
-            n.describe(to)
-        )),
-        Some(_) => None,
-    }
+fn ap_unreachable(to: NodeId) -> impl FnOnce(String) -> ApTransportError {
+    move |reason| ApTransportError::Unreachable { node: to, reason }
 }
 
 fn ap_err(to: NodeId, s: tonic::Status) -> ApTransportError {
@@ -101,34 +95,6 @@ fn ap_err(to: NodeId, s: tonic::Status) -> ApTransportError {
     }
 }
 
-impl GrpcTransport {
-    /// The node and a client to `to`, after the fault filter.
-    async fn client(
-        &self,
-        to: NodeId,
-    ) -> Result<
-        (
-            Arc<Node>,
-            ipb::internal_client::InternalClient<tonic::transport::Channel>,
-        ),
-        ApTransportError,
-    > {
-        let node = self.upgrade();
-        if let Some(reason) = blocked(&node, to) {
-            return Err(ApTransportError::Unreachable { node: to, reason });
-        }
-        let node = node.expect("checked by blocked");
-        node.faults.delay(to).await;
-        let client = node
-            .internal_client(to)
-            .map_err(|e| ApTransportError::Unreachable {
-                node: to,
-                reason: e.to_string(),
-            })?;
-        Ok((node, client))
-    }
-}
-
 impl ApTransport for GrpcTransport {
     fn write(
         &self,
@@ -139,17 +105,17 @@ impl ApTransport for GrpcTransport {
     ) -> BoxFuture<'static, Result<(), ApTransportError>> {
         let this = self.clone();
         Box::pin(async move {
-            let (node, mut client) = this.client(to).await?;
+            let mut client = this.client(to, ap_unreachable(to)).await?;
             client
                 .ap_write(ipb::ApWriteRequest {
                     keyspace: keyspace_id.to_string(),
                     record: Some(record_to_pb(&record)),
                     hint_for: hint_for.unwrap_or(0),
-                    from: node.me.id,
+                    from: this.links.me(),
                 })
                 .await
                 .map_err(|s| ap_err(to, s))?;
-            node.membership.heard_from(to);
+            this.links.membership().heard_from(to);
             Ok(())
         })
     }
@@ -162,7 +128,7 @@ impl ApTransport for GrpcTransport {
     ) -> BoxFuture<'static, Result<Option<ApRecord>, ApTransportError>> {
         let this = self.clone();
         Box::pin(async move {
-            let (node, mut client) = this.client(to).await?;
+            let mut client = this.client(to, ap_unreachable(to)).await?;
             let resp = client
                 .ap_read(ipb::ApReadRequest {
                     keyspace: keyspace_id.to_string(),
@@ -170,7 +136,7 @@ impl ApTransport for GrpcTransport {
                 })
                 .await
                 .map_err(|s| ap_err(to, s))?;
-            node.membership.heard_from(to);
+            this.links.membership().heard_from(to);
             Ok(resp.into_inner().record.map(record_from_pb))
         })
     }
@@ -183,7 +149,7 @@ impl ApTransport for GrpcTransport {
     ) -> BoxFuture<'static, Result<Vec<u64>, ApTransportError>> {
         let this = self.clone();
         Box::pin(async move {
-            let (_, mut client) = this.client(to).await?;
+            let mut client = this.client(to, ap_unreachable(to)).await?;
             let resp = client
                 .merkle_tree(ipb::MerkleTreeRequest {
                     keyspace: keyspace_id.to_string(),
@@ -204,7 +170,7 @@ impl ApTransport for GrpcTransport {
     ) -> BoxFuture<'static, Result<Vec<ApRecord>, ApTransportError>> {
         let this = self.clone();
         Box::pin(async move {
-            let (_, mut client) = this.client(to).await?;
+            let mut client = this.client(to, ap_unreachable(to)).await?;
             let resp = client
                 .merkle_range(ipb::MerkleRangeRequest {
                     keyspace: keyspace_id.to_string(),
@@ -222,6 +188,7 @@ impl ApTransport for GrpcTransport {
         })
     }
 }
+
 impl RaftTransport for GrpcTransport {
     fn send(
         &self,
@@ -230,19 +197,11 @@ impl RaftTransport for GrpcTransport {
         kind: RaftKind,
         payload: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, RaftTransportError>> {
-        let node = self.upgrade();
+        let this = self.clone();
         Box::pin(async move {
-            if let Some(reason) = blocked(&node, to) {
-                return Err(RaftTransportError::Unreachable { to, reason });
-            }
-            let node = node.expect("checked by blocked");
-            node.faults.delay(to).await;
-            let mut client =
-                node.internal_client(to)
-                    .map_err(|e| RaftTransportError::Unreachable {
-                        to,
-                        reason: e.to_string(),
-                    })?;
+            let mut client = this
+                .client(to, |reason| RaftTransportError::Unreachable { to, reason })
+                .await?;
             let resp = client
                 .raft(ipb::RaftRequest {
                     group,
@@ -252,7 +211,7 @@ impl RaftTransport for GrpcTransport {
                 .await;
             match resp {
                 Ok(r) => {
-                    node.membership.heard_from(to);
+                    this.links.membership().heard_from(to);
                     Ok(r.into_inner().payload)
                 }
                 Err(s) if s.code() == tonic::Code::Unavailable => {
@@ -267,5 +226,91 @@ impl RaftTransport for GrpcTransport {
                 }),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Member;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// A dialer that can reach nobody: what a transport does before dialing is all there is.
+    struct NoRoute;
+
+    impl kv_core::net::Dialer for NoRoute {
+        fn channel(&self, addr: &str) -> Result<Channel, String> {
+            Err(format!("no route to {addr} in this test"))
+        }
+    }
+
+    fn transport() -> GrpcTransport {
+        let peers: Vec<Member> = (1..=3)
+            .map(|i| Member {
+                id: i,
+                name: format!("n{i}"),
+                addr: format!("127.0.0.1:{}", 7000 + i),
+            })
+            .collect();
+        GrpcTransport::new(Arc::new(PeerLinks::new(1, &peers, Arc::new(NoRoute))))
+    }
+
+    fn record() -> ApRecord {
+        ApRecord {
+            key: b"k".to_vec(),
+            hlc: Hlc {
+                physical_ms: 1,
+                logical: 0,
+                node_id: 1,
+            },
+            value: Some(b"v".to_vec()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_link_is_unreachable_for_both_engines_without_dialing() {
+        let t = transport();
+        t.links.faults().set(BTreeSet::from([2]), BTreeMap::new());
+        let dropped = "traffic to n2 (127.0.0.1:7002) is dropped by fault injection".to_string();
+        let ap = ApTransport::write(&t, 2, 2, record(), None).await;
+        assert!(
+            matches!(&ap, Err(ApTransportError::Unreachable { node: 2, reason }) if *reason == dropped),
+            "{ap:?}"
+        );
+        let raft = t.send(2, 7, RaftKind::Vote, vec![1]).await;
+        assert_eq!(
+            raft,
+            Err(RaftTransportError::Unreachable {
+                to: 2,
+                reason: dropped
+            })
+        );
+        // The other link is not dropped: the message reaches the dialer (which has no route).
+        let ap = ApTransport::read(&t, 3, 2, b"k".to_vec()).await;
+        assert!(
+            matches!(&ap, Err(ApTransportError::Unreachable { node: 3, reason })
+                if reason == "node n3: no route to 127.0.0.1:7003 in this test"),
+            "{ap:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn liveness_is_the_links_view() {
+        let t = transport();
+        t.links.membership().heard_from(2);
+        assert!(t.is_alive(2));
+        tokio::time::advance(crate::membership::DOWN_AFTER * 2).await;
+        assert!(!t.is_alive(2), "silent past DOWN_AFTER");
+        assert!(t.is_alive(3), "a peer never heard from is tried");
+    }
+
+    #[test]
+    fn records_round_trip_through_the_wire_form() {
+        let r = record();
+        assert_eq!(record_from_pb(record_to_pb(&r)), r);
+        let tombstone = ApRecord { value: None, ..r };
+        let pb = record_to_pb(&tombstone);
+        assert!(pb.tombstone);
+        assert_eq!(record_from_pb(pb), tombstone);
     }
 }

@@ -84,7 +84,7 @@ impl ipb::internal_server::Internal for InternalService {
         req: Request<ipb::HandshakeRequest>,
     ) -> Result<Response<ipb::HandshakeResponse>, Status> {
         let req = req.into_inner();
-        if self.node.faults.drops(req.node_id) {
+        if self.node.links.faults().drops(req.node_id) {
             // Fault injection cuts the link both ways as far as liveness goes: a peer we drop
             // traffic to is not heard from either.
             return Err(self.status(NodeError::Unavailable(format!(
@@ -96,7 +96,7 @@ impl ipb::internal_server::Internal for InternalService {
             tracing::warn!(peer = req.node_id, %msg, "refused handshake");
             return Err(NodeError::FailedPrecondition(msg).into_status(&self.node.me.name));
         }
-        self.node.membership.heard_from(req.node_id);
+        self.node.links.membership().heard_from(req.node_id);
         Ok(Response::new(ipb::HandshakeResponse {
             cluster_name: self.node.config.cluster_name.clone(),
             node_id: self.node.me.id,
@@ -137,8 +137,8 @@ impl ipb::internal_server::Internal for InternalService {
                 .ok_or_else(|| NodeError::InvalidArgument("ApWrite without a record".into()))?;
             self.node.validate_key(&record.key)?;
             let hint_for = (req.hint_for != 0).then_some(req.hint_for);
-            if !self.node.faults.drops(req.from) {
-                self.node.membership.heard_from(req.from);
+            if !self.node.links.faults().drops(req.from) {
+                self.node.links.membership().heard_from(req.from);
             }
             self.node
                 .ap
@@ -232,7 +232,7 @@ impl ipb::internal_server::Internal for InternalService {
             ))));
         }
         tracing::warn!(drop_to = ?req.drop_to, delay_ms = ?req.delay_ms, clock_skew_ms = req.clock_skew_ms, "fault injection");
-        self.node.faults.set(
+        self.node.links.faults().set(
             req.drop_to.into_iter().collect(),
             req.delay_ms.into_iter().collect(),
         );
