@@ -43,7 +43,6 @@ async fn serve(args: ServerArgs) -> Result<()> {
         .await
         .with_context(|| format!("listening on {listen} (is another process using the port?)"))?;
     tracing::info!(node = %me.name, %listen, "serving");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| anyhow!("installing the SIGTERM handler: {e}"))?;
     let shutdown = async move {
@@ -56,7 +55,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
     let heartbeats = tokio::spawn(server::heartbeat_loop(node.clone()));
     let engine = node.engine.clone();
     tokio::select! {
-        r = server::serve(node, incoming, shutdown) => r?,
+        r = server::serve_tcp(node, listener, shutdown) => r?,
         r = heartbeats => {
             if let Ok(Err(msg)) = r {
                 bail!("{msg}");
