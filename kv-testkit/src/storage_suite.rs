@@ -43,7 +43,7 @@ pub struct EngineFixture {
     /// The engine the cases run on.
     pub engine: Arc<dyn Engine>,
     // Declared after `engine` so it drops after it: the directory outlives the database.
-    _guard: Option<Box<dyn std::any::Any>>,
+    _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl EngineFixture {
@@ -56,7 +56,7 @@ impl EngineFixture {
     }
 
     /// A fixture that keeps `guard` (e.g. a `tempfile::TempDir`) until the engine is dropped.
-    pub fn with_guard(engine: impl Engine, guard: impl std::any::Any) -> Self {
+    pub fn with_guard(engine: impl Engine, guard: impl std::any::Any + Send + Sync) -> Self {
         Self {
             engine: Arc::new(engine),
             _guard: Some(Box::new(guard)),

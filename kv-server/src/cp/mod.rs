@@ -23,6 +23,4 @@ pub use network::{RaftKind, RaftTransport, TransportError};
 pub use types::{CasOutcome, Expected, KeyspaceOutcome, Request, Response, TypeConfig};
 
 #[cfg(test)]
-mod engine_tests;
-#[cfg(test)]
 mod store_tests;

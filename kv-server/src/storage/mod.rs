@@ -5,8 +5,6 @@
 pub mod memory;
 pub mod record;
 pub mod sled;
-#[cfg(test)]
-mod tests;
 
 use std::ops::Bound;
 use std::path::Path;
