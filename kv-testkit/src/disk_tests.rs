@@ -173,3 +173,10 @@ fn flush_counts_only_flushes_that_made_something_durable() {
     assert_eq!(disk.stats().flushes, 1);
     assert_eq!(disk.unflushed_writes(), 0);
 }
+
+#[test]
+fn the_simulated_disk_passes_the_storage_suite() {
+    crate::storage_suite::run_all(|| {
+        crate::storage_suite::EngineFixture::new(SimDisk::new("simdisk").open())
+    });
+}

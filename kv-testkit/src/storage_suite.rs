@@ -21,8 +21,11 @@ pub const ATOMICITY_BATCHES: u64 = 2_000;
 /// Proptest cases of the model test per engine (sled opens a database per case).
 pub const MODEL_CASES: u32 = 48;
 
+/// One case of the suite: it gets a fresh engine and panics on a violation.
+pub type Case = fn(&dyn Engine);
+
 /// Every case that needs only a fresh engine, by name.
-pub const CASES: &[(&str, fn(&dyn Engine))] = &[
+pub const CASES: &[(&str, Case)] = &[
     ("get_insert_remove", get_insert_remove),
     ("range_bounds_and_limit", range_bounds_and_limit),
     ("last", last),
@@ -102,6 +105,14 @@ macro_rules! storage_conformance {
             let fixture = ($make)();
             $crate::storage_suite::$case(&*fixture.engine);
         })*
+
+        /// A case added to `CASES` but not to this macro would silently not run here.
+        #[test]
+        fn every_case_of_the_suite_runs() {
+            let generated: &[&str] = &[$(stringify!($case)),*];
+            let listed: Vec<&str> = $crate::storage_suite::CASES.iter().map(|c| c.0).collect();
+            assert_eq!(generated, listed.as_slice());
+        }
     };
 }
 

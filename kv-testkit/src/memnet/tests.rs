@@ -2,7 +2,8 @@
 //! with a recording fake replica (the CP side needs no engine to show routing and errors).
 
 use super::*;
-use kv_server::ap::TransportError as ApError;
+use kv_server::ap::{ApEngine, ApRecord, TransportError as ApError};
+use kv_server::cp::network::{RaftKind, TransportError as RaftError};
 use kv_server::types::Hlc;
 
 /// A replica that records what it was asked to store.
@@ -230,4 +231,75 @@ async fn raft_messages_map_failures_to_what_openraft_expects() {
         t.send(2, 7, RaftKind::Append, vec![]).await,
         Err(RaftError::Unreachable { .. })
     ));
+}
+
+/// Every key in one partition whose preference list is the nodes in id order.
+struct OnePartition(Vec<NodeId>);
+
+impl kv_server::ap::ApRing for OnePartition {
+    fn partition_for_key(&self, _key: &[u8]) -> u32 {
+        0
+    }
+    fn partition_count(&self) -> u32 {
+        1
+    }
+    fn preference_list(&self, _partition: u32) -> Vec<NodeId> {
+        self.0.clone()
+    }
+}
+
+/// Real AP engines on the network, each on a simulated disk with a manual clock: a write
+/// reaches W through a durable hint while a replica is down, the hint survives its holder's
+/// power loss, and is delivered once the owner is back.
+#[tokio::test]
+async fn ap_engines_write_through_a_hint_that_survives_a_crash_of_its_holder() {
+    use crate::clock::ManualClock;
+    use crate::disk::SimDisk;
+    use kv_server::ap::{ApConfig, Consistency, RequestOptions};
+    use kv_server::types::KeyspaceDef;
+
+    let net = MemNet::new();
+    let ids: Vec<NodeId> = vec![1, 2, 3, 4];
+    let ring = Arc::new(OnePartition(ids.clone()));
+    let disks: BTreeMap<NodeId, SimDisk> = ids
+        .iter()
+        .map(|id| (*id, SimDisk::new(&format!("node-{id}"))))
+        .collect();
+    let clock = ManualClock::new(1_000_000);
+    let start = |id: NodeId| {
+        let engine = ApEngine::open(
+            ApConfig::new(id),
+            Arc::new(disks[&id].open()),
+            clock.clone(),
+            net.ap_transport(id),
+            net.liveness(id),
+            ring.clone(),
+        )
+        .expect("engine opens");
+        net.add_ap(id, Arc::new(engine.clone()));
+        engine
+    };
+    let engines: BTreeMap<NodeId, ApEngine> = ids.iter().map(|id| (*id, start(*id))).collect();
+    let ks = KeyspaceDef::builtin().remove(1);
+    let all = RequestOptions::with(Consistency::All);
+
+    net.set_down(3, true);
+    engines[&1]
+        .put(&ks, &ids, b"k", b"v".to_vec(), all)
+        .await
+        .expect("W = N reached through a hint on node 4");
+    assert_eq!(engines[&4].hint_counts(), BTreeMap::from([(3, 1)]));
+    // The coordinator stores its own replica directly; node 2's copy and node 4's hint travel.
+    assert_eq!(net.delivered(MessageKind::ApWrite), 2);
+
+    // Node 4 loses power: the hint was flushed before it counted, so it is still there.
+    disks[&4].crash();
+    let node4 = start(4);
+    assert_eq!(node4.hint_counts(), BTreeMap::from([(3, 1)]));
+
+    net.set_down(3, false);
+    let stats = node4.replay_hints_once().await.unwrap();
+    assert_eq!(stats.delivered, 1);
+    let on_3 = engines[&3].read_replica(ks.id, b"k").unwrap();
+    assert_eq!(on_3.and_then(|r| r.value), Some(b"v".to_vec()));
 }
