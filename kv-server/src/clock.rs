@@ -64,3 +64,47 @@ impl Clock for TokioClock {
 
 /// Shared handle to a clock.
 pub type SharedClock = Arc<dyn Clock>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_tokio_clock_follows_tokio_time_from_its_epoch_plus_skew() {
+        let clock = TokioClock::new(5_000);
+        assert_eq!(clock.now_ms(), 5_000);
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        assert_eq!(clock.now_ms(), 6_500);
+        clock.set_skew_ms(-500);
+        assert_eq!(clock.now_ms(), 6_000);
+        clock.set_skew_ms(-10_000);
+        assert_eq!(
+            clock.now_ms(),
+            0,
+            "a skew past the epoch reads as the epoch"
+        );
+    }
+
+    #[test]
+    fn the_system_clock_reads_the_system_time_shifted_by_the_skew() {
+        let system_ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("the system clock is past 1970")
+                .as_millis() as u64
+        };
+        let clock = SystemClock::default();
+        let skew_ms: u64 = 3_600_000;
+        clock.set_skew_ms(skew_ms as i64);
+        let before = system_ms();
+        let read = clock.now_ms();
+        let after = system_ms();
+        assert!(
+            (before + skew_ms..=after + skew_ms).contains(&read),
+            "{read} not within [{before}, {after}] + {skew_ms}"
+        );
+        clock.set_skew_ms(i64::MIN);
+        assert_eq!(clock.now_ms(), 0);
+    }
+}

@@ -80,7 +80,16 @@ impl Dialer for TurmoilDialer {
             endpoint.connect_with_connector_lazy(tower::service_fn(move |_uri: Uri| {
                 let target = target.clone();
                 async move {
-                    let stream = turmoil::net::TcpStream::connect(target.as_str()).await?;
+                    let stream = turmoil::net::TcpStream::connect(target.as_str())
+                        .await
+                        .map_err(|e| {
+                            // turmoil's refusal reads as a bare address; say what failed, as a
+                            // real TCP dial does, so `is_connect_failure` reads both alike.
+                            std::io::Error::new(
+                                e.kind(),
+                                format!("tcp connect error: {e} ({})", e.kind()),
+                            )
+                        })?;
                     Ok::<_, std::io::Error>(TokioIo::new(stream))
                 }
             })),

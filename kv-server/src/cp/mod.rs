@@ -26,8 +26,6 @@ pub use types::{CasOutcome, Expected, KeyspaceOutcome, Request, Response, TypeCo
 #[cfg(test)]
 mod dedup_tests;
 #[cfg(test)]
-mod engine_tests;
-#[cfg(test)]
 mod metadata_tests;
 #[cfg(test)]
 mod store_tests;

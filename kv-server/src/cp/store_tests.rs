@@ -1,52 +1,14 @@
-//! Storage tests of the CP group store: openraft's conformance suite on the memory engine, and
-//! the state machine's put/delete/cas semantics, snapshots and reopening.
+//! Unit tests of the CP group store: the state machine's put/delete/cas semantics, snapshots and
+//! reopening. openraft's storage suite runs on every engine (and the crash behaviour on the
+//! simulated disk) in `kv-server/tests/storage_conformance.rs`.
 
-use crate::cp::store::{open_group, LogStore, StateMachineStore};
-use crate::cp::types::{
-    CasOutcome, Entry, Expected, LogId, RaftStorageError, Request, Response, TypeConfig,
-};
+use crate::cp::store::open_group;
+use crate::cp::types::{CasOutcome, Entry, Expected, LogId, Request, Response};
 use crate::storage::memory::MemoryEngine;
 use crate::storage::Engine;
 use openraft::storage::RaftStateMachine;
-use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
 use std::sync::Arc;
-
-struct MemoryStoreBuilder;
-
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore> for MemoryStoreBuilder {
-    async fn build(&self) -> Result<((), LogStore, StateMachineStore), RaftStorageError> {
-        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
-        let (log, sm) = open_group(&engine, 7)?;
-        Ok(((), log, sm))
-    }
-}
-
-#[test]
-fn openraft_storage_suite_passes_on_the_memory_engine() {
-    Suite::test_all(MemoryStoreBuilder).expect("openraft storage suite");
-}
-
-/// Builds each store on a fresh sled database in a temporary directory, which lives as long as
-/// the store (the suite's first tuple element is kept alive with it).
-struct SledStoreBuilder;
-
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledStoreBuilder {
-    async fn build(
-        &self,
-    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), RaftStorageError> {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let engine: Arc<dyn Engine> =
-            Arc::new(crate::storage::sled::SledEngine::open(dir.path()).expect("sled opens"));
-        let (log, sm) = open_group(&engine, 7)?;
-        Ok((dir, log, sm))
-    }
-}
-
-#[test]
-fn openraft_storage_suite_passes_on_the_sled_engine() {
-    Suite::test_all(SledStoreBuilder).expect("openraft storage suite on sled");
-}
 
 fn entry(index: u64, req: Request) -> Entry {
     Entry {

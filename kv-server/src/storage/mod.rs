@@ -6,8 +6,6 @@ pub mod group_commit;
 pub mod memory;
 pub mod record;
 pub mod sled;
-#[cfg(test)]
-mod tests;
 
 use std::ops::Bound;
 use std::path::Path;

@@ -1,17 +1,17 @@
-//! In-process cluster tests of the CP engine: N `CpEngine`s joined by an in-memory transport
-//! whose filter drops traffic between chosen node pairs (partitions come from the transport, not
-//! from flags in the engine). Waits poll a condition against a generous deadline; no test sleeps
-//! to synchronise.
+//! In-process cluster tests of the CP engine: N `CpEngine`s joined by kv-testkit's in-memory
+//! network, whose filters drop traffic between chosen nodes (partitions come from the transport,
+//! not from flags in the engine), each node on a simulated disk that loses every unflushed write
+//! when the node is killed — so a restart shows what a power loss would leave. Waits poll a
+//! condition against a generous deadline; no test sleeps to synchronise.
 
-use crate::cp::engine::{group_id, CpConfig, CpEngine, CpError, GroupSpec};
-use crate::cp::network::{RaftKind, RaftTransport, TransportError};
-use crate::cp::types::{CasOutcome, Expected};
-use crate::storage::memory::MemoryEngine;
-use crate::types::NodeId;
-use futures::future::BoxFuture;
 use futures::FutureExt;
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, Weak};
+use kv_server::cp::engine::{group_id, CpConfig, CpEngine, CpError, GroupSpec};
+use kv_server::cp::types::{CasOutcome, Expected};
+use kv_server::types::NodeId;
+use kv_testkit::disk::SimDisk;
+use kv_testkit::memnet::MemNet;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -26,69 +26,6 @@ const DEADLINE_SLACK: Duration = Duration::from_millis(1000);
 /// Attempts at a racy test setup step (isolating the current leader) before failing.
 const MAX_SETUP_ATTEMPTS: usize = 10;
 const KS: u32 = 1;
-
-/// Routes Raft messages between in-process engines, dropping blocked pairs.
-#[derive(Default)]
-struct Router {
-    engines: Mutex<BTreeMap<NodeId, Weak<CpEngine>>>,
-    /// Directed pairs (from, to) whose messages are dropped.
-    blocked: Mutex<BTreeSet<(NodeId, NodeId)>>,
-}
-
-impl Router {
-    fn is_blocked(&self, from: NodeId, to: NodeId) -> bool {
-        self.blocked.lock().unwrap().contains(&(from, to))
-    }
-}
-
-struct NodeTransport {
-    from: NodeId,
-    router: Arc<Router>,
-}
-
-impl RaftTransport for NodeTransport {
-    fn send(
-        &self,
-        to: NodeId,
-        group: u64,
-        kind: RaftKind,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Vec<u8>, TransportError>> {
-        let (from, router) = (self.from, self.router.clone());
-        async move {
-            let unreachable = |reason: &str| TransportError::Unreachable {
-                to,
-                reason: reason.into(),
-            };
-            if router.is_blocked(from, to) {
-                return Err(unreachable("partitioned"));
-            }
-            let engine = router
-                .engines
-                .lock()
-                .unwrap()
-                .get(&to)
-                .and_then(Weak::upgrade);
-            let engine = engine.ok_or_else(|| unreachable("down"))?;
-            let answer = engine
-                .handle_raft(group, kind.code(), &payload)
-                .await
-                .map_err(|e| TransportError::Network {
-                    to,
-                    reason: e.to_string(),
-                })?;
-            // A partition that formed while the request was in flight also eats the answer.
-            if router.is_blocked(to, from) {
-                return Err(TransportError::Network {
-                    to,
-                    reason: "answer dropped".into(),
-                });
-            }
-            Ok(answer)
-        }
-        .boxed()
-    }
-}
 
 fn test_config() -> CpConfig {
     CpConfig {
@@ -105,8 +42,8 @@ fn test_config() -> CpConfig {
 }
 
 struct Cluster {
-    router: Arc<Router>,
-    disks: BTreeMap<NodeId, MemoryEngine>,
+    net: Arc<MemNet>,
+    disks: BTreeMap<NodeId, SimDisk>,
     nodes: BTreeMap<NodeId, Arc<CpEngine>>,
     specs: Vec<GroupSpec>,
     config: CpConfig,
@@ -128,8 +65,11 @@ impl Cluster {
             })
             .collect();
         let mut cluster = Cluster {
-            router: Arc::default(),
-            disks: ids.iter().map(|id| (*id, MemoryEngine::new())).collect(),
+            net: MemNet::new(),
+            disks: ids
+                .iter()
+                .map(|id| (*id, SimDisk::new(&format!("node-{id}"))))
+                .collect(),
             nodes: BTreeMap::new(),
             specs,
             config,
@@ -141,32 +81,28 @@ impl Cluster {
     }
 
     async fn start(&mut self, id: NodeId) {
-        let transport = Arc::new(NodeTransport {
-            from: id,
-            router: self.router.clone(),
-        });
         let engine = CpEngine::start(
             id,
-            Arc::new(self.disks[&id].clone()),
-            transport,
+            Arc::new(self.disks[&id].open()),
+            self.net.raft_transport(id),
             self.config.clone(),
             self.specs.clone(),
         )
         .await
         .expect("engine starts");
         let engine = Arc::new(engine);
-        self.router
-            .engines
-            .lock()
-            .unwrap()
-            .insert(id, Arc::downgrade(&engine));
+        self.net.add_cp(id, &engine);
         self.nodes.insert(id, engine);
     }
 
-    /// Stops a node's engine (its memory "disk" survives for a restart).
+    /// Kills a node: off the network, then a power loss on its disk (every unflushed write is
+    /// gone, and the dead engine can no longer touch the disk), then its tasks are stopped.
     async fn kill(&mut self, id: NodeId) {
         let engine = self.nodes.remove(&id).expect("node is running");
-        self.router.engines.lock().unwrap().remove(&id);
+        self.net.remove(id);
+        self.disks[&id].crash();
+        let lost = self.disks[&id].stats().lost_in_last_crash;
+        println!("node {id} killed: its crash lost {lost} unflushed writes");
         engine.shutdown().await;
     }
 
@@ -176,15 +112,11 @@ impl Cluster {
 
     /// Drops all traffic between `id` and every other node.
     fn isolate(&self, id: NodeId) {
-        let mut blocked = self.router.blocked.lock().unwrap();
-        for other in self.disks.keys().filter(|o| **o != id) {
-            blocked.insert((id, *other));
-            blocked.insert((*other, id));
-        }
+        self.net.isolate(id);
     }
 
     fn heal(&self) {
-        self.router.blocked.lock().unwrap().clear();
+        self.net.heal();
     }
 
     /// Isolates the leader of `partition` and returns it. Retries if leadership moved between
@@ -458,7 +390,7 @@ async fn a_minority_side_fails_with_unavailable_by_the_deadline_and_catches_up_a
     let n = cluster.node(old);
     let started = Instant::now();
     let deadline = started + MINORITY_DEADLINE;
-    let put = crate::cp::types::Request::Put {
+    let put = kv_server::cp::types::Request::Put {
         keyspace: KS,
         key: b"k".to_vec(),
         value: b"lost?".to_vec(),
@@ -513,7 +445,7 @@ async fn a_minority_side_fails_with_unavailable_by_the_deadline_and_catches_up_a
     })
     .await;
     let started = Instant::now();
-    let put = crate::cp::types::Request::Put {
+    let put = kv_server::cp::types::Request::Put {
         keyspace: KS,
         key: b"k".to_vec(),
         value: b"x".to_vec(),
@@ -705,9 +637,9 @@ async fn the_skip_read_index_bug_serves_stale_reads_on_an_isolated_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metadata_group_creates_and_lists_keyspaces_consistently() {
-    use crate::cp::engine::META_PARTITION;
-    use crate::cp::types::KeyspaceOutcome;
-    use crate::types::KeyspaceDef;
+    use kv_server::cp::engine::META_PARTITION;
+    use kv_server::cp::types::KeyspaceOutcome;
+    use kv_server::types::KeyspaceDef;
     let mut cluster = Cluster::new(3, 0, test_config()).await;
     cluster.specs.push(GroupSpec::meta(vec![1, 2, 3]));
     for id in [1, 2, 3] {
@@ -729,7 +661,7 @@ async fn the_metadata_group_creates_and_lists_keyspaces_consistently() {
                         cluster
                             .node(*id)
                             .groups_led()
-                            .contains(&crate::cp::META_GROUP)
+                            .contains(&kv_server::cp::META_GROUP)
                     })
                 })
                 .await;

@@ -1,21 +1,120 @@
-//! The storage conformance suite: every case is written once against `&dyn Engine` and run for
-//! each engine (memory, and sled in a temporary directory), so the engines cannot drift apart.
-//! Cases that need a real disk (reopen, the lock, on-disk corruption) run on sled only.
+//! The storage conformance suite: every case is written once against `&dyn Engine`, and every
+//! engine (memory, sled, the simulated disk, and any engine added later) runs all of them, so
+//! the engines cannot drift apart (TiKV's `engine_traits` tests, in spirit).
+//!
+//! Use it from a test target with [`crate::storage_conformance!`] (one `#[test]` per case) or
+//! call [`run_all`]. Cases that need more than the trait — reopening a directory, a second
+//! process's lock — live beside the engine's own tests; [`restart_keeps_flushed_writes`] takes
+//! the restart as a closure so that every engine that can restart runs it.
 
-use super::memory::MemoryEngine;
-use super::record::{RecordTree, StoredRecord};
-use super::sled::SledEngine;
-use super::{open_engine, BatchOp, Engine, EngineKind, StorageError, Tree};
-use crate::types::Version;
+use kv_server::storage::record::{RecordTree, StoredRecord};
+use kv_server::storage::{BatchOp, Engine, StorageError, Tree};
+use kv_server::types::Version;
 use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
 /// Batches the writer applies while a reader checks atomicity.
-const ATOMICITY_BATCHES: u64 = 2_000;
+pub const ATOMICITY_BATCHES: u64 = 2_000;
 /// Proptest cases of the model test per engine (sled opens a database per case).
-const MODEL_CASES: u32 = 48;
+pub const MODEL_CASES: u32 = 48;
+
+/// One case of the suite: it gets a fresh engine and panics on a violation.
+pub type Case = fn(&dyn Engine);
+
+/// Every case that needs only a fresh engine, by name.
+pub const CASES: &[(&str, Case)] = &[
+    ("get_insert_remove", get_insert_remove),
+    ("range_bounds_and_limit", range_bounds_and_limit),
+    ("last", last),
+    (
+        "batch_applies_every_op_in_order",
+        batch_applies_every_op_in_order,
+    ),
+    ("batch_is_atomic_to_readers", batch_is_atomic_to_readers),
+    ("trees_are_independent", trees_are_independent),
+    (
+        "corrupt_record_is_reported_not_returned",
+        corrupt_record_is_reported_not_returned,
+    ),
+];
+
+/// An engine under test and whatever must outlive it (a temporary directory).
+pub struct EngineFixture {
+    /// The engine the cases run on.
+    pub engine: Arc<dyn Engine>,
+    // Declared after `engine` so it drops after it: the directory outlives the database.
+    _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl EngineFixture {
+    /// A fixture of an engine that needs nothing else.
+    pub fn new(engine: impl Engine) -> Self {
+        Self {
+            engine: Arc::new(engine),
+            _guard: None,
+        }
+    }
+
+    /// A fixture that keeps `guard` (e.g. a `tempfile::TempDir`) until the engine is dropped.
+    pub fn with_guard(engine: impl Engine, guard: impl std::any::Any + Send + Sync) -> Self {
+        Self {
+            engine: Arc::new(engine),
+            _guard: Some(Box::new(guard)),
+        }
+    }
+}
+
+/// Runs every case of [`CASES`] on a fresh engine from `make`, then the model test.
+pub fn run_all(make: impl Fn() -> EngineFixture) {
+    for (name, case) in CASES {
+        eprintln!("storage conformance case {name}");
+        case(&*make().engine);
+    }
+    model_test(make, MODEL_CASES);
+}
+
+/// Generates a module `$name` with one `#[test]` per case of the suite, each on a fresh
+/// engine from `$make` (a closure returning an [`EngineFixture`]), plus the model test.
+#[macro_export]
+macro_rules! storage_conformance {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::storage_conformance!(@cases $make;
+                get_insert_remove,
+                range_bounds_and_limit,
+                last,
+                batch_applies_every_op_in_order,
+                batch_is_atomic_to_readers,
+                trees_are_independent,
+                corrupt_record_is_reported_not_returned,
+            );
+            #[test]
+            fn matches_the_model() {
+                $crate::storage_suite::model_test($make, $crate::storage_suite::MODEL_CASES);
+            }
+        }
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(#[test]
+        fn $case() {
+            let fixture = ($make)();
+            $crate::storage_suite::$case(&*fixture.engine);
+        })*
+
+        /// A case added to `CASES` but not to this macro would silently not run here.
+        #[test]
+        fn every_case_of_the_suite_runs() {
+            let generated: &[&str] = &[$(stringify!($case)),*];
+            let listed: Vec<&str> = $crate::storage_suite::CASES.iter().map(|c| c.0).collect();
+            assert_eq!(generated, listed.as_slice());
+        }
+    };
+}
 
 fn entry(k: &[u8], v: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (k.to_vec(), v.to_vec())
@@ -25,7 +124,13 @@ fn keys(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<&[u8]> {
     entries.iter().map(|(k, _)| k.as_slice()).collect()
 }
 
-fn get_insert_remove(engine: &dyn Engine) {
+fn all(t: &dyn Tree) -> Vec<(Vec<u8>, Vec<u8>)> {
+    t.range(Bound::Unbounded, Bound::Unbounded, usize::MAX)
+        .unwrap()
+}
+
+/// Point reads and writes; removing a missing key is fine; an empty value is a value.
+pub fn get_insert_remove(engine: &dyn Engine) {
     let t = engine.open_tree("data").unwrap();
     assert_eq!(t.get(b"k").unwrap(), None);
     t.insert(b"k", b"v1").unwrap();
@@ -42,20 +147,19 @@ fn get_insert_remove(engine: &dyn Engine) {
     assert_eq!(t.name(), "data");
 }
 
-fn range_bounds_and_limit(engine: &dyn Engine) {
+/// Ranges are byte-wise ordered, honour both bounds and the limit.
+pub fn range_bounds_and_limit(engine: &dyn Engine) {
     let t = engine.open_tree("data").unwrap();
     for k in [&b"a"[..], b"ab", b"b", b"c", b"d", &[0x00], &[0xff, 0x00]] {
         t.insert(k, k).unwrap();
     }
-    let all = t
-        .range(Bound::Unbounded, Bound::Unbounded, usize::MAX)
-        .unwrap();
+    let everything = all(&*t);
     // Byte-wise lexicographic order: a prefix sorts before its extensions.
     assert_eq!(
-        keys(&all),
+        keys(&everything),
         vec![&[0x00][..], b"a", b"ab", b"b", b"c", b"d", &[0xff, 0x00]]
     );
-    assert!(all.iter().all(|(k, v)| k == v));
+    assert!(everything.iter().all(|(k, v)| k == v));
     let r = |s: Bound<&[u8]>, e: Bound<&[u8]>, limit| {
         let got = t.range(s, e, limit).unwrap();
         keys(&got).iter().map(|k| k.to_vec()).collect::<Vec<_>>()
@@ -71,9 +175,13 @@ fn range_bounds_and_limit(engine: &dyn Engine) {
     assert_eq!(r(Included(&[0xff, 0x01]), Unbounded, 10), v(&[]));
     assert_eq!(r(Unbounded, Unbounded, 0), v(&[]));
     assert_eq!(r(Unbounded, Unbounded, 3), v(&[&[0x00], b"a", b"ab"]));
+    // An inverted range is empty, never a panic.
+    assert_eq!(r(Included(b"c"), Included(b"a"), 10), v(&[]));
+    assert_eq!(r(Excluded(b"b"), Excluded(b"b"), 10), v(&[]));
 }
 
-fn last(engine: &dyn Engine) {
+/// `last` follows inserts and removes.
+pub fn last(engine: &dyn Engine) {
     let t = engine.open_tree("data").unwrap();
     assert_eq!(t.last().unwrap(), None);
     t.insert(b"b", b"2").unwrap();
@@ -84,7 +192,8 @@ fn last(engine: &dyn Engine) {
     assert_eq!(t.last().unwrap(), Some(entry(b"b", b"2")));
 }
 
-fn batch_applies_every_op_in_order(engine: &dyn Engine) {
+/// A batch applies every op, in order (the later op on a key wins); an empty batch is fine.
+pub fn batch_applies_every_op_in_order(engine: &dyn Engine) {
     let t = engine.open_tree("data").unwrap();
     t.insert(b"gone", b"x").unwrap();
     t.apply_batch(&[
@@ -97,23 +206,14 @@ fn batch_applies_every_op_in_order(engine: &dyn Engine) {
         BatchOp::Remove(b"c".to_vec()),
     ])
     .unwrap();
-    assert_eq!(
-        t.range(Bound::Unbounded, Bound::Unbounded, usize::MAX)
-            .unwrap(),
-        vec![entry(b"a", b"1"), entry(b"b", b"2")]
-    );
+    assert_eq!(all(&*t), vec![entry(b"a", b"1"), entry(b"b", b"2")]);
     t.apply_batch(&[]).unwrap();
-    assert_eq!(
-        t.range(Bound::Unbounded, Bound::Unbounded, 10)
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(all(&*t).len(), 2);
 }
 
 /// A reader never sees half a batch. The writer sets "a" and "b" to the same increasing counter
 /// in one batch; reading "a" then "b", the later read of "b" can never be older than "a".
-fn batch_is_atomic_to_readers(engine: &dyn Engine) {
+pub fn batch_is_atomic_to_readers(engine: &dyn Engine) {
     let t = engine.open_tree("data").unwrap();
     let put = |t: &Arc<dyn Tree>, i: u64| {
         t.apply_batch(&[
@@ -143,7 +243,8 @@ fn batch_is_atomic_to_readers(engine: &dyn Engine) {
     assert_eq!(read(&t, b"b"), ATOMICITY_BATCHES);
 }
 
-fn trees_are_independent(engine: &dyn Engine) {
+/// Trees do not share keys; clearing one leaves the others; reopening a tree gives its data.
+pub fn trees_are_independent(engine: &dyn Engine) {
     let one = engine.open_tree("one").unwrap();
     let two = engine.open_tree("two").unwrap();
     one.insert(b"k", b"1").unwrap();
@@ -163,7 +264,8 @@ fn trees_are_independent(engine: &dyn Engine) {
     engine.flush().unwrap();
 }
 
-fn corrupt_record_is_reported_not_returned(engine: &dyn Engine) {
+/// A record whose checksum fails is an error naming key and location, never a value.
+pub fn corrupt_record_is_reported_not_returned(engine: &dyn Engine) {
     let records = RecordTree::new(engine.open_tree("records").unwrap(), engine.location());
     let record = StoredRecord {
         version: Version::Revision(7),
@@ -175,13 +277,15 @@ fn corrupt_record_is_reported_not_returned(engine: &dyn Engine) {
     assert_corrupt(&records, b"user:1", engine.location());
 }
 
-fn flip_a_byte(tree: &dyn Tree, key: &[u8]) {
+/// Flips one byte of the value stored under `key` (inside a record's payload).
+pub fn flip_a_byte(tree: &dyn Tree, key: &[u8]) {
     let mut raw = tree.get(key).unwrap().unwrap();
     raw[12] ^= 0x5a;
     tree.insert(key, &raw).unwrap();
 }
 
-fn assert_corrupt(records: &RecordTree, key: &[u8], location: &str) {
+/// Asserts that reading `key` fails as `Corrupt`, naming the key and `location`.
+pub fn assert_corrupt(records: &RecordTree, key: &[u8], location: &str) {
     let err = records.get(key).unwrap_err();
     assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
     let msg = err.to_string();
@@ -192,12 +296,49 @@ fn assert_corrupt(records: &RecordTree, key: &[u8], location: &str) {
     );
 }
 
+/// Flushed writes and batches, in several trees, are there after a restart. `restart` stops
+/// the engine it is given (drop it, or crash its disk) and returns the engine started again
+/// over the same data; every tree handle is dropped before it runs.
+pub fn restart_keeps_flushed_writes(
+    first: Arc<dyn Engine>,
+    restart: impl FnOnce(Arc<dyn Engine>) -> Arc<dyn Engine>,
+) {
+    {
+        let t = first.open_tree("data").unwrap();
+        t.insert(b"k", b"v").unwrap();
+        t.apply_batch(&[
+            BatchOp::Insert(b"b1".to_vec(), b"1".to_vec()),
+            BatchOp::Insert(b"b2".to_vec(), b"2".to_vec()),
+        ])
+        .unwrap();
+        t.flush().unwrap();
+        first
+            .open_tree("other")
+            .unwrap()
+            .insert(b"o", b"x")
+            .unwrap();
+        first.flush().unwrap();
+    }
+    let engine = restart(first);
+    let t = engine.open_tree("data").unwrap();
+    assert_eq!(
+        t.range(Bound::Unbounded, Bound::Unbounded, 10).unwrap(),
+        vec![entry(b"b1", b"1"), entry(b"b2", b"2"), entry(b"k", b"v")]
+    );
+    let other = engine.open_tree("other").unwrap();
+    assert_eq!(other.get(b"o").unwrap(), Some(b"x".to_vec()));
+}
+
 /// One operation of the model test.
 #[derive(Debug, Clone)]
-enum ModelOp {
+pub enum ModelOp {
+    /// `Tree::insert`.
     Insert(Vec<u8>, Vec<u8>),
+    /// `Tree::remove`.
     Remove(Vec<u8>),
+    /// `Tree::apply_batch`.
     Batch(Vec<BatchOp>),
+    /// `Tree::clear`.
     Clear,
 }
 
@@ -223,7 +364,7 @@ fn model_op() -> impl Strategy<Value = ModelOp> {
 }
 
 /// Applies `ops` to the engine and to a `BTreeMap` model; every read must agree.
-fn matches_the_model(engine: &dyn Engine, ops: &[ModelOp], probe: &[u8], limit: usize) {
+pub fn matches_the_model(engine: &dyn Engine, ops: &[ModelOp], probe: &[u8], limit: usize) {
     let t = engine.open_tree("model").unwrap();
     let mut model = BTreeMap::<Vec<u8>, Vec<u8>>::new();
     for op in ops {
@@ -253,11 +394,7 @@ fn matches_the_model(engine: &dyn Engine, ops: &[ModelOp], probe: &[u8], limit: 
         assert_eq!(t.get(probe).unwrap(), model.get(probe).cloned());
     }
     let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    assert_eq!(
-        t.range(Bound::Unbounded, Bound::Unbounded, usize::MAX)
-            .unwrap(),
-        want
-    );
+    assert_eq!(all(&*t), want);
     let want_from: Vec<_> = model
         .range::<[u8], _>((Bound::Included(probe), Bound::Unbounded))
         .take(limit)
@@ -277,141 +414,24 @@ fn matches_the_model(engine: &dyn Engine, ops: &[ModelOp], probe: &[u8], limit: 
     );
 }
 
-/// Generates one `#[test]` per case and engine.
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod memory_engine {
-            $(#[test]
-            fn $case() {
-                super::$case(&super::MemoryEngine::new());
-            })*
-        }
-        mod sled_engine {
-            $(#[test]
-            fn $case() {
-                let dir = tempfile::tempdir().unwrap();
-                super::$case(&super::SledEngine::open(dir.path()).unwrap());
-            })*
-        }
+/// Runs [`matches_the_model`] on `cases` random operation sequences, each on a fresh engine;
+/// a failure panics with the shrunk sequence.
+pub fn model_test(make: impl Fn() -> EngineFixture, cases: u32) {
+    let config = Config {
+        cases,
+        // Shrunk failures are kept as named regression cases by hand, not in files.
+        failure_persistence: None,
+        ..Config::default()
     };
-}
-
-conformance!(
-    get_insert_remove,
-    range_bounds_and_limit,
-    last,
-    batch_applies_every_op_in_order,
-    batch_is_atomic_to_readers,
-    trees_are_independent,
-    corrupt_record_is_reported_not_returned,
-);
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(MODEL_CASES))]
-
-    #[test]
-    fn memory_engine_matches_the_model(
-        ops in proptest::collection::vec(model_op(), 0..40),
-        probe in small_key(),
-        limit in 0usize..6,
-    ) {
-        matches_the_model(&MemoryEngine::new(), &ops, &probe, limit);
-    }
-
-    #[test]
-    fn sled_engine_matches_the_model(
-        ops in proptest::collection::vec(model_op(), 0..40),
-        probe in small_key(),
-        limit in 0usize..6,
-    ) {
-        let dir = tempfile::tempdir().unwrap();
-        matches_the_model(&SledEngine::open(dir.path()).unwrap(), &ops, &probe, limit);
-    }
-}
-
-#[test]
-fn sled_reopen_keeps_flushed_data_and_batches() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let engine = SledEngine::open(dir.path()).unwrap();
-        let t = engine.open_tree("data").unwrap();
-        t.insert(b"k", b"v").unwrap();
-        t.apply_batch(&[
-            BatchOp::Insert(b"b1".to_vec(), b"1".to_vec()),
-            BatchOp::Insert(b"b2".to_vec(), b"2".to_vec()),
-        ])
-        .unwrap();
-        t.flush().unwrap();
-        engine
-            .open_tree("other")
-            .unwrap()
-            .insert(b"o", b"x")
-            .unwrap();
-        engine.flush().unwrap();
-    }
-    let engine = SledEngine::open(dir.path()).unwrap();
-    let t = engine.open_tree("data").unwrap();
-    assert_eq!(
-        t.range(Bound::Unbounded, Bound::Unbounded, 10).unwrap(),
-        vec![entry(b"b1", b"1"), entry(b"b2", b"2"), entry(b"k", b"v")]
+    let strategy = (
+        proptest::collection::vec(model_op(), 0..40),
+        small_key(),
+        0usize..6,
     );
-    let other = engine.open_tree("other").unwrap();
-    assert_eq!(other.get(b"o").unwrap(), Some(b"x".to_vec()));
-}
-
-#[test]
-fn sled_refuses_a_directory_in_use_and_says_why() {
-    let dir = tempfile::tempdir().unwrap();
-    let _first = SledEngine::open(dir.path()).unwrap();
-    let err = SledEngine::open(dir.path())
-        .err()
-        .expect("second open must fail");
-    let msg = err.to_string();
-    let location = dir.path().display().to_string();
-    assert!(
-        msg.contains(&format!(
-            "data directory {location} is in use by another kv process (lock held)"
-        )) && msg.contains("--data-dir"),
-        "{msg}"
-    );
-}
-
-#[test]
-fn sled_reports_a_record_corrupted_on_disk_after_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let location = dir.path().display().to_string();
-    {
-        let engine = SledEngine::open(dir.path()).unwrap();
-        let records = RecordTree::new(engine.open_tree("records").unwrap(), engine.location());
-        let record = StoredRecord {
-            version: Version::Revision(1),
-            value: Some(b"v".to_vec()),
-        };
-        records.put(b"key-9", &record).unwrap();
-        flip_a_byte(records.raw().as_ref(), b"key-9");
-        engine.flush().unwrap();
-    }
-    let engine = SledEngine::open(dir.path()).unwrap();
-    assert_eq!(engine.location(), location);
-    let records = RecordTree::new(engine.open_tree("records").unwrap(), engine.location());
-    assert_corrupt(&records, b"key-9", &location);
-}
-
-#[test]
-fn open_engine_picks_the_engine_and_needs_a_dir_for_sled() {
-    let dir = tempfile::tempdir().unwrap();
-    let sled = open_engine(EngineKind::Sled, Some(dir.path())).unwrap();
-    assert_eq!(sled.location(), dir.path().display().to_string());
-    assert_eq!(
-        open_engine(EngineKind::Memory, None).unwrap().location(),
-        "memory"
-    );
-    let err = open_engine(EngineKind::Sled, None)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(err.contains("--data-dir"), "{err}");
-    assert_eq!("sled".parse::<EngineKind>(), Ok(EngineKind::Sled));
-    assert_eq!("memory".parse::<EngineKind>(), Ok(EngineKind::Memory));
-    assert!("rocks".parse::<EngineKind>().unwrap_err().contains("rocks"));
+    TestRunner::new(config)
+        .run(&strategy, |(ops, probe, limit)| {
+            matches_the_model(&*make().engine, &ops, &probe, limit);
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("the engine disagrees with the model: {e}"));
 }
