@@ -3,7 +3,8 @@
 //! engines cannot drift apart. Then what only some engines can show: sled's reopen, lock and
 //! on-disk corruption; the simulated disk's crash, through the CP group store.
 
-use kv_server::cp::store::{open_group, LogStore, StateMachineStore};
+use kv_server::cp::state_machine::StateMachineStore;
+use kv_server::cp::store::{open_group, LogStore};
 use kv_server::cp::types::{Entry, LogId, RaftStorageError, Request, TypeConfig};
 use kv_server::storage::memory::MemoryEngine;
 use kv_server::storage::record::{RecordTree, StoredRecord};

@@ -2,12 +2,12 @@
 //! simulated TCP) and simulated clusters of real `kv_server::Node`s, for simulation tests and the
 //! scenario runner.
 
+use crate::disk::{SimDisk, SimEngine};
 use hyper_util::rt::TokioIo;
 use kv_client::{Client, ClientConfig};
 use kv_core::net::Dialer;
 use kv_server::config::NodeConfig;
 use kv_server::node::Node;
-use kv_server::storage::memory::MemoryEngine;
 use kv_server::types::Member;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -132,7 +132,7 @@ impl Default for SimOptions {
     }
 }
 
-/// Adds `opts.nodes` node hosts to `sim`, each on its own memory engine that survives
+/// Adds `opts.nodes` node hosts to `sim`, each on its own simulated disk that survives
 /// `sim.crash` + `sim.bounce` like a disk would.
 pub fn add_nodes(sim: &mut turmoil::Sim<'_>, opts: &SimOptions) -> Vec<Member> {
     add_nodes_on(sim, opts, &SimDisks::default())
@@ -181,28 +181,41 @@ where
 
 // ---- Helpers of the AP simulations (`tests/sim_ap.rs`) ----
 
-/// Each simulated node's disk, swappable: a node takes its engine from here at every (re)start,
-/// so `wipe` followed by `sim.crash` + `sim.bounce` restarts it on an empty disk.
+/// The disks of a simulation's nodes, kept outside the host closures so they survive
+/// `crash` + `bounce`. Each is a [`SimDisk`]: a node that restarts first loses every write it
+/// had not flushed (a power loss at the crash), so the simulations check durability, not only
+/// recovery; `wipe` followed by `sim.crash` + `sim.bounce` restarts a node on an empty disk.
+/// Cloning shares the disks.
 #[derive(Clone, Default)]
-pub struct SimDisks(Arc<std::sync::Mutex<std::collections::BTreeMap<String, MemoryEngine>>>);
+pub struct SimDisks(Arc<std::sync::Mutex<std::collections::BTreeMap<String, (SimDisk, bool)>>>);
 
 impl SimDisks {
-    /// The engine node `name` runs on (created empty on first use).
-    pub fn engine(&self, name: &str) -> MemoryEngine {
-        self.0
-            .lock()
-            .expect("disks lock")
+    /// Mounts node `name`'s disk (created empty on first use); every mount after the first is
+    /// a restart, so the disk first loses what was not flushed.
+    pub fn engine(&self, name: &str) -> SimEngine {
+        let mut disks = self.0.lock().expect("disks lock");
+        let (disk, mounted) = disks
             .entry(name.to_string())
-            .or_default()
-            .clone()
+            .or_insert_with(|| (SimDisk::new(&format!("simdisk:{name}")), false));
+        if *mounted {
+            disk.crash();
+        }
+        *mounted = true;
+        disk.open()
     }
 
     /// Replaces node `name`'s disk with an empty one, used from its next (re)start.
     pub fn wipe(&self, name: &str) {
-        self.0
-            .lock()
-            .expect("disks lock")
-            .insert(name.to_string(), MemoryEngine::new());
+        self.0.lock().expect("disks lock").insert(
+            name.to_string(),
+            (SimDisk::new(&format!("simdisk:{name}")), false),
+        );
+    }
+
+    /// Node `name`'s disk statistics (flushes, crashes, writes lost in the last crash).
+    pub fn stats(&self, name: &str) -> Option<crate::disk::DiskStats> {
+        let disks = self.0.lock().expect("disks lock");
+        disks.get(name).map(|(disk, _)| disk.stats())
     }
 }
 

@@ -2,7 +2,8 @@
 //! across snapshots, and is forgotten only past the window.
 
 use crate::cp::dedup::REQUEST_ID_WINDOW;
-use crate::cp::store::{open_group, StateMachineStore};
+use crate::cp::state_machine::StateMachineStore;
+use crate::cp::store::open_group;
 use crate::cp::types::{CasOutcome, Entry, Expected, LogId, Request, RequestId, Response};
 use crate::storage::memory::MemoryEngine;
 use crate::storage::Engine;

@@ -8,9 +8,11 @@
 //! - groups are fixed at construction; the map is never mutated, so lookups take no lock.
 
 use crate::cp::codec::{self, CodecError};
+use crate::cp::keys::KEYSPACE_PREFIX;
 use crate::cp::network::{self, NetworkFactory, RaftKind, RaftTransport};
 use crate::cp::runtime::{self, derive_seed};
-use crate::cp::store::{open_group, SmReader, KEYSPACE_PREFIX};
+use crate::cp::state_machine::SmReader;
+use crate::cp::store::open_group;
 use crate::cp::types::{CasOutcome, Expected, KeyspaceOutcome, Raft, Request, Response};
 use crate::storage::{Engine, StorageError};
 use crate::types::{KeyspaceDef, NodeId};

@@ -57,7 +57,7 @@ async fn a_builtin_keyspace_cannot_be_redefined_even_before_anything_was_created
     // Nothing was stored: the definitions listed are still only the built-ins' (none stored).
     let stored = sm
         .reader()
-        .scan_prefix(crate::cp::store::KEYSPACE_PREFIX)
+        .scan_prefix(crate::cp::keys::KEYSPACE_PREFIX)
         .unwrap();
     assert!(stored.is_empty(), "stored {} definitions", stored.len());
 }

@@ -11,8 +11,10 @@
 pub mod codec;
 pub mod dedup;
 pub mod engine;
+pub mod keys;
 pub mod network;
 pub mod runtime;
+pub mod state_machine;
 pub mod store;
 pub mod types;
 
