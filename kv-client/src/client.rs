@@ -13,8 +13,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-/// Default deadline of one request, retries included.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most attempts one request makes (the first try included).
 pub const MAX_ATTEMPTS: u32 = 10;
 /// Least time left for the client to start another attempt.

@@ -1,11 +1,13 @@
 //! What a caller configures and gets back: client settings, per-request options, expected
 //! values of a compare-and-swap, and the results of each operation.
 
-use crate::client::DEFAULT_TIMEOUT;
 use crate::net::{Dialer, TcpDialer};
 use kv_proto::v1 as pb;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Default deadline of one request, retries included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How the client picks the node a request goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -7,7 +7,7 @@
 //! **Invariant:** a registration is completed only by a flush that started after it was made,
 //! so every write made before registering is durable when its completion says `Ok`.
 
-use super::{Result, StorageError};
+use super::error::{Result, StorageError};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;

@@ -1,7 +1,8 @@
 //! In-memory engine: a `BTreeMap` per tree behind a mutex. Used by tests and simulations, where
 //! sled's background threads would break determinism.
 
-use super::{BatchOp, Engine, Result, Tree};
+use super::engine::{BatchOp, Engine, Tree};
+use super::error::Result;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};

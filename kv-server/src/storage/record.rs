@@ -6,7 +6,8 @@
 //! `[format u8 = 1][version kind u8: 1 revision | 2 hlc][revision u64 | physical_ms u64, logical u32, node_id u64]`
 //! `[tombstone u8][value_len u32][value bytes][crc32 u32 of everything before it]`
 
-use super::{Result, StorageError, Tree};
+use super::engine::Tree;
+use super::error::{Result, StorageError};
 use crate::types::{Hlc, Version};
 use std::sync::Arc;
 

@@ -3,8 +3,9 @@
 //! directory; `apply_batch` is one `sled::Batch` (all or nothing, also across a crash); `flush`
 //! returns only once earlier writes are on disk.
 
+use super::engine::{BatchOp, Engine, Tree};
+use super::error::{Result, StorageError};
 use super::group_commit::GroupCommit;
-use super::{BatchOp, Engine, Result, StorageError, Tree};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
