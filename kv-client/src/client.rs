@@ -1,6 +1,6 @@
 //! The `Client`: ring discovery, routing, deadlines and safe retries.
 
-use crate::error::Error;
+use crate::error::{Error, LEADER_HEADER};
 use crate::net::validate_addr;
 use crate::options::{CasResult, ClientConfig, Expected, GetResult, Options, Routing, WriteResult};
 use crate::placement::partition_for_key;
@@ -434,12 +434,13 @@ impl Client {
             self.track(&addr, 1);
             let mut request = tonic::Request::new(req.clone());
             request.set_timeout(remaining);
-            let result = tokio::time::timeout(remaining, send(grpc, request))
-                .await
-                .map(|r| r.map(tonic::Response::into_inner));
+            let result = tokio::time::timeout(remaining, send(grpc, request)).await;
             self.track(&addr, -1);
             let err = match result {
-                Ok(Ok(v)) => return Ok(v),
+                Ok(Ok(resp)) => {
+                    self.learn_leader(keyspace, key, resp.metadata());
+                    return Ok(resp.into_inner());
+                }
                 Ok(Err(status)) => Error::from_status(status, &self.describe(&addr)),
                 Err(_) => Error::DeadlineExceeded {
                     elapsed_ms: start.elapsed().as_millis() as u64,
@@ -504,6 +505,24 @@ impl Client {
             let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Remembers the leader a CP answer names (the `kv-leader` header), so the next request
+    /// for this partition goes straight to it, with no server-side hop.
+    fn learn_leader(&self, keyspace: &str, key: &[u8], metadata: &tonic::metadata::MetadataMap) {
+        let Some(leader) = metadata.get(LEADER_HEADER).and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        let ring = self.inner.ring.lock().expect("ring lock");
+        if ring.partition_count == 0 || !ring.name_of.contains_key(leader) {
+            return;
+        }
+        let p = partition_for_key(key, ring.partition_count);
+        let mut leaders = self.inner.leaders.lock().expect("leader lock");
+        let slot = (keyspace.to_string(), p);
+        if leaders.get(&slot).map(String::as_str) != Some(leader) {
+            leaders.insert(slot, leader.to_string());
         }
     }
 
