@@ -592,7 +592,8 @@ fn purge_horizons() {
 fn tombstones_purgeable() {
     const GRACE: u64 = 1_000;
     // (written_ms, arrival, now_ms, horizon) → purgeable.
-    let cases: [((u64, u64, u64, Option<u64>), bool); 7] = [
+    type Case = (u64, u64, u64, Option<u64>);
+    let cases: [(Case, bool); 7] = [
         ((100, 150, 1_101, Some(200)), true),
         // Not yet past the grace period (at the edge is not past it).
         ((100, 150, 1_100, Some(200)), false),
