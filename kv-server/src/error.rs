@@ -41,6 +41,9 @@ pub enum NodeError {
     /// The deadline passed.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A bound on the work in flight was reached; nothing was done.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Stored data failed its checksum.
     #[error("{0}")]
     DataLoss(String),
@@ -75,6 +78,7 @@ impl NodeError {
             NodeError::Unavailable(_) | NodeError::NotSent(_) => Code::Unavailable,
             NodeError::NotLeader { .. } => Code::Aborted,
             NodeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            NodeError::ResourceExhausted(_) => Code::ResourceExhausted,
             NodeError::DataLoss(_) => Code::DataLoss,
             NodeError::Internal(_) => Code::Internal,
             NodeError::Remote(s) => s.code(),

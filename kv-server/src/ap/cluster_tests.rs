@@ -108,7 +108,8 @@ async fn too_few_reachable_nodes_is_unavailable_with_counts() {
                 op: "write",
                 needed: 2,
                 answered: 1,
-                partition: 0
+                partition: 0,
+                ..
             }
         ),
         "{err:?}"
@@ -284,7 +285,7 @@ async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves(
         .collect();
     for k in &changed {
         let mut r = c.local(1, k).unwrap();
-        r.hlc = c.node(1).hlc().now();
+        r.hlc = c.node(1).hlc().now().unwrap();
         r.value = Some(b"changed".to_vec());
         c.node(1).apply_replica(c.ks.id, r, None).unwrap();
     }
@@ -318,7 +319,7 @@ async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves(
     let k = b"cnew".to_vec();
     let rec = super::lww::ApRecord {
         key: k.clone(),
-        hlc: n3.hlc().now(),
+        hlc: n3.hlc().now().unwrap(),
         value: Some(b"x".to_vec()),
     };
     n3.apply_replica(c.ks.id, rec.clone(), None).unwrap();
@@ -463,19 +464,38 @@ async fn partition_then_heal_converges_on_the_newest_write_and_deletes_stay_dele
     assert_eq!(c.local(1, &gone).unwrap().value, None);
     assert_eq!(c.local(1, &late_del).unwrap().value, None);
 
-    // Tombstones stay through the grace period, then go; the deleted keys stay deleted.
+    // Tombstones stay through the grace period, then go once every replica completed an
+    // exchange with every other one since they arrived; the deleted keys stay deleted.
+    let ks = [c.ks.clone()];
+    let all_exchange = || async {
+        for x in [1, 2, 3] {
+            for y in [1, 2, 3] {
+                if x != y {
+                    let s = c.node(x).anti_entropy_once(c.ks.id, 0, y).await.unwrap();
+                    assert!(s.complete, "{x} with {y}: {s:?}");
+                }
+            }
+        }
+    };
     for clock in c.clocks.values() {
         clock.advance(DEFAULT_TOMBSTONE_GRACE_MS - 1_000);
     }
+    all_exchange().await;
     for n in [1, 2, 3] {
-        assert_eq!(c.node(n).purge_tombstones_once().unwrap(), 0, "node {n}");
+        assert_eq!(c.node(n).purge_tombstones_once(&ks).unwrap(), 0, "node {n}");
     }
     for clock in c.clocks.values() {
         clock.advance(2_000);
     }
-    for n in [1, 2, 3] {
-        assert_eq!(c.node(n).purge_tombstones_once().unwrap(), 2, "node {n}");
-        assert_eq!(c.local(n, &gone), None);
+    assert_eq!(c.node(1).purge_tombstones_once(&ks).unwrap(), 2);
+    assert_eq!(c.local(1, &gone), None);
+    // Nodes 2 and 3 still send their tombstones to node 1, which lacks the keys: past the grace
+    // period, it does not take them back (else purges would chase each other forever).
+    all_exchange().await;
+    assert_eq!((c.local(1, &gone), c.local(1, &late_del)), (None, None));
+    for n in [2, 3] {
+        assert_eq!(c.node(n).purge_tombstones_once(&ks).unwrap(), 2, "node {n}");
+        assert_eq!((c.local(n, &gone), c.local(n, &late_del)), (None, None));
     }
     for k in [&gone, &late_del] {
         assert_eq!(c.node(2).get(&c.ks, &pref, k, ALL).await.unwrap(), None);
@@ -483,30 +503,92 @@ async fn partition_then_heal_converges_on_the_newest_write_and_deletes_stay_dele
     assert!(c.local(1, &d1).is_some(), "values are never purged");
 }
 
+/// A coordinator whose clock runs a minute ahead, beyond the 500 ms maximum offset: the other
+/// replicas refuse its write, which fails saying so (it applied on the coordinator only, which
+/// keeps hints for the others); no other clock moves, and no read returns or spreads the
+/// refused record. Once real time reaches the write's timestamp the hints deliver it.
 #[tokio::test]
-async fn a_coordinator_from_the_future_advances_replica_clocks_and_is_counted() {
+async fn a_coordinator_from_the_future_is_refused_until_time_catches_up() {
     let c = Cluster::new(3, defaults);
     let k = b"ahead".to_vec();
     let pref = c.pref(&k);
+    assert_eq!(pref, vec![2, 3, 1]);
     c.clocks[&1].advance(60_000);
-    let h1 = c
+    let err = c
         .node(1)
         .put(&c.ks, &pref, &k, b"1".to_vec(), ALL)
         .await
-        .unwrap();
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ApError::Unavailable {
+                op: "write",
+                needed: 3,
+                answered: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("60000 ms ahead") && msg.contains("maximum clock offset of 500 ms"),
+        "{msg}"
+    );
     for n in [2, 3] {
-        assert_eq!(c.node(n).status().skew_events, 1, "node {n}");
+        let s = c.node(n).status();
+        assert_eq!((s.clock_refusals, s.skew_events), (1, 1), "node {n}");
+        assert_eq!(c.local(n, &k), None, "node {n} stored a refused write");
     }
-    assert_eq!(c.node(1).status().skew_events, 0);
-    // Node 2's next write is ordered after node 1's despite node 2's slower wall clock.
+    assert!(
+        c.local(1, &k).is_some(),
+        "indeterminate: applied on the coordinator"
+    );
+    assert_eq!(c.node(1).hint_counts(), BTreeMap::from([(2, 1), (3, 1)]));
+
+    // No clock moved: node 2's next write carries node 2's own time.
+    let other = b"other".to_vec();
     let h2 = c
         .node(2)
-        .put(&c.ks, &pref, &k, b"2".to_vec(), ALL)
+        .put(&c.ks, &c.pref(&other), &other, b"2".to_vec(), ALL)
         .await
         .unwrap();
-    assert!(h2 > h1, "{h2:?} must follow {h1:?}");
-    let got = c.node(3).get(&c.ks, &pref, &k, ALL).await.unwrap();
-    assert_eq!(got, Some((b"2".to_vec(), h2)));
+    assert_eq!(h2.physical_ms, 1_000_000);
+    // A read that needs node 1's answer cannot use it, and repairs nothing with it.
+    let err = c.node(2).get(&c.ks, &pref, &k, ALL).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ApError::Unavailable {
+                op: "read",
+                answered: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("ahead"), "{err}");
+    assert_eq!(c.local(2, &k), None);
+    // Node 2's anti-entropy does not take it either.
+    let s = c.node(2).anti_entropy_once(c.ks.id, 1, 1).await.unwrap();
+    assert_eq!((s.records_refused, s.records_applied), (1, 0), "{s:?}");
+    assert_eq!(c.local(2, &k), None);
+    // Hint replay is refused too while the write is beyond the bound.
+    let s = c.node(1).replay_hints_once().await.unwrap();
+    assert_eq!((s.delivered, s.failed), (0, 2));
+
+    // Node 1's clock is right again and real time has reached the write: the hints deliver it.
+    for n in [2, 3] {
+        c.clocks[&n].advance(60_000);
+    }
+    let s = c.node(1).replay_hints_once().await.unwrap();
+    assert_eq!((s.delivered, s.failed), (2, 0));
+    for n in [1, 2, 3] {
+        assert_eq!(c.local(n, &k).unwrap().value.as_deref(), Some(&b"1"[..]));
+    }
+    let got = c.node(2).get(&c.ks, &pref, &k, ALL).await.unwrap();
+    assert_eq!(got.map(|(v, _)| v), Some(b"1".to_vec()));
 }
 
 #[tokio::test]

@@ -1,11 +1,13 @@
 //! Test harness for the AP engine: a settable clock, an in-memory network of `ApEngine`s that
 //! can kill nodes and cut links (TiKV-style transport filters), a liveness fake that sees exactly
-//! what the network lets through, and a small static ring.
+//! what the network lets through, a small static ring, and a disk that keeps only what was
+//! flushed (`LossyDisk`).
 
 use super::engine::{ApConfig, ApEngine, ApRing, ApTransport, Liveness, TransportError};
 use super::lww::ApRecord;
 use crate::clock::Clock;
 use crate::storage::memory::MemoryEngine;
+use crate::storage::{BatchOp, Engine, Result as StorageResult, Tree};
 use crate::types::{Hlc, KeyspaceDef, NodeId};
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, BTreeSet};
@@ -253,11 +255,16 @@ impl Cluster {
 
     /// (Re)starts a node's engine over its existing disk.
     pub fn start(&self, id: NodeId) -> ApEngine {
+        self.start_on(id, Arc::new(self.disks[&id].clone()))
+    }
+
+    /// (Re)starts a node's engine over `disk`.
+    pub fn start_on(&self, id: NodeId, disk: Arc<dyn Engine>) -> ApEngine {
         let mut config = ApConfig::new(id);
         (self.configure)(&mut config);
         let engine = ApEngine::open(
             config,
-            Arc::new(self.disks[&id].clone()),
+            disk,
             self.clocks[&id].clone(),
             Arc::new(MemTransport {
                 from: id,
@@ -348,5 +355,108 @@ pub fn rec(key: &str, t: u64, value: Option<&str>) -> ApRecord {
             node_id: 1,
         },
         value: value.map(|v| v.as_bytes().to_vec()),
+    }
+}
+
+type Contents = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// A disk that keeps only what was flushed: `crash()` gives the disk a restarted node finds.
+/// Writes go to a live in-memory engine; a flush copies the live contents (of one tree, or of
+/// all) to the durable copy.
+#[derive(Clone, Default)]
+pub struct LossyDisk {
+    live: MemoryEngine,
+    durable: Arc<Mutex<BTreeMap<String, Contents>>>,
+    names: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl LossyDisk {
+    fn persist(&self, name: &str) -> StorageResult<()> {
+        let tree = self.live.open_tree(name)?;
+        let contents = tree
+            .range(
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+                usize::MAX,
+            )?
+            .into_iter()
+            .collect();
+        self.durable
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), contents);
+        Ok(())
+    }
+
+    /// The disk after a crash: the flushed contents only.
+    pub fn crash(&self) -> LossyDisk {
+        let after = LossyDisk::default();
+        for (name, contents) in self.durable.lock().unwrap().iter() {
+            let tree = after.live.open_tree(name).unwrap();
+            for (k, v) in contents {
+                tree.insert(k, v).unwrap();
+            }
+            after.names.lock().unwrap().insert(name.clone());
+        }
+        *after.durable.lock().unwrap() = self.durable.lock().unwrap().clone();
+        after
+    }
+}
+
+impl Engine for LossyDisk {
+    fn open_tree(&self, name: &str) -> StorageResult<Arc<dyn Tree>> {
+        self.names.lock().unwrap().insert(name.to_string());
+        Ok(Arc::new(LossyTree {
+            inner: self.live.open_tree(name)?,
+            disk: self.clone(),
+        }))
+    }
+    fn flush(&self) -> StorageResult<()> {
+        let names: Vec<String> = self.names.lock().unwrap().iter().cloned().collect();
+        names.iter().try_for_each(|n| self.persist(n))
+    }
+    fn location(&self) -> &str {
+        "lossy memory"
+    }
+}
+
+/// A tree of a `LossyDisk`.
+struct LossyTree {
+    inner: Arc<dyn Tree>,
+    disk: LossyDisk,
+}
+
+impl Tree for LossyTree {
+    fn get(&self, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+    fn insert(&self, key: &[u8], value: &[u8]) -> StorageResult<()> {
+        self.inner.insert(key, value)
+    }
+    fn remove(&self, key: &[u8]) -> StorageResult<()> {
+        self.inner.remove(key)
+    }
+    fn apply_batch(&self, ops: &[BatchOp]) -> StorageResult<()> {
+        self.inner.apply_batch(ops)
+    }
+    fn range(
+        &self,
+        start: std::ops::Bound<&[u8]>,
+        end: std::ops::Bound<&[u8]>,
+        limit: usize,
+    ) -> StorageResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.range(start, end, limit)
+    }
+    fn last(&self) -> StorageResult<Option<(Vec<u8>, Vec<u8>)>> {
+        self.inner.last()
+    }
+    fn clear(&self) -> StorageResult<()> {
+        self.inner.clear()
+    }
+    fn flush(&self) -> StorageResult<()> {
+        self.disk.persist(self.inner.name())
+    }
+    fn name(&self) -> &str {
+        self.inner.name()
     }
 }

@@ -114,6 +114,10 @@ impl From<ApError> for NodeError {
     fn from(e: ApError) -> Self {
         match e {
             ApError::InvalidArgument(m) => NodeError::InvalidArgument(m),
+            e @ ApError::UnknownHintOwner { .. } => NodeError::InvalidArgument(e.to_string()),
+            // Not INVALID_ARGUMENT: the same timestamp is accepted once the clocks agree.
+            e @ ApError::Clock(_) => NodeError::FailedPrecondition(e.to_string()),
+            e @ ApError::Overloaded { .. } => NodeError::ResourceExhausted(e.to_string()),
             ApError::Storage(s) => s.into(),
             e @ (ApError::Unavailable { .. }
             | ApError::HintsFull { .. }
