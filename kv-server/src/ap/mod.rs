@@ -31,17 +31,9 @@ pub mod seams;
 pub mod store;
 
 #[cfg(test)]
-mod background_tests;
-#[cfg(test)]
-mod cluster_tests;
-#[cfg(test)]
-mod limits_tests;
-#[cfg(test)]
 mod plan_tests;
 #[cfg(test)]
 mod testkit;
-#[cfg(test)]
-mod tombstone_tests;
 
 pub use background::{AntiEntropyStats, ReplayStats};
 pub use config::{ApConfig, Consistency, RequestOptions};

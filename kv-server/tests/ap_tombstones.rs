@@ -2,12 +2,12 @@
 //! tombstone grace period (issue 9, item 9): while it is away its peers keep the tombstone
 //! (they have not completed an exchange with it since the delete), so when it returns with the
 //! old value, neither anti-entropy nor read repair brings the value back; once every replica
-//! exchanged with every other, the tombstones go and stay gone.
+//! exchanged with every other, the tombstones go and stay gone. Runs on kv-testkit's
+//! `ApCluster` (in-memory network, simulated disks).
 
-use super::engine::{ApConfig, Consistency, RequestOptions};
-use super::seams::ApRing;
-use super::testkit::Cluster;
-use crate::types::KeyspaceDef;
+use kv_server::ap::{ApConfig, ApRing, Consistency, RequestOptions};
+use kv_server::types::KeyspaceDef;
+use kv_testkit::memnet::ApCluster;
 
 /// Short enough to pass in a test; longer than the hint window, as `ApEngine::open` requires.
 const GRACE_MS: u64 = 10_000;
@@ -29,8 +29,8 @@ const QUORUM: RequestOptions = RequestOptions {
 /// quorum while node 3 is down; then a grace period and more pass, during which nodes 1 and 2
 /// exchange and purge as often as they like and node 1's hint for node 3 expires; node 3 comes
 /// back still holding the old value. Returns the cluster, the key and its partition.
-async fn away_past_the_grace_period() -> (Cluster, Vec<u8>, u32) {
-    let c = Cluster::new(3, short_grace);
+async fn away_past_the_grace_period() -> (ApCluster, Vec<u8>, u32) {
+    let c = ApCluster::new(3, short_grace);
     let k = b"gone".to_vec();
     let pref = c.pref(&k);
     let partition = c.ring.partition_for_key(&k);
@@ -58,7 +58,7 @@ async fn away_past_the_grace_period() -> (Cluster, Vec<u8>, u32) {
     (c, k, partition)
 }
 
-fn keyspaces(c: &Cluster) -> [KeyspaceDef; 1] {
+fn keyspaces(c: &ApCluster) -> [KeyspaceDef; 1] {
     [c.ks.clone()]
 }
 
@@ -102,7 +102,7 @@ async fn a_replica_away_past_the_grace_period_does_not_bring_a_delete_back_by_re
 
 /// Every replica exchanges with every other; then each purges, and nothing brings the key
 /// back, neither more exchanges nor reads.
-async fn purge_everywhere_and_check_it_stays_deleted(c: &Cluster, k: &[u8], partition: u32) {
+async fn purge_everywhere_and_check_it_stays_deleted(c: &ApCluster, k: &[u8], partition: u32) {
     let ks = keyspaces(c);
     for x in [1, 2, 3] {
         for y in [1, 2, 3] {

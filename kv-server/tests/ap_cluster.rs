@@ -1,19 +1,19 @@
-//! Cluster tests of the AP engine: several `ApEngine`s over the in-memory network of `testkit`,
-//! with kills, link cuts, restarts over the same disk, and background work driven by hand.
+//! Cluster tests of the AP engine: several `ApEngine`s on kv-testkit's in-memory network
+//! (`ApCluster`), each on a simulated disk, with kills, partitions, refusals and hangs from the
+//! network's filters, restarts over the same disk, and background work driven by hand.
 
-use super::engine::{ApError, Consistency, RequestOptions};
-use super::merkle::MERKLE_LEAVES;
-use super::store::DEFAULT_TOMBSTONE_GRACE_MS;
-use super::testkit::Cluster;
-use crate::storage::memory::MemoryEngine;
-use crate::types::{Hlc, NodeId};
+use kv_server::ap::merkle::{leaf_of, MERKLE_LEAVES};
+use kv_server::ap::store::DEFAULT_TOMBSTONE_GRACE_MS;
+use kv_server::ap::{ApConfig, ApError, ApRecord, Consistency, RequestOptions};
+use kv_server::types::{Hlc, NodeId, MAX_KEY_BYTES};
+use kv_testkit::disk::SimDisk;
+use kv_testkit::memnet::ApCluster;
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 
 /// An acknowledged write: its timestamp and value (`None` for a delete).
 type AckedWrite = (Hlc, Option<Vec<u8>>);
 
-fn defaults(_: &mut super::engine::ApConfig) {}
+fn defaults(_: &mut ApConfig) {}
 
 const ALL: RequestOptions = RequestOptions {
     consistency: Some(Consistency::All),
@@ -31,7 +31,7 @@ fn key(name: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_write_with_a_replica_down_is_acknowledged_through_a_durable_hint() {
-    let c = Cluster::new(5, defaults);
+    let c = ApCluster::new(5, defaults);
     let k = key("hinted");
     assert_eq!(c.pref(&k), vec![1, 2, 3, 4, 5]);
     c.kill(3);
@@ -76,7 +76,7 @@ async fn a_write_with_a_replica_down_is_acknowledged_through_a_durable_hint() {
 
 #[tokio::test]
 async fn a_failed_replica_write_falls_back_to_a_hint_on_the_next_node() {
-    let c = Cluster::new(5, defaults);
+    let c = ApCluster::new(5, defaults);
     let k = key("refused");
     // Liveness says node 2 is alive, but its write fails: the coordinator learns it at run time.
     c.refuse_writes(2, true);
@@ -91,7 +91,7 @@ async fn a_failed_replica_write_falls_back_to_a_hint_on_the_next_node() {
 
 #[tokio::test]
 async fn too_few_reachable_nodes_is_unavailable_with_counts() {
-    let c = Cluster::new(5, defaults);
+    let c = ApCluster::new(5, defaults);
     let k = key("lonely");
     for n in [2, 3, 4, 5] {
         c.kill(n);
@@ -151,7 +151,7 @@ async fn too_few_reachable_nodes_is_unavailable_with_counts() {
 
 #[tokio::test]
 async fn the_hint_bound_moves_hints_to_the_next_fallback_then_refuses() {
-    let c = Cluster::new(5, |cfg| cfg.max_hints_per_node = 2);
+    let c = ApCluster::new(5, |cfg| cfg.max_hints_per_node = 2);
     c.kill(3);
     let pref = c.pref(&key("x"));
     for i in 0..4 {
@@ -192,7 +192,7 @@ async fn the_hint_bound_moves_hints_to_the_next_fallback_then_refuses() {
 
 #[tokio::test]
 async fn read_repair_fixes_stale_and_missing_replicas() {
-    let c = Cluster::new(5, defaults);
+    let c = ApCluster::new(5, defaults);
     let k = key("repair");
     let pref = c.pref(&k);
     c.node(1)
@@ -234,7 +234,7 @@ async fn read_repair_fixes_stale_and_missing_replicas() {
 #[tokio::test]
 async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves() {
     // 3 nodes, N = 3: every node replicates every partition.
-    let mut c = Cluster::new(3, defaults);
+    let mut c = ApCluster::new(3, defaults);
     let total = 600;
     let mut per_partition = BTreeMap::<u32, usize>::new();
     for i in 0..total {
@@ -247,9 +247,9 @@ async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves(
             .unwrap();
     }
     // Node 3 loses its disk and restarts empty (no hints exist for it).
-    c.disks.insert(3, MemoryEngine::new());
+    c.disks.insert(3, SimDisk::new("node-3, wiped"));
     let n3 = c.start(3);
-    let fetched_before = c.net.range_records.load(Ordering::SeqCst);
+    let fetched_before = c.net.merkle_range_records();
     let mut fetched = 0;
     for p in 0..3 {
         let s = n3.anti_entropy_once(c.ks.id, p, 1).await.unwrap();
@@ -267,10 +267,7 @@ async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves(
         );
     }
     assert_eq!(fetched, total);
-    assert_eq!(
-        c.net.range_records.load(Ordering::SeqCst) - fetched_before,
-        total
-    );
+    assert_eq!(c.net.merkle_range_records() - fetched_before, total as u64);
 
     // A second exchange finds nothing to do.
     let s = n3.anti_entropy_once(c.ks.id, 0, 2).await.unwrap();
@@ -292,7 +289,7 @@ async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves(
     let p_a = u32::from(b'a') % 3;
     let s = n3.anti_entropy_once(c.ks.id, p_a, 1).await.unwrap();
     let leaves_touched = {
-        let mut l: Vec<u32> = changed.iter().map(|k| super::merkle::leaf_of(k)).collect();
+        let mut l: Vec<u32> = changed.iter().map(|k| leaf_of(k)).collect();
         l.sort_unstable();
         l.dedup();
         l.len()
@@ -317,7 +314,7 @@ async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves(
     }
     // The exchange is two-way: node 3 pushes what node 1 lacks.
     let k = b"cnew".to_vec();
-    let rec = super::lww::ApRecord {
+    let rec = ApRecord {
         key: k.clone(),
         hlc: n3.hlc().now().unwrap(),
         value: Some(b"x".to_vec()),
@@ -333,7 +330,7 @@ async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves(
 
 #[tokio::test]
 async fn partition_then_heal_converges_on_the_newest_write_and_deletes_stay_deleted() {
-    let c = Cluster::new(5, defaults);
+    let c = ApCluster::new(5, defaults);
     let pref = c.pref(&key(""));
     assert_eq!(pref, vec![1, 2, 3, 4, 5]);
     let (d1, d2, gone, late_del) = (key("both-1"), key("both-2"), key("gone"), key("late-del"));
@@ -509,7 +506,7 @@ async fn partition_then_heal_converges_on_the_newest_write_and_deletes_stay_dele
 /// refused record. Once real time reaches the write's timestamp the hints deliver it.
 #[tokio::test]
 async fn a_coordinator_from_the_future_is_refused_until_time_catches_up() {
-    let c = Cluster::new(3, defaults);
+    let c = ApCluster::new(3, defaults);
     let k = b"ahead".to_vec();
     let pref = c.pref(&k);
     assert_eq!(pref, vec![2, 3, 1]);
@@ -593,7 +590,7 @@ async fn a_coordinator_from_the_future_is_refused_until_time_catches_up() {
 
 #[tokio::test]
 async fn invalid_requests_are_refused_before_any_write() {
-    let c = Cluster::new(3, |cfg| cfg.max_value_bytes = 4);
+    let c = ApCluster::new(3, |cfg| cfg.max_value_bytes = 4);
     let pref = c.pref(b"k");
     let n1 = c.node(1);
     let big = n1
@@ -603,7 +600,7 @@ async fn invalid_requests_are_refused_before_any_write() {
     assert!(big.to_string().contains("limit is 4 bytes"), "{big}");
     let empty = n1.put(&c.ks, &pref, b"", vec![], ALL).await.unwrap_err();
     assert!(matches!(empty, ApError::InvalidArgument(_)));
-    let long = vec![b'k'; crate::types::MAX_KEY_BYTES + 1];
+    let long = vec![b'k'; MAX_KEY_BYTES + 1];
     assert!(matches!(
         n1.get(&c.ks, &pref, &long, ALL).await,
         Err(ApError::InvalidArgument(_))
@@ -617,7 +614,7 @@ const TEST_TIMEOUT_MS: u64 = 50;
 
 #[tokio::test]
 async fn a_replica_that_never_answers_times_out_and_is_replaced_by_a_hint() {
-    let c = Cluster::new(5, |cfg| {
+    let c = ApCluster::new(5, |cfg| {
         cfg.write_timeout_ms = TEST_TIMEOUT_MS;
         cfg.read_timeout_ms = TEST_TIMEOUT_MS;
     });
@@ -646,58 +643,4 @@ async fn a_replica_that_never_answers_times_out_and_is_replaced_by_a_hint() {
     );
     let got = c.node(1).get(&c.ks, &pref, &k, QUORUM).await.unwrap();
     assert_eq!(got.map(|(v, _)| v), Some(b"v".to_vec()));
-}
-
-/// Yields until `done()` holds; fails (never hangs) after a generous bound of iterations.
-async fn until(mut done: impl FnMut() -> bool) {
-    const MAX_YIELDS: usize = 100_000;
-    for _ in 0..MAX_YIELDS {
-        if done() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("condition not reached after {MAX_YIELDS} yields");
-}
-
-#[tokio::test]
-async fn background_work_replays_hints_and_repairs_a_wiped_replica() {
-    let mut c = Cluster::new(3, defaults);
-    let keys: Vec<Vec<u8>> = (0..30u8).map(|i| vec![b'a' + i % 3, i]).collect();
-    c.kill(3);
-    for k in &keys {
-        c.node(1)
-            .put(&c.ks, &c.pref(k), k, b"v".to_vec(), QUORUM)
-            .await
-            .unwrap();
-    }
-    // With 3 nodes there is no fallback beyond N: the coordinator keeps the hints for node 3.
-    assert_eq!(c.node(1).hint_counts(), BTreeMap::from([(3, keys.len())]));
-    assert!(c.node(2).hint_counts().is_empty());
-    // Node 1's hint replay does not run here: only anti-entropy can refill the wiped node.
-    c.disks.insert(3, MemoryEngine::new());
-    let n3 = c.start(3);
-    // Intervals tick immediately on start, so the first anti-entropy round runs right away.
-    let ks = c.ks.clone();
-    let task = n3.spawn_background(std::sync::Arc::new(move || vec![ks.clone()]));
-    until(|| keys.iter().all(|k| c.local(3, k).is_some())).await;
-    task.abort();
-    for k in &keys {
-        assert_eq!(c.local(3, k), c.local(1, k));
-    }
-
-    // Hints: node 4 of a 5-node cluster holds one for node 3 and delivers it once 3 is back.
-    let c = Cluster::new(5, defaults);
-    let k = key("bg");
-    c.kill(3);
-    c.node(1)
-        .put(&c.ks, &c.pref(&k), &k, b"v".to_vec(), ALL)
-        .await
-        .unwrap();
-    assert_eq!(c.node(4).hint_counts(), BTreeMap::from([(3, 1)]));
-    c.revive(3);
-    let task = c.node(4).spawn_background(std::sync::Arc::new(Vec::new));
-    until(|| c.node(4).hint_counts().is_empty()).await;
-    task.abort();
-    assert_eq!(c.local(3, &k).unwrap().value.as_deref(), Some(&b"v"[..]));
 }

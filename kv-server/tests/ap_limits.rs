@@ -1,16 +1,15 @@
-//! Tests of the AP engine's limits and durability (issue 9, items 7 and 11): acknowledged replica
-//! writes and hints survive a crash of a disk that loses unflushed writes, writes beyond the
-//! in-flight bound are refused, hints for non-members are refused, and timestamps beyond the
-//! maximum clock offset are refused with the gRPC status the API promises.
+//! Tests of the AP engine's limits and durability (issue 9, items 7 and 11), on kv-testkit's
+//! in-memory network and simulated disks: acknowledged replica writes and hints survive a power
+//! loss of a disk that loses unflushed writes, writes beyond the in-flight bound are refused,
+//! hints for non-members are refused, and timestamps beyond the maximum clock offset are
+//! refused with the gRPC status the API promises.
 
-use super::engine::{ApConfig, ApError, Consistency, RequestOptions};
-use super::hlc::HlcError;
-use super::lww::ApRecord;
-use super::testkit::{rec, Cluster, LossyDisk};
-use crate::error::NodeError;
-use crate::types::{Hlc, NodeId};
+use kv_server::ap::{ApConfig, ApError, ApRecord, Consistency, HlcError, RequestOptions};
+use kv_server::error::NodeError;
+use kv_server::types::{Hlc, NodeId};
+use kv_testkit::memnet::ap_cluster::rec;
+use kv_testkit::memnet::ApCluster;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use tonic::Code;
 
 fn defaults(_: &mut ApConfig) {}
@@ -22,9 +21,8 @@ fn code(e: ApError) -> Code {
 
 #[tokio::test]
 async fn an_acknowledged_replica_write_survives_a_crash_even_when_it_superseded_nothing() {
-    let c = Cluster::new(3, defaults);
-    let disk = LossyDisk::default();
-    let n1 = c.start_on(1, Arc::new(disk.clone()));
+    let c = ApCluster::new(3, defaults);
+    let n1 = c.node(1);
     let store = n1.store(c.ks.id).unwrap();
     // Another path stored this record and has not flushed yet: an anti-entropy batch before its
     // flush, or a concurrent write of the same record whose flush is still running.
@@ -39,8 +37,8 @@ async fn an_acknowledged_replica_write_survives_a_crash_even_when_it_superseded_
     let hinted = rec("h", 1_000_000, Some("hinted"));
     n1.apply_replica(c.ks.id, hinted.clone(), Some(2)).unwrap();
 
-    let after = disk.crash();
-    let n1 = c.start_on(1, Arc::new(after));
+    c.disks[&1].crash();
+    let n1 = c.start(1);
     assert_eq!(
         n1.read_replica(c.ks.id, b"k").unwrap(),
         Some(same),
@@ -58,7 +56,7 @@ fn key(i: usize) -> Vec<u8> {
 
 #[tokio::test(start_paused = true)]
 async fn writes_beyond_the_in_flight_bound_are_refused_before_anything_is_written() {
-    let c = Cluster::new(5, |cfg| cfg.max_writes_in_flight = 2);
+    let c = ApCluster::new(5, |cfg| cfg.max_writes_in_flight = 2);
     let pref = c.pref(&key(0));
     assert_eq!(pref, vec![1, 2, 3, 4, 5]);
     let one = RequestOptions::with(Consistency::One);
@@ -101,7 +99,7 @@ async fn writes_beyond_the_in_flight_bound_are_refused_before_anything_is_writte
 
 #[tokio::test]
 async fn a_hint_for_a_node_that_is_not_a_member_is_refused() {
-    let c = Cluster::new(3, defaults);
+    let c = ApCluster::new(3, defaults);
     let err = c
         .node(1)
         .apply_replica(c.ks.id, rec("k", 1_000_000, Some("v")), Some(99))
@@ -145,7 +143,7 @@ fn from_node_9(key: &str, physical_ms: u64) -> ApRecord {
 
 #[tokio::test]
 async fn a_replica_refuses_a_timestamp_beyond_the_maximum_offset_and_keeps_its_clock() {
-    let c = Cluster::new(3, defaults);
+    let c = ApCluster::new(3, defaults);
     let ten_years_ms: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
     let n1 = c.node(1);
     for (key, physical_ms, hint_for) in [
