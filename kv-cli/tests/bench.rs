@@ -19,7 +19,11 @@ fn json_report(out: &Output) -> Value {
 fn check_accounting(report: &Value, count: u64) {
     let n = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"));
     assert_eq!(n(&report["requests"]), count, "{report:#}");
-    assert_eq!(n(&report["errors"]["total"]), 0, "a healthy cluster: {report:#}");
+    assert_eq!(
+        n(&report["errors"]["total"]),
+        0,
+        "a healthy cluster: {report:#}"
+    );
     assert_eq!(n(&report["answered"]), count);
     let per_op: u64 = report["ops"]
         .as_object()
@@ -59,8 +63,20 @@ fn kv_bench_reports_short_runs_as_json_and_refuses_impossible_ones() {
     let report = json_report(&kv(
         dir,
         &[
-            "bench", "--count", "120", "-c", "4", "--keys", "50", "--preload", "--mix",
-            "get=60,put=30,cas=10", "--seed", "7", "-o", "json",
+            "bench",
+            "--count",
+            "120",
+            "-c",
+            "4",
+            "--keys",
+            "50",
+            "--preload",
+            "--mix",
+            "get=60,put=30,cas=10",
+            "--seed",
+            "7",
+            "-o",
+            "json",
         ],
     ));
     check_accounting(&report, 120);
@@ -71,7 +87,10 @@ fn kv_bench_reports_short_runs_as_json_and_refuses_impossible_ones() {
     assert_eq!(report["seed"], 7);
     assert_eq!(report["preload"]["keys"], 50);
     assert_eq!(report["preload"]["errors"], 0);
-    assert_eq!(report["ops"]["get"]["not_found"], 0, "preloaded: {report:#}");
+    assert_eq!(
+        report["ops"]["get"]["not_found"], 0,
+        "preloaded: {report:#}"
+    );
     assert_eq!(
         report["ops"]["cas"]["cas_mismatch"], 0,
         "every key holds the benchmark's value, so every swap succeeds: {report:#}"
@@ -81,8 +100,23 @@ fn kv_bench_reports_short_runs_as_json_and_refuses_impossible_ones() {
     let report = json_report(&kv(
         dir,
         &[
-            "-k", "ap", "bench", "--count", "60", "--rate", "200", "-c", "8", "--mix",
-            "put=50,get=50", "--distribution", "zipfian", "--consistency", "one", "-o", "json",
+            "-k",
+            "ap",
+            "bench",
+            "--count",
+            "60",
+            "--rate",
+            "200",
+            "-c",
+            "8",
+            "--mix",
+            "put=50,get=50",
+            "--distribution",
+            "zipfian",
+            "--consistency",
+            "one",
+            "-o",
+            "json",
         ],
     ));
     check_accounting(&report, 60);
@@ -105,9 +139,15 @@ fn kv_bench_reports_short_runs_as_json_and_refuses_impossible_ones() {
 /// any load is sent.
 fn check_refusals(dir: &std::path::Path) {
     for (args, reason) in [
-        (&["-k", "ap", "bench", "--mix", "cas=1"][..], "compare-and-swap needs a CP"),
+        (
+            &["-k", "ap", "bench", "--mix", "cas=1"][..],
+            "compare-and-swap needs a CP",
+        ),
         (&["-k", "ap", "bench", "--stale"], "--stale is for CP"),
-        (&["bench", "--consistency", "one"], "--consistency is for AP"),
+        (
+            &["bench", "--consistency", "one"],
+            "--consistency is for AP",
+        ),
         (&["-k", "nope", "bench"], "does not exist"),
         (&["bench", "--mix", "scan=1"], "unknown operation"),
         (&["bench", "--concurrency", "0"], "--concurrency 0"),

@@ -197,7 +197,9 @@ impl FromStr for Mix {
                 .parse()
                 .ok()
                 .filter(|w| *w <= 1_000_000)
-                .ok_or_else(|| format!("{part:?}: the weight must be a whole number 0..=1000000"))?;
+                .ok_or_else(|| {
+                    format!("{part:?}: the weight must be a whole number 0..=1000000")
+                })?;
             weights[op.index()] = weight;
         }
         if weights.iter().all(|w| *w == 0) {

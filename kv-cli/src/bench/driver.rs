@@ -71,7 +71,10 @@ struct Progress {
 
 /// The seed of worker `w`: distinct streams from one run seed (splitmix64's finaliser).
 fn worker_seed(seed: u64, w: usize) -> u64 {
-    let mut z = seed ^ (w as u64).wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut z = seed
+        ^ (w as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -94,7 +97,10 @@ pub async fn preload(load: Arc<Load>, keys: u64) -> Measured {
                     return rec;
                 }
                 let t = Instant::now();
-                let r = load.target.send(w, Op::Put, &key_name(k), &load.value).await;
+                let r = load
+                    .target
+                    .send(w, Op::Put, &key_name(k), &load.value)
+                    .await;
                 progress.note(r.is_err());
                 rec.record(Op::Put, t.elapsed(), r);
             }
@@ -131,9 +137,7 @@ pub async fn run(load: Arc<Load>, pace: Pace, warmup: Duration, stop: Stop) -> M
         workers.spawn(async move {
             match pace {
                 Pace::Closed => closed(&load, w, measure_start, stop, &claimed, &progress).await,
-                Pace::Rate(rate) => {
-                    open(&load, w, rate, t0, warmup, stop, &progress).await
-                }
+                Pace::Rate(rate) => open(&load, w, rate, t0, warmup, stop, &progress).await,
             }
         });
     }
@@ -337,12 +341,34 @@ mod tests {
 
     #[test]
     fn an_open_loop_schedule_counts_warmup_and_measured_tickets() {
-        let s = Schedule::new(100.0, Duration::from_secs(2), Stop::After(Duration::from_secs(10)));
-        assert_eq!(s, Schedule { warmup: 200, total: 1200 });
+        let s = Schedule::new(
+            100.0,
+            Duration::from_secs(2),
+            Stop::After(Duration::from_secs(10)),
+        );
+        assert_eq!(
+            s,
+            Schedule {
+                warmup: 200,
+                total: 1200
+            }
+        );
         let s = Schedule::new(3.0, Duration::from_millis(500), Stop::Count(7));
-        assert_eq!(s, Schedule { warmup: 2, total: 9 });
+        assert_eq!(
+            s,
+            Schedule {
+                warmup: 2,
+                total: 9
+            }
+        );
         let s = Schedule::new(1000.0, Duration::ZERO, Stop::Count(5));
-        assert_eq!(s, Schedule { warmup: 0, total: 5 });
+        assert_eq!(
+            s,
+            Schedule {
+                warmup: 0,
+                total: 5
+            }
+        );
     }
 
     #[test]

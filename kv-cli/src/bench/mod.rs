@@ -162,10 +162,7 @@ async fn connect(ctx: &Ctx, a: &BenchArgs) -> Result<(Target, Option<&'static st
     }
 }
 
-async fn connect_kv(
-    ctx: &Ctx,
-    a: &BenchArgs,
-) -> Result<(Target, Option<&'static str>), CliError> {
+async fn connect_kv(ctx: &Ctx, a: &BenchArgs) -> Result<(Target, Option<&'static str>), CliError> {
     let mut clients = Vec::with_capacity(a.connections);
     for _ in 0..a.connections {
         clients.push(ctx.client().await?);

@@ -82,11 +82,14 @@ impl EtcdTarget {
             match op {
                 Op::Get => {
                     let r = client
-                        .range(request(pb::RangeRequest {
-                            key: key.to_vec(),
-                            serializable: self.serializable,
-                            ..Default::default()
-                        }, timeout))
+                        .range(request(
+                            pb::RangeRequest {
+                                key: key.to_vec(),
+                                serializable: self.serializable,
+                                ..Default::default()
+                            },
+                            timeout,
+                        ))
                         .await?
                         .into_inner();
                     let answer = if r.kvs.is_empty() {
@@ -98,21 +101,27 @@ impl EtcdTarget {
                 }
                 Op::Put => {
                     let r = client
-                        .put(request(pb::PutRequest {
-                            key: key.to_vec(),
-                            value: value.to_vec(),
-                            ..Default::default()
-                        }, timeout))
+                        .put(request(
+                            pb::PutRequest {
+                                key: key.to_vec(),
+                                value: value.to_vec(),
+                                ..Default::default()
+                            },
+                            timeout,
+                        ))
                         .await?
                         .into_inner();
                     Ok((Answer::Ok, r.header))
                 }
                 Op::Delete => {
                     let r = client
-                        .delete_range(request(pb::DeleteRangeRequest {
-                            key: key.to_vec(),
-                            ..Default::default()
-                        }, timeout))
+                        .delete_range(request(
+                            pb::DeleteRangeRequest {
+                                key: key.to_vec(),
+                                ..Default::default()
+                            },
+                            timeout,
+                        ))
                         .await?
                         .into_inner();
                     Ok((Answer::Ok, r.header))
@@ -132,11 +141,14 @@ impl EtcdTarget {
                         })),
                     };
                     let r = client
-                        .txn(request(pb::TxnRequest {
-                            compare: vec![compare],
-                            success: vec![put],
-                            failure: vec![],
-                        }, timeout))
+                        .txn(request(
+                            pb::TxnRequest {
+                                compare: vec![compare],
+                                success: vec![put],
+                                failure: vec![],
+                            },
+                            timeout,
+                        ))
                         .await?
                         .into_inner();
                     let answer = if r.succeeded {
