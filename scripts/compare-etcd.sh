@@ -9,7 +9,7 @@
 #
 # Settings (environment): DURATION=10s WARMUP=2s KEYS=10000 VALUE_SIZE=100 CONCURRENCY=64
 # ROUNDS=1 (fresh clusters per round; the table shows each figure's median round)
-# SEED=1 OUT_DIR=bench-results/compare-<time> KV_BIN=<a kv built with --features etcd>
+# SEED=1 OUT_DIR=target/compare-etcd/<time> KV_BIN=<a kv built with --features etcd>
 # CARGO_TARGET_DIR is honoured.
 set -euo pipefail
 
@@ -21,7 +21,7 @@ VALUE_SIZE=${VALUE_SIZE:-100}
 CONCURRENCY=${CONCURRENCY:-64}
 ROUNDS=${ROUNDS:-1}
 SEED=${SEED:-1}
-OUT_DIR=${OUT_DIR:-$ROOT/bench-results/compare-$(date +%Y%m%d-%H%M%S)}
+OUT_DIR=${OUT_DIR:-$ROOT/target/compare-etcd/$(date +%Y%m%d-%H%M%S)}
 # Seconds to wait for a cluster to become ready.
 READY_TIMEOUT_S=60
 unset KV_ENDPOINTS KV_DIR KV_BASE_PORT ETCDCTL_ENDPOINTS
