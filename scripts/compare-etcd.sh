@@ -24,6 +24,8 @@ SEED=${SEED:-1}
 OUT_DIR=${OUT_DIR:-$ROOT/target/compare-etcd/$(date +%Y%m%d-%H%M%S)}
 # Seconds to wait for a cluster to become ready.
 READY_TIMEOUT_S=60
+# Seconds over which the idle clusters' CPU use is sampled.
+IDLE_SAMPLE_S=5
 unset KV_ENDPOINTS KV_DIR KV_BASE_PORT ETCDCTL_ENDPOINTS
 
 say() { printf '%s\n' "$*" >&2; }
@@ -195,6 +197,11 @@ for round in $(seq 1 "$ROUNDS"); do
     say "round $round/$ROUNDS: starting etcd (3 members) and kv (3 nodes) in $TMP"
     start_etcd
     start_kv
+    # Both clusters run during every measurement: what each costs while idle, for the reader.
+    idle_etcd=$(cpu_us "${etcd_pids[@]}")
+    idle_kv=$(cpu_us $KV_PIDS)
+    sleep "$IDLE_SAMPLE_S"
+    echo "round $round idle server CPU over ${IDLE_SAMPLE_S}s: etcd $(( ($(cpu_us "${etcd_pids[@]}") - idle_etcd) / (IDLE_SAMPLE_S * 10000) ))%, kv $(( ($(cpu_us $KV_PIDS) - idle_kv) / (IDLE_SAMPLE_S * 10000) ))% of one core" >>"$OUT_DIR/machine.txt"
     say "loading $KEYS keys into etcd, kv cp and kv ap"
     preload etcd
     preload kv -k cp
