@@ -10,6 +10,8 @@
 # Settings (environment): DURATION=10s WARMUP=2s KEYS=10000 VALUE_SIZE=100 CONCURRENCY=64
 # ROUNDS=1 (fresh clusters per round; the table shows each figure's median round)
 # SEED=1 OUT_DIR=target/compare-etcd/<time> KV_BIN=<a kv built with --features etcd>
+# PROFILE="cp_put_64 etcd_put_64": runs to profile with `perf record -g` (kv's first node,
+# etcd's leader); the flat `perf report` lands beside the run's JSON.
 # CARGO_TARGET_DIR is honoured.
 set -euo pipefail
 
@@ -33,6 +35,7 @@ die() { say "compare-etcd: $*"; exit 1; }
 
 # --- what must be installed -------------------------------------------------------------
 missing=()
+[[ -n ${PROFILE:-} ]] && ! command -v perf >/dev/null && missing+=(linux-perf)
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 command -v jq >/dev/null || missing+=(jq)
@@ -130,6 +133,18 @@ start_kv() {
     KV_PIDS=$(jq -r '.nodes[].pid' "$TMP/kv/cluster.json" | tr '\n' ' ')
 }
 
+# The pid of etcd's current leader.
+etcd_leader_pid() {
+    local leader_ep i eps
+    leader_ep=$(etcdctl --endpoints "$ETCD_ENDPOINTS" endpoint status -w json |
+        jq -r '.[] | select(.Status.leader == .Status.header.member_id) | .Endpoint')
+    IFS=, read -r -a eps <<<"$ETCD_ENDPOINTS"
+    for i in "${!eps[@]}"; do
+        [[ $leader_ep == *"${eps[i]}" ]] && { echo "${etcd_pids[i]}"; return; }
+    done
+    echo "${etcd_pids[0]}"
+}
+
 # CPU time (microseconds) the given processes have used so far.
 clk_tck=$(getconf CLK_TCK)
 cpu_us() {
@@ -157,10 +172,24 @@ bench() {
         set -- "$KV_BIN" --endpoints "$ETCD_ENDPOINTS" bench --target etcd "$@"
     fi
     say "  $name"
+    local perf_pid=""
+    if [[ " ${PROFILE:-} " == *" $name "* ]]; then
+        # The profiled process: etcd's leader, or kv's first node (kv nodes lead alike).
+        local victim=${pids[0]}
+        [[ $store == etcd ]] && victim=$(etcd_leader_pid)
+        perf record -F 499 -g -p "$victim" -o "$ROUND_DIR/$name.perf.data" >/dev/null 2>&1 &
+        perf_pid=$!
+    fi
     before=$(cpu_us "${pids[@]}")
     "$@" "${COMMON[@]}" -o json >"$ROUND_DIR/$name.raw" 2>"$ROUND_DIR/$name.err" ||
         say "    (exit $?: $(head -c 300 "$ROUND_DIR/$name.err"))"
     after=$(cpu_us "${pids[@]}")
+    if [[ -n $perf_pid ]]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+        perf report -i "$ROUND_DIR/$name.perf.data" --no-children --sort dso,symbol --stdio \
+            -g none --percent-limit 0.5 >"$ROUND_DIR/$name.perf.txt" 2>/dev/null || true
+    fi
     jq --argjson cpu "$((after - before))" '. + {server_cpu_us: $cpu}' \
         "$ROUND_DIR/$name.raw" >"$ROUND_DIR/$name.json" 2>/dev/null || true
     rm -f "$ROUND_DIR/$name.raw"
