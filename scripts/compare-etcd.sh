@@ -133,6 +133,19 @@ start_kv() {
     KV_PIDS=$(jq -r '.nodes[].pid' "$TMP/kv/cluster.json" | tr '\n' ' ')
 }
 
+# The sum of kv bench durations (500ms, 10s, 2m, or bare seconds), in seconds.
+seconds() {
+    local d total=0
+    for d in "$@"; do
+        total=$(awk -v v="$d" -v t="$total" 'BEGIN {
+            if (v ~ /ms$/) { sub(/ms$/, "", v); v = v / 1000 }
+            else if (v ~ /s$/) { sub(/s$/, "", v) }
+            else if (v ~ /m$/) { sub(/m$/, "", v); v = v * 60 }
+            print t + v }')
+    done
+    echo "$total"
+}
+
 # The pid of etcd's current leader.
 etcd_leader_pid() {
     local leader_ep i eps
@@ -177,7 +190,10 @@ bench() {
         # The profiled process: etcd's leader, or kv's first node (kv nodes lead alike).
         local victim=${pids[0]}
         [[ $store == etcd ]] && victim=$(etcd_leader_pid)
-        perf record -F 499 -g -p "$victim" -o "$ROUND_DIR/$name.perf.data" >/dev/null 2>&1 &
+        # For the warm-up and the measured time, not to a signal: a signal that comes while perf
+        # is still attaching to a busy process's threads leaves an empty profile.
+        perf record -F 499 -g -p "$victim" -o "$ROUND_DIR/$name.perf.data" \
+            -- sleep "$(seconds "$WARMUP" "$DURATION")" >/dev/null 2>&1 &
         perf_pid=$!
     fi
     before=$(cpu_us "${pids[@]}")
@@ -185,7 +201,6 @@ bench() {
         say "    (exit $?: $(head -c 300 "$ROUND_DIR/$name.err"))"
     after=$(cpu_us "${pids[@]}")
     if [[ -n $perf_pid ]]; then
-        kill -INT "$perf_pid" 2>/dev/null || true
         wait "$perf_pid" 2>/dev/null || true
         perf report -i "$ROUND_DIR/$name.perf.data" --no-children --sort dso,symbol --stdio \
             -g none --percent-limit 0.5 >"$ROUND_DIR/$name.perf.txt" 2>/dev/null || true
@@ -212,9 +227,10 @@ mkdir -p "$OUT_DIR"
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    lscpu | grep -E '^(Model name|CPU\(s\)|Thread\(s\) per core|Core\(s\) per socket|CPU max MHz)' || true
+    lscpu | grep -E '^(Model name|CPU family|Model|CPU\(s\)|Thread\(s\) per core|Core\(s\) per socket|CPU max MHz|Hypervisor vendor|L3 cache):' || true
     echo "memory: $(free -h | awk '/^Mem:/ {print $2}')"
     echo "kernel: $(uname -sr)"
+    echo "data folder: $TMP on $(df -T "$TMP" | awk 'NR == 2 {print $1 " (" $2 ")"}')"
     echo "etcd: $(etcd --version | awk '/^etcd Version/ {print $3}')"
     echo "settings: duration $DURATION, warm-up $WARMUP, $KEYS keys, $VALUE_SIZE-byte values, $C in flight, $ROUNDS round(s), seed $SEED"
     echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
