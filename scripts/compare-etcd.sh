@@ -51,11 +51,17 @@ if [[ -z ${KV_BIN:-} ]]; then
     KV_BIN=$target_dir/release/kv
 fi
 [[ -x $KV_BIN ]] || die "no kv binary at $KV_BIN"
+probe=$("$KV_BIN" bench --target etcd --count 1 2>&1 || true)
+[[ $probe == *"needs --endpoints"* ]] ||
+    die "$KV_BIN cannot bench etcd ($probe): build it with cargo build --release --features etcd --bin kv"
 
 # --- clusters -----------------------------------------------------------------------------
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/kv-compare.XXXXXX")
 etcd_pids=()
 kv_up=0
+# The run uses its own copy, so a build in the same target folder cannot swap it mid-run.
+cp "$KV_BIN" "$TMP/kv-bin"
+KV_BIN=$TMP/kv-bin
 
 stop_clusters() {
     if ((kv_up)); then
