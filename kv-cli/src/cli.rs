@@ -178,6 +178,15 @@ pub enum Cmd {
         #[command(subcommand)]
         command: KeyspaceCmd,
     },
+    /// Loads the cluster and measures throughput and latency (closed or open loop).
+    #[command(after_help = "Examples:\n  \
+        kv bench --mix put=100 -c 64 --duration 10s             # CP puts, 64 in flight\n  \
+        kv bench --mix get=100 -c 64 --preload --stale           # CP stale reads\n  \
+        kv -k ap bench --mix get=80,put=20 --consistency one --distribution zipfian\n  \
+        kv bench --rate 2000 -c 256 --count 50000 --warmup 2s -o json\n  \
+        kv bench --target etcd --endpoints 127.0.0.1:2379 --mix put=100   # needs --features etcd\n\n\
+        See docs/performance.md.")]
+    Bench(crate::bench::BenchArgs),
     /// Prints a shell completion script.
     #[command(after_help = "Examples:\n  \
         kv completion bash > ~/.local/share/bash-completion/completions/kv\n  \
