@@ -1,17 +1,32 @@
 //! Starting a node: the server side of the network seam (`serve` takes any stream of
-//! connections: real TCP or turmoil's; `serve_tcp` is the real-TCP case), gRPC reflection, and
-//! the heartbeat task that checks peers' liveness and cluster identity.
+//! connections: real TCP or turmoil's; `serve_tcp` is the real-TCP case), gRPC reflection, the
+//! message size limits of both services, the statuses tonic makes by itself (normalised by
+//! `Statuses`), and the heartbeat task that checks peers' liveness and cluster identity.
+//!
+//! **Architecture invariant:** every non-OK status a client gets carries the `kv-node` header
+//! and a code from kv.proto's table: tonic's own answers to bad input (a message over the size
+//! limit, broken framing, no message) are `INVALID_ARGUMENT`, and a request whose `grpc-timeout`
+//! passes is `DEADLINE_EXCEEDED`, never tonic's `CANCELLED` "Timeout expired".
 
+use crate::error::truncate;
 use crate::node::Node;
-use crate::service::{InternalService, KvService};
+use crate::service::{parse_grpc_timeout, InternalService, KvService};
+use kv_core::headers::NODE_HEADER;
+use kv_core::limits::{max_peer_message_bytes, max_request_bytes, max_response_bytes};
 use kv_proto::internal as ipb;
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
+use tonic::body::Body;
+use tonic::codegen::{http, BoxFuture, Context, Poll, Service};
+use tonic::server::NamedService;
 use tonic::transport::server::{Connected, TcpIncoming};
 use tonic::transport::Server;
+use tonic::{Code, Status};
 
 /// Serves the public and internal APIs (plus reflection) on `incoming` until `shutdown` fires.
 pub async fn serve<I, IO, IE>(
@@ -28,18 +43,178 @@ where
         .register_encoded_file_descriptor_set(kv_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the embedded descriptor set is valid");
+    let max_value = node.config.max_value_bytes;
+    let name = node.me.name.clone();
+    // A request up to one value plus headroom decodes, so a value just over the limit is
+    // refused by validation; a larger one by tonic, as OUT_OF_RANGE, rewritten by `Statuses`.
+    let kv = kv_proto::v1::kv_server::KvServer::new(KvService::new(node.clone()))
+        .max_decoding_message_size(max_request_bytes(max_value))
+        .max_encoding_message_size(max_response_bytes(max_value));
+    let peer_limit = max_peer_message_bytes(max_value);
+    let internal = ipb::internal_server::InternalServer::new(InternalService::new(node))
+        .max_decoding_message_size(peer_limit)
+        .max_encoding_message_size(peer_limit);
     Server::builder()
         .http2_keepalive_interval(Some(kv_core::net::KEEP_ALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(kv_core::net::KEEP_ALIVE_TIMEOUT))
-        .add_service(kv_proto::v1::kv_server::KvServer::new(KvService::new(
-            node.clone(),
-        )))
-        .add_service(ipb::internal_server::InternalServer::new(
-            InternalService::new(node),
+        .add_service(Statuses::new(
+            kv,
+            StatusPolicy::new(&name, max_value, max_request_bytes(max_value)),
+        ))
+        .add_service(Statuses::new(
+            internal,
+            StatusPolicy::new(&name, max_value, peer_limit),
         ))
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+/// How a node words the statuses tonic makes by itself: its name and its message limits.
+#[derive(Debug, Clone)]
+pub struct StatusPolicy {
+    node: String,
+    max_value_bytes: usize,
+    max_message_bytes: usize,
+}
+
+/// Longest part of tonic's own error text kept in a rewritten status.
+const MAX_TONIC_DETAIL_BYTES: usize = 200;
+
+impl StatusPolicy {
+    /// The policy of node `node` whose values are at most `max_value_bytes` and whose service
+    /// decodes messages of at most `max_message_bytes`.
+    pub fn new(node: &str, max_value_bytes: usize, max_message_bytes: usize) -> Self {
+        Self {
+            node: node.to_string(),
+            max_value_bytes,
+            max_message_bytes,
+        }
+    }
+
+    /// `response` as kv.proto promises it: a status that tonic made (it has no `kv-node`
+    /// header: every status of kv's handlers has one) is given kv's code for it.
+    pub fn rewrite(&self, response: http::Response<Body>) -> http::Response<Body> {
+        if response.headers().contains_key(NODE_HEADER) {
+            return response;
+        }
+        // An OK unary answer carries its status in the trailers, not the headers.
+        let Some(status) = Status::from_header_map(response.headers()) else {
+            return response;
+        };
+        let detail = truncate(status.message(), MAX_TONIC_DETAIL_BYTES);
+        let status = match status.code() {
+            Code::Ok => return response,
+            // tonic's decode limit: "decoded message length too large: found N bytes, ...".
+            Code::OutOfRange => Status::invalid_argument(self.too_large(status.message())),
+            // tonic's answers to broken framing or a missing message: bad input, not a bug.
+            Code::Internal => Status::invalid_argument(format!(
+                "malformed gRPC request ({detail}); send one message encoded from kv.proto"
+            )),
+            // tonic's own deadline timer (normally beaten by the one in `Statuses::call`).
+            Code::Cancelled if status.message().contains("Timeout expired") => {
+                Status::deadline_exceeded(format!(
+                    "the request's deadline passed ({detail}); a write's outcome is unknown"
+                ))
+            }
+            code => Status::new(code, detail),
+        };
+        self.respond(status)
+    }
+
+    fn too_large(&self, tonic_message: &str) -> String {
+        let found = tonic_message
+            .split("found ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        let size = found.map(|n| format!(" of {n} bytes")).unwrap_or_default();
+        format!(
+            "the message{size} is over this node's limit of {} bytes: values are at most {} bytes (--max-value-bytes, raised on every node together)",
+            self.max_message_bytes, self.max_value_bytes
+        )
+    }
+
+    /// A trailers-only gRPC answer carrying `status`, named after this node.
+    fn respond(&self, status: Status) -> http::Response<Body> {
+        let mut status = Status::new(
+            status.code(),
+            format!("[{}] {}", self.node, status.message()),
+        );
+        if let Ok(v) = self.node.parse() {
+            status.metadata_mut().insert(NODE_HEADER, v);
+        }
+        status.into_http()
+    }
+}
+
+/// When a service must have answered a request whose `grpc-timeout` is `timeout`: a little
+/// before tonic's own timer (which would answer `CANCELLED`) fires. tokio's timers tick in
+/// milliseconds, so an earlier deadline is also an earlier-or-equal tick, and this answer is
+/// polled before tonic's timer is looked at.
+fn answer_within(timeout: Duration) -> Duration {
+    timeout - (timeout / 10).min(Duration::from_millis(1))
+}
+
+/// A gRPC service whose statuses are normalised by a `StatusPolicy`, and which answers
+/// `DEADLINE_EXCEEDED` itself when the request's `grpc-timeout` passes.
+#[derive(Debug, Clone)]
+pub struct Statuses<S> {
+    inner: S,
+    policy: Arc<StatusPolicy>,
+}
+
+impl<S> Statuses<S> {
+    /// `inner`, normalised by `policy`.
+    pub fn new(inner: S, policy: StatusPolicy) -> Self {
+        Self {
+            inner,
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+impl<S: NamedService> NamedService for Statuses<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for Statuses<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let timeout = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let policy = self.policy.clone();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = match timeout {
+                None => answer.await?,
+                Some(t) => match tokio::time::timeout(answer_within(t), answer).await {
+                    Ok(response) => response?,
+                    Err(_) => {
+                        return Ok(policy.respond(Status::deadline_exceeded(format!(
+                            "the request's deadline ({} ms) passed before this node answered; a write's outcome is unknown",
+                            t.as_millis()
+                        ))))
+                    }
+                },
+            };
+            Ok(policy.rewrite(response))
+        })
+    }
 }
 
 /// Serves the public and internal APIs on a bound TCP listener until `shutdown` fires, with
@@ -81,7 +256,7 @@ pub async fn heartbeat_loop(node: Arc<Node>) -> Result<(), String> {
                 // Heartbeats are never delayed by fault injection (only dropped, above), so
                 // they take the channel directly rather than through `PeerLinks::open`.
                 let channel = node.links.channel(id).map_err(|e| e.to_string())?;
-                let mut client = ipb::internal_client::InternalClient::new(channel);
+                let mut client = node.links.internal_client_on(channel);
                 let mut req = tonic::Request::new(ipb::HandshakeRequest {
                     cluster_name: node.config.cluster_name.clone(),
                     node_id: node.me.id,

@@ -57,6 +57,16 @@ pub enum CpError {
         /// What was missing.
         reason: String,
     },
+    /// The request's deadline passed before it could be answered, and it was too short for
+    /// the engine to tell an unavailable partition from a slow one (shorter than an election
+    /// timeout). A write may still apply later: its outcome is unknown.
+    #[error("partition {partition}: {reason}")]
+    DeadlineExceeded {
+        /// The partition.
+        partition: u32,
+        /// What did not happen in time.
+        reason: String,
+    },
     /// This node holds no replica of the group.
     #[error("node {node} holds no replica of keyspace {keyspace} partition {partition}")]
     UnknownGroup {
@@ -121,7 +131,16 @@ pub struct CpConfig {
     /// Root seed of the election timeouts (mixed with node and group ids): `Some` makes
     /// elections repeat in simulations; `None` (the default) draws from OS randomness.
     pub rng_seed: Option<u64>,
+    /// Byte budget of one AppendEntries message; a larger batch is split (openraft is told
+    /// `PayloadTooLarge`). `Node::start_cp` derives it from the node's value limit.
+    pub max_append_bytes: usize,
+    /// Most entries in one AppendEntries message.
+    pub max_payload_entries: u64,
 }
+
+/// Default most entries per AppendEntries: small entries batch well below it, and a lagging
+/// follower catches up in messages that each fit one heartbeat interval.
+pub const DEFAULT_MAX_PAYLOAD_ENTRIES: u64 = 64;
 
 impl Default for CpConfig {
     fn default() -> Self {
@@ -136,6 +155,10 @@ impl Default for CpConfig {
             snapshot_every_entries: 10_000,
             log_entries_kept_after_snapshot: 1000,
             rng_seed: None,
+            max_append_bytes: kv_core::limits::max_raft_append_bytes(
+                kv_core::limits::DEFAULT_MAX_VALUE_BYTES,
+            ),
+            max_payload_entries: DEFAULT_MAX_PAYLOAD_ENTRIES,
         }
     }
 }
@@ -150,6 +173,9 @@ impl CpConfig {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
             max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
             purge_batch_size: 1,
+            max_payload_entries: self.max_payload_entries,
+            // Below every node-to-node message limit (`kv_core::limits`).
+            snapshot_max_chunk_size: kv_core::limits::RAFT_SNAPSHOT_CHUNK_BYTES as u64,
             ..Default::default()
         };
         config
@@ -272,6 +298,7 @@ impl CpEngine {
                 transport: transport.clone(),
                 rpc_timeout: Duration::from_millis(config.rpc_timeout_ms),
                 unreachable_backoff: Duration::from_millis(config.unreachable_backoff_ms),
+                max_append_bytes: config.max_append_bytes,
             };
             let new_raft = Raft::new(node_id, raft_config.clone(), factory, log, sm);
             let raft = match config.rng_seed {
@@ -460,19 +487,21 @@ impl CpEngine {
         deadline: Instant,
     ) -> Result<Response, CpError> {
         let group = self.group(keyspace, partition)?;
+        let budget = deadline.saturating_duration_since(Instant::now());
         for _ in 0..=MAX_LEADER_WAITS {
             let res = tokio::time::timeout_at(deadline, group.raft.client_write(req.clone())).await;
             match res {
                 Err(_) => {
-                    return Err(self.unavailable(
+                    return Err(self.expired(
                         group,
+                        budget,
                         "the write was not committed by a quorum before the deadline; \
                          it may still apply",
                     ))
                 }
                 Ok(Ok(resp)) => return Ok(resp.data),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    self.not_leader_or_wait(group, f.leader_id, deadline)
+                    self.not_leader_or_wait(group, f.leader_id, deadline, budget)
                         .await?;
                 }
                 Ok(Err(e)) => {
@@ -512,18 +541,20 @@ impl CpEngine {
     /// Confirms leadership with a quorum and waits until the read index is applied.
     async fn read_index(&self, group: &Group, deadline: Instant) -> Result<(), CpError> {
         let partition = group.spec.partition;
+        let budget = deadline.saturating_duration_since(Instant::now());
         for _ in 0..=MAX_LEADER_WAITS {
             let res = tokio::time::timeout_at(deadline, group.raft.ensure_linearizable()).await;
             match res {
                 Err(_) => {
-                    return Err(self.unavailable(
+                    return Err(self.expired(
                         group,
+                        budget,
                         "no quorum confirmed the read index before the deadline",
                     ))
                 }
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                    self.not_leader_or_wait(group, f.leader_id, deadline)
+                    self.not_leader_or_wait(group, f.leader_id, deadline, budget)
                         .await?;
                 }
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
@@ -547,6 +578,7 @@ impl CpEngine {
         group: &Group,
         leader: Option<NodeId>,
         deadline: Instant,
+        budget: Duration,
     ) -> Result<(), CpError> {
         let partition = group.spec.partition;
         if let Some(leader) = leader.filter(|l| *l != self.node_id) {
@@ -577,7 +609,30 @@ impl CpEngine {
                 partition,
                 message: "raft stopped".into(),
             }),
-            Err(_) => Err(self.unavailable(group, "no leader was elected before the deadline")),
+            Err(_) => Err(self.expired(
+                group,
+                budget,
+                "no leader was elected before the deadline",
+            )),
+        }
+    }
+
+    /// The error of a call whose deadline passed after `budget`. A budget of at least one
+    /// election timeout was long enough for a healthy group to elect and commit: the partition
+    /// is `Unavailable` from here (the minority side of a partition answers this way). A
+    /// shorter one proves nothing about the group: the deadline is what failed.
+    fn expired(&self, group: &Group, budget: Duration, what: &str) -> CpError {
+        let election = Duration::from_millis(self.config.election_timeout_max_ms);
+        if budget >= election {
+            return self.unavailable(group, what);
+        }
+        CpError::DeadlineExceeded {
+            partition: group.spec.partition,
+            reason: format!(
+                "{what} ({} ms given; the group needs up to {} ms to elect a leader)",
+                budget.as_millis(),
+                election.as_millis()
+            ),
         }
     }
 
