@@ -70,11 +70,20 @@ mod tests {
 
     #[test]
     fn peer_messages_hold_a_raft_batch_and_a_snapshot_chunk_for_any_value_limit() {
-        for v in [1, 1024, DEFAULT_MAX_VALUE_BYTES, 64 * 1024 * 1024, usize::MAX] {
+        for v in [
+            1,
+            1024,
+            DEFAULT_MAX_VALUE_BYTES,
+            64 * 1024 * 1024,
+            usize::MAX,
+        ] {
             let peer = max_peer_message_bytes(v);
             assert!(max_request_bytes(v) > v.min(usize::MAX - 1), "{v}");
             assert!(max_raft_append_bytes(v) <= peer, "{v}");
-            assert!(RAFT_SNAPSHOT_CHUNK_BYTES + MESSAGE_HEADROOM_BYTES <= peer, "{v}");
+            assert!(
+                RAFT_SNAPSHOT_CHUNK_BYTES + MESSAGE_HEADROOM_BYTES <= peer,
+                "{v}"
+            );
         }
         assert_eq!(
             max_request_bytes(DEFAULT_MAX_VALUE_BYTES),

@@ -83,7 +83,11 @@ impl NodeConfig {
                 "--cluster-name must not contain control characters".into(),
             ));
         }
-        if let Some(p) = self.peers.iter().find(|p| p.name.chars().any(char::is_control)) {
+        if let Some(p) = self
+            .peers
+            .iter()
+            .find(|p| p.name.chars().any(char::is_control))
+        {
             return Err(ConfigError(format!(
                 "peer name {:?} contains control characters",
                 p.name
@@ -209,8 +213,13 @@ impl Identity {
         let identity = Identity {
             cluster: field("cluster")?.to_string(),
             node: field("node")?.to_string(),
-            id: field("id")?.parse().map_err(|_| "malformed id".to_string())?,
-            peer_names: field("peer_names")?.split(',').map(str::to_string).collect(),
+            id: field("id")?
+                .parse()
+                .map_err(|_| "malformed id".to_string())?,
+            peer_names: field("peer_names")?
+                .split(',')
+                .map(str::to_string)
+                .collect(),
         };
         if field("peers_fingerprint")? != format!("{:016x}", identity.peers_fingerprint()) {
             return Err("the peer names do not match their fingerprint".into());
@@ -282,7 +291,8 @@ pub fn store_identity(dir: &Path, mine: &Identity) -> Result<(), ConfigError> {
     file.write_all(mine.encode().as_bytes())
         .and_then(|_| file.sync_all())
         .map_err(|e| io("writing the identity file", e))?;
-    std::fs::rename(&tmp, dir.join(IDENTITY_FILE)).map_err(|e| io("naming the identity file", e))?;
+    std::fs::rename(&tmp, dir.join(IDENTITY_FILE))
+        .map_err(|e| io("naming the identity file", e))?;
     // The rename is durable only once the directory itself is synced.
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
@@ -330,11 +340,16 @@ mod tests {
         store_identity(dir.path(), &n1).unwrap();
         assert_eq!(read_identity(dir.path()).unwrap(), Some(n1.clone()));
         check_identity(dir.path(), &n1).expect("the same node restarts");
-        let moved = identity("n1=127.0.0.1:8001,n2=127.0.0.1:8002,n3=127.0.0.1:8003", "n1");
+        let moved = identity(
+            "n1=127.0.0.1:8001,n2=127.0.0.1:8002,n3=127.0.0.1:8003",
+            "n1",
+        );
         check_identity(dir.path(), &moved).expect("addresses may change");
 
         let swapped = identity(peers, "n2");
-        let err = check_identity(dir.path(), &swapped).unwrap_err().to_string();
+        let err = check_identity(dir.path(), &swapped)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("belongs to node n1 (id 1)"), "{err}");
         assert!(err.contains("its own --data-dir"), "{err}");
 
@@ -342,11 +357,19 @@ mod tests {
             "n3=127.0.0.1:7003,n1=127.0.0.1:7001,n2=127.0.0.1:7002",
             "n1",
         );
-        let err = check_identity(dir.path(), &reordered).unwrap_err().to_string();
-        assert!(err.contains("[n1,n2,n3]") && err.contains("[n3,n1,n2]"), "{err}");
+        let err = check_identity(dir.path(), &reordered)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[n1,n2,n3]") && err.contains("[n3,n1,n2]"),
+            "{err}"
+        );
         assert!(err.contains("original order"), "{err}");
         // The same position but other neighbours: the other nodes' ids changed.
-        let renamed = identity("n1=127.0.0.1:7001,n3=127.0.0.1:7003,n2=127.0.0.1:7002", "n1");
+        let renamed = identity(
+            "n1=127.0.0.1:7001,n3=127.0.0.1:7003,n2=127.0.0.1:7002",
+            "n1",
+        );
         assert!(check_identity(dir.path(), &renamed).is_err());
 
         let mut other_cluster = n1.clone();

@@ -14,16 +14,13 @@ use crate::service::{parse_grpc_timeout, InternalService, KvService};
 use kv_core::headers::NODE_HEADER;
 use kv_core::limits::{max_peer_message_bytes, max_request_bytes, max_response_bytes};
 use kv_proto::internal as ipb;
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
-use tonic::body::Body;
 use tonic::codegen::{http, BoxFuture, Context, Poll, Service};
-use tonic::server::NamedService;
 use tonic::transport::server::{Connected, TcpIncoming};
 use tonic::transport::Server;
 use tonic::{Code, Status};
@@ -54,17 +51,20 @@ where
     let internal = ipb::internal_server::InternalServer::new(InternalService::new(node))
         .max_decoding_message_size(peer_limit)
         .max_encoding_message_size(peer_limit);
+    let public = StatusPolicy::new(&name, max_value, max_request_bytes(max_value));
+    let peer = StatusPolicy::new(&name, max_value, peer_limit);
     Server::builder()
         .http2_keepalive_interval(Some(kv_core::net::KEEP_ALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(kv_core::net::KEEP_ALIVE_TIMEOUT))
-        .add_service(Statuses::new(
-            kv,
-            StatusPolicy::new(&name, max_value, max_request_bytes(max_value)),
-        ))
-        .add_service(Statuses::new(
-            internal,
-            StatusPolicy::new(&name, max_value, peer_limit),
-        ))
+        // Called by tonic's deadline service before it starts its own timer (see
+        // `answer_within`).
+        .layer(tower::layer::layer_fn(move |inner| Statuses {
+            inner,
+            public: Arc::new(public.clone()),
+            peer: Arc::new(peer.clone()),
+        }))
+        .add_service(kv)
+        .add_service(internal)
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -94,7 +94,7 @@ impl StatusPolicy {
 
     /// `response` as kv.proto promises it: a status that tonic made (it has no `kv-node`
     /// header: every status of kv's handlers has one) is given kv's code for it.
-    pub fn rewrite(&self, response: http::Response<Body>) -> http::Response<Body> {
+    pub fn rewrite<B: Default>(&self, response: http::Response<B>) -> http::Response<B> {
         if response.headers().contains_key(NODE_HEADER) {
             return response;
         }
@@ -136,7 +136,7 @@ impl StatusPolicy {
     }
 
     /// A trailers-only gRPC answer carrying `status`, named after this node.
-    fn respond(&self, status: Status) -> http::Response<Body> {
+    fn respond<B: Default>(&self, status: Status) -> http::Response<B> {
         let mut status = Status::new(
             status.code(),
             format!("[{}] {}", self.node, status.message()),
@@ -148,46 +148,36 @@ impl StatusPolicy {
     }
 }
 
-/// When a service must have answered a request whose `grpc-timeout` is `timeout`: a little
-/// before tonic's own timer (which would answer `CANCELLED`) fires. tokio's timers tick in
-/// milliseconds, so an earlier deadline is also an earlier-or-equal tick, and this answer is
-/// polled before tonic's timer is looked at.
+/// How long after a request arrives a node answers it when its `grpc-timeout` is `timeout`:
+/// a little before tonic's own timer (which would answer `CANCELLED`). `Statuses::call` runs
+/// inside tonic's timeout service just before it starts its timer, so this deadline is earlier;
+/// tokio's timers tick in milliseconds, so it is also an earlier-or-equal tick, and tonic polls
+/// the service's answer before it looks at its own timer.
 fn answer_within(timeout: Duration) -> Duration {
     timeout - (timeout / 10).min(Duration::from_millis(1))
 }
 
-/// A gRPC service whose statuses are normalised by a `StatusPolicy`, and which answers
-/// `DEADLINE_EXCEEDED` itself when the request's `grpc-timeout` passes.
+/// Every gRPC service of the node, with statuses normalised by a `StatusPolicy` (the public
+/// one, or the peer one for `kv.internal.v1`), answering `DEADLINE_EXCEEDED` itself when the
+/// request's `grpc-timeout` passes.
 #[derive(Debug, Clone)]
 pub struct Statuses<S> {
     inner: S,
-    policy: Arc<StatusPolicy>,
+    public: Arc<StatusPolicy>,
+    peer: Arc<StatusPolicy>,
 }
 
-impl<S> Statuses<S> {
-    /// `inner`, normalised by `policy`.
-    pub fn new(inner: S, policy: StatusPolicy) -> Self {
-        Self {
-            inner,
-            policy: Arc::new(policy),
-        }
-    }
-}
-
-impl<S: NamedService> NamedService for Statuses<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S, B> Service<http::Request<B>> for Statuses<S>
+impl<S, B, R> Service<http::Request<B>> for Statuses<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>,
+    S: Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
+    R: Default + Send + 'static,
 {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, S::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
@@ -197,12 +187,15 @@ where
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
-        let policy = self.policy.clone();
+        // Fixed now, before tonic's timer starts, not when the answer is first polled.
+        let deadline = timeout.map(|t| (t, tokio::time::Instant::now() + answer_within(t)));
+        let internal = request.uri().path().starts_with("/kv.internal.");
+        let policy = if internal { &self.peer } else { &self.public }.clone();
         let answer = self.inner.call(request);
         Box::pin(async move {
-            let response = match timeout {
+            let response = match deadline {
                 None => answer.await?,
-                Some(t) => match tokio::time::timeout(answer_within(t), answer).await {
+                Some((t, at)) => match tokio::time::timeout_at(at, answer).await {
                     Ok(response) => response?,
                     Err(_) => {
                         return Ok(policy.respond(Status::deadline_exceeded(format!(
@@ -297,6 +290,70 @@ mod tests {
 
     /// Generous bound on anything these tests wait for on loopback.
     const WAIT: Duration = Duration::from_secs(10);
+
+    fn answer(status: Status) -> http::Response<tonic::body::Body> {
+        status.into_http()
+    }
+
+    fn status_of(response: &http::Response<tonic::body::Body>) -> Status {
+        Status::from_header_map(response.headers()).expect("a status")
+    }
+
+    #[test]
+    fn tonics_own_statuses_get_kv_codes_and_the_node_header() {
+        let policy = StatusPolicy::new("n1", 1000, 66_536);
+        let too_large = policy.rewrite(answer(Status::out_of_range(
+            "Error, decoded message length too large: found 5242890 bytes, the limit is: 66536 bytes",
+        )));
+        let s = status_of(&too_large);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(
+            s.message(),
+            "[n1] the message of 5242890 bytes is over this node's limit of 66536 bytes: values are at most 1000 bytes (--max-value-bytes, raised on every node together)"
+        );
+        assert_eq!(s.metadata().get(NODE_HEADER).unwrap(), "n1");
+
+        let missing =
+            status_of(&policy.rewrite(answer(Status::internal("Missing request message."))));
+        assert_eq!(missing.code(), Code::InvalidArgument);
+        assert!(
+            missing.message().contains("Missing request message"),
+            "{missing:?}"
+        );
+        let late = status_of(&policy.rewrite(answer(Status::cancelled("Timeout expired"))));
+        assert_eq!(late.code(), Code::DeadlineExceeded);
+        let unknown = status_of(&policy.rewrite(answer(Status::unimplemented(""))));
+        assert_eq!(unknown.code(), Code::Unimplemented);
+        assert!(unknown.metadata().get(NODE_HEADER).is_some());
+    }
+
+    #[test]
+    fn the_nodes_own_statuses_and_ok_answers_pass_unchanged() {
+        let policy = StatusPolicy::new("n1", 1000, 66_536);
+        let mine = crate::error::NodeError::Internal("a bug".into()).into_status("n2");
+        let passed = status_of(&policy.rewrite(answer(mine)));
+        assert_eq!(
+            passed.code(),
+            Code::Internal,
+            "kv's own INTERNAL is a bug, kept"
+        );
+        assert_eq!(passed.message(), "[n2] a bug");
+        let ok = http::Response::new(tonic::body::Body::empty());
+        assert!(Status::from_header_map(policy.rewrite(ok).headers()).is_none());
+    }
+
+    #[test]
+    fn the_node_answers_before_tonics_timer() {
+        assert_eq!(
+            answer_within(Duration::from_millis(1)),
+            Duration::from_micros(900)
+        );
+        assert_eq!(
+            answer_within(Duration::from_secs(5)),
+            Duration::from_millis(4999)
+        );
+        assert_eq!(answer_within(Duration::ZERO), Duration::ZERO);
+    }
 
     #[tokio::test]
     async fn accepted_connections_have_nagle_off() {

@@ -609,11 +609,7 @@ impl CpEngine {
                 partition,
                 message: "raft stopped".into(),
             }),
-            Err(_) => Err(self.expired(
-                group,
-                budget,
-                "no leader was elected before the deadline",
-            )),
+            Err(_) => Err(self.expired(group, budget, "no leader was elected before the deadline")),
         }
     }
 

@@ -12,8 +12,8 @@ use crate::cp::types::{Raft, TypeConfig};
 use crate::types::NodeId;
 use futures::future::BoxFuture;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
-    Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -212,16 +212,15 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let payload =
-            codec::encode("append entries", &rpc).map_err(|e| NetworkError::new(&e))?;
+        let payload = codec::encode("append entries", &rpc).map_err(|e| NetworkError::new(&e))?;
         if payload.len() > self.max_append_bytes && rpc.entries.len() > 1 {
             // Too large for one message (and for one heartbeat interval): openraft resends the
             // range in pieces of this many entries.
             let all_but_one = rpc.entries.len() as u64 - 1;
             let fit = entries_that_fit(&rpc.entries, self.max_append_bytes).min(all_but_one);
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
-                fit,
-            )));
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit),
+            ));
         }
         self.send(RaftKind::Append, payload, &option).await
     }
@@ -369,7 +368,11 @@ mod tests {
         let batch = (1..=5).map(|i| entry(i, 300)).collect();
         match c.append_entries(append(batch), option()).await {
             Err(RPCError::PayloadTooLarge(too_large)) => {
-                assert_eq!(too_large.entries_hint(), 3, "3 entries of ~310 bytes fit in 1000");
+                assert_eq!(
+                    too_large.entries_hint(),
+                    3,
+                    "3 entries of ~310 bytes fit in 1000"
+                );
             }
             other => panic!("expected PayloadTooLarge, got {other:?}"),
         }
@@ -377,7 +380,11 @@ mod tests {
 
         let batch = (1..=3).map(|i| entry(i, 300)).collect();
         c.append_entries(append(batch), option()).await.unwrap();
-        assert_eq!(sent.0.lock().unwrap().len(), 1, "a batch within the budget is sent");
+        assert_eq!(
+            sent.0.lock().unwrap().len(),
+            1,
+            "a batch within the budget is sent"
+        );
     }
 
     #[tokio::test]

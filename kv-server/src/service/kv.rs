@@ -5,9 +5,7 @@
 //! to a member or to the leader, wait out a leader that cannot be reached.
 
 use super::convert::{ap_options, cp_error, version_pb};
-use super::forward::{
-    hop, pause_for_election, Client, Ctx, LEADER_RETRY_PAUSE, MAX_FORWARD_HOPS,
-};
+use super::forward::{hop, pause_for_election, Client, Ctx, LEADER_RETRY_PAUSE, MAX_FORWARD_HOPS};
 use super::{keyspace, status};
 use crate::cp::types::RequestId;
 use crate::cp::{
