@@ -6,11 +6,14 @@
 //!
 //! Map: `types` (openraft type config, requests and responses), `codec` (every bincode use),
 //! `store` (log store and state machine over the `Engine`), `network` (the `RaftTransport` seam
-//! and openraft's network on top of it), `runtime` (tokio with a seedable election RNG), `engine` (`CpEngine`, the multi-Raft manager).
+//! and openraft's network on top of it), `runtime` (tokio with a seedable election RNG),
+//! `config` (`CpConfig`), `error` (`CpError`), `engine` (`CpEngine`, the multi-Raft manager).
 
 pub mod codec;
+pub mod config;
 pub mod dedup;
 pub mod engine;
+pub mod error;
 pub mod network;
 pub mod runtime;
 pub mod store;
