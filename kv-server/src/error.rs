@@ -61,15 +61,15 @@ pub enum NodeError {
     /// The deadline passed.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A bound on the work in flight was reached; nothing was done.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Stored data failed its checksum.
     #[error("{0}")]
     DataLoss(String),
     /// A bug or unexpected failure.
     #[error("{0}")]
     Internal(String),
-    /// A node limit (e.g. writes in flight) is reached; retry later with backoff.
-    #[error("{0}")]
-    ResourceExhausted(String),
     /// An error another node returned for a forwarded request, passed on unchanged.
     #[error("{}", .0.message())]
     Remote(Status),
@@ -98,9 +98,9 @@ impl NodeError {
             NodeError::Unavailable(_) | NodeError::NotSent(_) => Code::Unavailable,
             NodeError::NotLeader { .. } => Code::Aborted,
             NodeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            NodeError::ResourceExhausted(_) => Code::ResourceExhausted,
             NodeError::DataLoss(_) => Code::DataLoss,
             NodeError::Internal(_) => Code::Internal,
-            NodeError::ResourceExhausted(_) => Code::ResourceExhausted,
             NodeError::Remote(s) => s.code(),
         };
         // The message travels in a header: however long the error grew, it stays short.
