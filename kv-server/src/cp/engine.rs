@@ -105,10 +105,6 @@ pub struct CpEngine {
     unsafe_skip_read_index: AtomicBool,
 }
 
-/// How many maximal election timeouts a member that is not a group's preferred leader waits
-/// before initializing the group itself (in case the preferred leader is down).
-const INITIALIZE_DELAY_ELECTION_TIMEOUTS: u64 = 2;
-
 /// Initializes a pristine group member; one that already has state is left as it is.
 async fn initialize(raft: &Raft, members: BTreeMap<NodeId, BasicNode>) -> Result<(), String> {
     if raft.is_initialized().await.map_err(|e| e.to_string())? {
@@ -162,27 +158,14 @@ impl CpEngine {
                 .iter()
                 .map(|id| (*id, BasicNode::default()))
                 .collect();
-            // The group's preferred leader (the partition's owner, first of its preference
-            // list, which the ring balances across nodes) initializes at once, and
-            // initializing starts its election: a fresh cluster's leaders are as balanced as
-            // the ring. The other members initialize too, later, so the group still forms when
-            // the preferred leader is down; a member that has any state by then refuses
-            // (NotAllowed), which is fine.
-            if spec.members.first() == Some(&node_id) {
-                initialize(&raft, members).await.map_err(|e| raft_err(&e))?;
-            } else {
-                let raft = raft.clone();
-                let delay = Duration::from_millis(
-                    config.election_timeout_max_ms * INITIALIZE_DELAY_ELECTION_TIMEOUTS,
-                );
-                let partition = spec.partition;
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    if let Err(e) = initialize(&raft, members).await {
-                        tracing::warn!(partition, error = %e, "initializing a cp group failed");
-                    }
-                });
-            }
+            // Every member initializes with the same membership, so the group forms even when
+            // one member is down; a member with any state refuses (NotAllowed), which is fine.
+            // FIXME(leader balance): letting only the group's owner initialize at once (the
+            // others later) balanced a fresh cluster's leaders, but made
+            // `restarting_every_node_over_the_same_disks_keeps_acknowledged_writes` (cp_engine,
+            // snapshots every 8 entries) lose the write at the snapshot's index after every node
+            // restarts; reverted until that interaction of snapshot, purge and restart is found.
+            initialize(&raft, members).await.map_err(|e| raft_err(&e))?;
             map.insert(group, Group { spec, raft, reader });
         }
         tracing::info!(node_id, groups = map.len(), "cp engine started");
