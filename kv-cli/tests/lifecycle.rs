@@ -4,8 +4,9 @@
 //!   with the same processes, restarted nodes running with new ones;
 //! - with one node of three down, every CP write succeeds within its deadline (5 s), and with
 //!   two down a CP write fails within it (no hang) while an AP write at `one` succeeds;
-//! - right after `kv local up` returns, every node serves CP and AP reads and writes sent to
-//!   it alone (no retry loop around them);
+//! - right after `kv local up` returns, `kv status` finds the cluster healthy and every node
+//!   promptly serves requests sent to it alone: a CP read in every partition, CP and AP writes
+//!   and reads (no retry loop around them);
 //! - no acknowledged write is missing: CP writes are read back at once, AP writes eventually
 //!   (after hint replay), and every failed write failed with an outcome-unknown error.
 //!
@@ -18,6 +19,7 @@ mod common;
 
 use common::*;
 
+use kv_client::placement::partition_for_key;
 use kv_client::{Client, ClientConfig, Consistency, Error, Options};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -32,6 +34,9 @@ use std::time::{Duration, Instant};
 const DEFAULT_CYCLES: usize = 5;
 /// Deadline of every request (the issue's: one node down must cost no CP write within it).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of the requests sent right after `kv local up`: a ready cluster answers in
+/// milliseconds, one still electing leaders takes most of a second or more.
+const PROMPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a CP write without a majority may take to fail: its deadline plus slack.
 const FAIL_FAST_MAX: Duration = Duration::from_secs(7);
 /// Pause between two workload writes (a light load: about 20 writes a second).
@@ -249,17 +254,45 @@ impl Run {
         self.record("ap", key, value, Ok(()));
     }
 
-    /// Right after `kv local up`: every node serves requests sent to it alone.
+    /// Right after `kv local up`: `kv status` finds the cluster healthy, and every node serves
+    /// requests sent to it alone, promptly: a read in every CP partition, and a write and a
+    /// read on each keyspace.
     async fn every_node_serves(&self, cycle: usize, nodes: &[NodeRecord]) {
+        let out = kv_async(&self.dir, &["status"]).await;
+        if !out.status.success() {
+            self.fail(cycle, format!("kv status right after up: {}", text(&out)));
+        }
+        let prompt = Options {
+            timeout: Some(PROMPT_TIMEOUT),
+            ..Default::default()
+        };
         for n in nodes {
             let c = Client::connect(client(&[n.addr.clone()], true))
                 .await
                 .unwrap_or_else(|e| self.fail(cycle, format!("{} right after up: {e}", n.name)));
+            let ring = c.refresh_ring().await.unwrap();
+            let mut reads = tokio::task::JoinSet::new();
+            for p in 0..ring.partition_count {
+                let key = (0u64..)
+                    .map(|i| format!("probe-{i}"))
+                    .find(|k| partition_for_key(k.as_bytes(), ring.partition_count) == p)
+                    .unwrap();
+                let (c, opts) = (c.clone(), prompt.clone());
+                reads.spawn(async move { (p, c.get("cp", key.as_bytes(), opts).await) });
+            }
+            while let Some(read) = reads.join_next().await {
+                if let (p, Err(e)) = read.unwrap() {
+                    self.fail(
+                        cycle,
+                        format!("CP read in partition {p} through {} right after up: {e}", n.name),
+                    );
+                }
+            }
             for keyspace in ["cp", "ap"] {
                 let key = format!("serve-{cycle}-{}-{keyspace}", n.name);
                 let value = format!("served-by-{}", n.name);
                 if let Err(e) = c
-                    .put(keyspace, key.as_bytes(), value.as_bytes(), Options::default())
+                    .put(keyspace, key.as_bytes(), value.as_bytes(), prompt.clone())
                     .await
                 {
                     self.fail(
@@ -268,7 +301,7 @@ impl Run {
                     );
                 }
                 self.record(keyspace, key.clone(), value.clone(), Ok(()));
-                match c.get(keyspace, key.as_bytes(), Options::default()).await {
+                match c.get(keyspace, key.as_bytes(), prompt.clone()).await {
                     Ok(got) if got.value.as_deref() == Some(value.as_bytes()) => {}
                     other => self.fail(
                         cycle,
