@@ -510,3 +510,43 @@ async fn kill_and_restart_cycles_lose_nothing_and_up_means_serving() {
         failed("ap"),
     );
 }
+
+#[test]
+fn a_failed_up_stops_the_nodes_it_started_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _cleanup = Cleanup(dir);
+    // n3's database file is a directory: n3 exits at start-up, n1 and n2 would run on.
+    let broken = dir.join(".kv-local/n3/db");
+    std::fs::create_dir_all(&broken).unwrap();
+    let out = kv(dir, &["local", "up", "--base-port", "0"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("node n3 exited during start-up")
+            && stderr.contains("stopped the node(s) this command started (n1, n2, n3)"),
+        "{}",
+        text(&out)
+    );
+    // Every pid it announced is gone, and the cluster file says so.
+    let pids: Vec<u64> = stderr
+        .lines()
+        .filter_map(|l| l.split("(pid ").nth(1))
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .filter_map(|pid| pid.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 3, "{stderr}");
+    for pid in pids {
+        assert!(!process_runs(pid), "pid {pid} left running: {stderr}");
+    }
+    let status = ok(&kv(dir, &["local", "status", "-o", "json"]));
+    let status: Value = serde_json::from_str(&status).unwrap();
+    for n in status["nodes"].as_array().unwrap() {
+        assert_eq!(n["running"], false, "{status}");
+        assert_eq!(n["pid"], Value::Null, "{status}");
+    }
+    // Once the cause is gone, the same folder comes up.
+    std::fs::remove_dir(&broken).unwrap();
+    let up = ok(&kv(dir, &["local", "up"]));
+    assert!(up.contains("local cluster ready"), "{up}");
+}
