@@ -155,7 +155,13 @@ impl Run {
         )
     }
 
-    fn record(&self, keyspace: &'static str, key: String, value: String, result: Result<(), Error>) {
+    fn record(
+        &self,
+        keyspace: &'static str,
+        key: String,
+        value: String,
+        result: Result<(), Error>,
+    ) {
         self.ledger.lock().unwrap().writes.push(Write {
             keyspace,
             key,
@@ -284,7 +290,10 @@ impl Run {
                 if let (p, Err(e)) = read.unwrap() {
                     self.fail(
                         cycle,
-                        format!("CP read in partition {p} through {} right after up: {e}", n.name),
+                        format!(
+                            "CP read in partition {p} through {} right after up: {e}",
+                            n.name
+                        ),
                     );
                 }
             }
@@ -321,7 +330,9 @@ impl Run {
         for w in writes.iter().filter(|w| w.result.is_ok()) {
             let start = Instant::now();
             loop {
-                let got = c.get(w.keyspace, w.key.as_bytes(), Options::default()).await;
+                let got = c
+                    .get(w.keyspace, w.key.as_bytes(), Options::default())
+                    .await;
                 let found = matches!(&got, Ok(g) if g.value.as_deref() == Some(w.value.as_bytes()));
                 if found {
                     break;
@@ -355,7 +366,12 @@ async fn workload(c: Client, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>) 
         let key = format!("w-{i}");
         let value = format!("workload-{i}");
         let result = c
-            .put(keyspace, key.as_bytes(), value.as_bytes(), Options::default())
+            .put(
+                keyspace,
+                key.as_bytes(),
+                value.as_bytes(),
+                Options::default(),
+            )
             .await
             .map(|_| ());
         ledger.lock().unwrap().writes.push(Write {
@@ -450,7 +466,10 @@ async fn kill_and_restart_cycles_lose_nothing_and_up_means_serving() {
             if restarted != victims.contains(&i) {
                 run.fail(
                     cycle,
-                    format!("{}: before {b:?}, after up {a:?}; victims {victims:?}", a.name),
+                    format!(
+                        "{}: before {b:?}, after up {a:?}; victims {victims:?}",
+                        a.name
+                    ),
                 );
             }
         }

@@ -129,7 +129,6 @@ impl LocalCluster {
     }
 }
 
-
 /// Options of `kv local up`.
 #[derive(Debug, Clone)]
 pub struct UpOptions {

@@ -236,7 +236,10 @@ mod tests {
             start_ticks: me.start_ticks.map(|s| s + 1),
             ..me
         };
-        assert!(!reused.alive(), "same pid, other start time: another process");
+        assert!(
+            !reused.alive(),
+            "same pid, other start time: another process"
+        );
         let legacy = ProcessId {
             start_ticks: None,
             ..me

@@ -146,7 +146,11 @@ pub fn cp_replicas(ring: &pb::RingResponse) -> Vec<Vec<String>> {
             p.preference
                 .iter()
                 .take(kv_server::node::CP_REPLICAS as usize)
-                .map(|id| names.get(id).map_or_else(|| id.to_string(), |n| n.to_string()))
+                .map(|id| {
+                    names
+                        .get(id)
+                        .map_or_else(|| id.to_string(), |n| n.to_string())
+                })
                 .collect()
         })
         .collect()
@@ -200,10 +204,7 @@ pub fn assess(
         let claimants: Vec<String> = running
             .iter()
             .zip(answers)
-            .filter(|(_, a)| {
-                a.as_ref()
-                    .is_ok_and(|s| s.leader_of.contains(&partition))
-            })
+            .filter(|(_, a)| a.as_ref().is_ok_and(|s| s.leader_of.contains(&partition)))
             .map(|(n, _)| n.clone())
             .collect();
         match claimants.len() {

@@ -90,7 +90,10 @@ fn majority_counts_running_replicas_of_each_partition() {
     let replicas = vec![names(&["n1", "n2", "n3"]), names(&["n2", "n3", "n4"])];
     assert_eq!(with_majority(&replicas, &names(&["n1", "n2"])), vec![0]);
     assert_eq!(with_majority(&replicas, &names(&["n2", "n3"])), vec![0, 1]);
-    assert_eq!(with_majority(&replicas, &names(&["n1", "n4"])), Vec::<u32>::new());
+    assert_eq!(
+        with_majority(&replicas, &names(&["n1", "n4"])),
+        Vec::<u32>::new()
+    );
     // A one-node cluster: its single replica is a majority.
     assert_eq!(with_majority(&[names(&["n1"])], &names(&["n1"])), vec![0]);
 }
