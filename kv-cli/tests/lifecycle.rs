@@ -273,7 +273,7 @@ impl Run {
             ..Default::default()
         };
         for n in nodes {
-            let c = Client::connect(client(&[n.addr.clone()], true))
+            let c = Client::connect(client(std::slice::from_ref(&n.addr), true))
                 .await
                 .unwrap_or_else(|e| self.fail(cycle, format!("{} right after up: {e}", n.name)));
             let ring = c.refresh_ring().await.unwrap();
@@ -362,7 +362,7 @@ async fn workload(c: Client, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>) 
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
         i += 1;
-        let keyspace = if i % 2 == 0 { "cp" } else { "ap" };
+        let keyspace = if i.is_multiple_of(2) { "cp" } else { "ap" };
         let key = format!("w-{i}");
         let value = format!("workload-{i}");
         let result = c

@@ -260,6 +260,14 @@ fn cp_keyspace(answers: &[Result<pb::ClusterStatusResponse, String>]) -> Option<
         .map(|k| k.name.clone())
 }
 
+/// What the ring says about the partitions, read once per wait.
+struct Layout {
+    /// Each partition's CP replicas, by node name.
+    replicas: Vec<Vec<String>>,
+    /// A probe key in each partition.
+    keys: Vec<Option<String>>,
+}
+
 /// Polls `targets` until they are ready (see the module doc) or `timeout` passes. `exited`
 /// is asked every round whether a node's process has ended (the wait then fails at once with
 /// its answer); `progress` gets what is still awaited, for people; `dir` is named in errors.
@@ -273,7 +281,7 @@ pub async fn wait_ready(
     let start = Instant::now();
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     let mut clients: BTreeMap<String, Client> = BTreeMap::new();
-    let mut ring: Option<(Vec<Vec<String>>, Vec<Option<String>>)> = None;
+    let mut ring: Option<Layout> = None;
     let mut reported: Option<(String, Instant)> = None;
     loop {
         if let Some(why) = exited() {
@@ -286,20 +294,24 @@ pub async fn wait_ready(
         if ring.is_none() {
             for c in clients.values() {
                 if let Ok(r) = c.refresh_ring().await {
-                    ring = Some((cp_replicas(&r), probe_keys(r.partition_count)));
+                    ring = Some(Layout {
+                        replicas: cp_replicas(&r),
+                        keys: probe_keys(r.partition_count),
+                    });
                     break;
                 }
             }
         }
         let mut waiting = match &ring {
-            Some((replicas, _)) => assess(&names, &answers, replicas),
+            Some(layout) => assess(&names, &answers, &layout.replicas),
             None => assess(&names, &answers, &[]),
         };
         if waiting.is_empty() {
             match (&ring, cp_keyspace(&answers)) {
-                (Some((replicas, keys)), Some(keyspace)) => {
-                    let partitions = with_majority(replicas, &names);
-                    waiting = serve_probes(targets, &clients, &keyspace, &partitions, keys).await;
+                (Some(layout), Some(keyspace)) => {
+                    let partitions = with_majority(&layout.replicas, &names);
+                    waiting =
+                        serve_probes(targets, &clients, &keyspace, &partitions, &layout.keys).await;
                 }
                 // No ring yet (only while no node answers) or no CP keyspace: nothing to read.
                 (None, _) => waiting.push(Waiting::NoAnswer {
