@@ -147,11 +147,26 @@ struct Run {
 }
 
 impl Run {
+    /// Fails the test, keeping the nodes' logs (the cluster folder is purged on the way out).
     fn fail(&self, cycle: usize, what: String) -> ! {
+        let kept =
+            std::env::temp_dir().join(format!("kv-lifecycle-{}-{}", self.seed, std::process::id()));
+        let _ = std::fs::create_dir_all(&kept);
+        let cluster_dir = self.dir.join(".kv-local");
+        for entry in std::fs::read_dir(&cluster_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log" || e == "json") {
+                let _ = std::fs::copy(&path, kept.join(entry.file_name()));
+            }
+        }
         panic!(
-            "cycle {cycle}: {what}\n(replay the kill sequence with KV_LIFECYCLE_SEED={}; logs in {})",
+            "cycle {cycle}: {what}\n(replay the kill sequence with KV_LIFECYCLE_SEED={}; node logs kept in {})",
             self.seed,
-            self.dir.join(".kv-local").display()
+            kept.display()
         )
     }
 
