@@ -50,6 +50,11 @@ pub enum NodeError {
     /// certainly not sent to it (down, connection refused, traffic dropped): safe to retry.
     #[error("{0}")]
     NotSent(String),
+    /// The connection to the node a request was forwarded to broke after the request may have
+    /// left (reset, closed): its outcome there is unknown. Resent only when that is safe (reads,
+    /// and writes carrying a request id, which the state machine applies at most once).
+    #[error("{0}")]
+    Interrupted(String),
     /// Not the leader; carries the leader's address when known.
     #[error("node is not the leader of partition {partition}{}", leader.as_ref().map(|l| format!("; leader is {l}")).unwrap_or_default())]
     NotLeader {
@@ -95,7 +100,9 @@ impl NodeError {
             NodeError::KeyspaceNotFound { .. } => Code::NotFound,
             NodeError::FailedPrecondition(_) => Code::FailedPrecondition,
             NodeError::AlreadyExists(_) => Code::AlreadyExists,
-            NodeError::Unavailable(_) | NodeError::NotSent(_) => Code::Unavailable,
+            NodeError::Unavailable(_) | NodeError::NotSent(_) | NodeError::Interrupted(_) => {
+                Code::Unavailable
+            }
             NodeError::NotLeader { .. } => Code::Aborted,
             NodeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             NodeError::ResourceExhausted(_) => Code::ResourceExhausted,

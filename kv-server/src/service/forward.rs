@@ -163,7 +163,7 @@ where
                     node.describe(to)
                 )))
             } else {
-                Err(NodeError::Unavailable(format!(
+                Err(NodeError::Interrupted(format!(
                     "the call to node {}, which serves partition {partition}, failed: {detail}; a write's outcome is unknown",
                     node.describe(to)
                 )))

@@ -109,6 +109,7 @@ impl KvService {
         partition: u32,
         ctx: Ctx,
         body: Req,
+        resend_safe: bool,
         local: L,
         forward: F,
     ) -> NodeResult<Routed<T, Resp>>
@@ -132,6 +133,15 @@ impl KvService {
                 }) if ctx.hops < MAX_FORWARD_HOPS => {
                     match hop(&self.node, leader, partition, ctx, body.clone(), forward).await {
                         Err(NodeError::NotSent(msg)) => pause_for_election(ctx, msg).await?,
+                        // The connection to the leader broke after sending (it crashed): a
+                        // read, or a write the state machine applies at most once, is sent
+                        // again once a leader is known; any other write's outcome is unknown.
+                        Err(NodeError::Interrupted(msg)) if resend_safe => {
+                            pause_for_election(ctx, msg).await?
+                        }
+                        Err(NodeError::Interrupted(msg)) => {
+                            return Err(NodeError::Unavailable(msg))
+                        }
                         // The node named leader was not (it lost leadership, or forwarded to
                         // one that had): nothing was applied, so while time remains ask this
                         // node's group again for the current leader rather than pass ABORTED on.
@@ -194,6 +204,7 @@ impl KvService {
                 key: stored_key,
             },
         };
+        let resend_safe = matches!(request_id, Some(id) if id.client_id != 0);
         let req = at_most_once(request_id, req);
         let partition = self.node.ring.partition_for_key(key);
         Ok(
@@ -203,6 +214,7 @@ impl KvService {
                     partition,
                     ctx,
                     body,
+                    resend_safe,
                     |cp| cp.execute(CP_GROUP_KEYSPACE, partition, req.clone(), ctx.deadline),
                     send,
                 )
@@ -264,6 +276,7 @@ impl pb::kv_server::Kv for KvService {
                         partition,
                         ctx,
                         body,
+                        true,
                         |cp| cp.read(CP_GROUP_KEYSPACE, partition, &key, stale, ctx.deadline),
                         send,
                     )
@@ -359,6 +372,7 @@ impl pb::kv_server::Kv for KvService {
                     ))
                 }
             };
+            let resend_safe = matches!(&body.request_id, Some(id) if id.client_id != 0);
             let req = at_most_once(
                 &body.request_id,
                 CpRequest::Cas {
@@ -371,7 +385,7 @@ impl pb::kv_server::Kv for KvService {
             let partition = self.node.ring.partition_for_key(&body.key);
             let me = self.node.me.name.clone();
             let send = |mut c: Client, r| async move { c.compare_and_swap(r).await };
-            match self.route(&ks.name, partition, ctx, body, |cp| cp.execute(CP_GROUP_KEYSPACE, partition, req.clone(), ctx.deadline), send).await? {
+            match self.route(&ks.name, partition, ctx, body, resend_safe, |cp| cp.execute(CP_GROUP_KEYSPACE, partition, req.clone(), ctx.deadline), send).await? {
                 Routed::Here(CpResponse::Cas(CasOutcome::Swapped { revision })) => {
                     Ok(pb::CompareAndSwapResponse {
                         succeeded: true,
