@@ -1,6 +1,7 @@
 //! The `kv` binary: parses the command line, runs one command, and lets `output` print its
 //! result or error and choose the exit code.
 
+mod arg_enums;
 mod bench;
 mod cli;
 mod cmd;

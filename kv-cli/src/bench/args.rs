@@ -1,7 +1,7 @@
 //! The flags of `kv bench` and the small parsers behind them (operation mix, durations). Kept
 //! beside the command rather than in `cli.rs` so that the benchmark is one folder.
 
-use crate::cli::ConsistencyArg;
+use crate::arg_enums::ConsistencyArg;
 use clap::{Args, ValueEnum};
 use std::fmt;
 use std::str::FromStr;

@@ -15,7 +15,7 @@ mod target;
 
 pub use args::BenchArgs;
 
-use crate::cli::{ConsistencyArg, RoutingArg};
+use crate::arg_enums::{ConsistencyArg, RoutingArg};
 use crate::cmd::Ctx;
 use crate::output::{CliError, Exit, Stage};
 use args::{Distribution, Op, TargetArg};

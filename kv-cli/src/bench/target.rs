@@ -145,8 +145,8 @@ impl KvTarget {
 }
 
 /// Request options from the bench flags.
-pub fn kv_options(consistency: Option<crate::cli::ConsistencyArg>, stale: bool) -> Options {
-    use crate::cli::ConsistencyArg as C;
+pub fn kv_options(consistency: Option<crate::arg_enums::ConsistencyArg>, stale: bool) -> Options {
+    use crate::arg_enums::ConsistencyArg as C;
     Options {
         consistency: match consistency {
             None => Consistency::Default,
