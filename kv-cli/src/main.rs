@@ -56,6 +56,7 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
         Cmd::Status { wait_ms } => cmd::admin::status(&ctx, wait_ms).await,
         Cmd::Keyspace { command } => cmd::admin::keyspace(&ctx, command).await,
         Cmd::Completion { shell } => cmd::admin::completion(&ctx, shell),
+        Cmd::Check(args) => cmd::check::run(&ctx, &args),
     }
 }
 

@@ -34,6 +34,9 @@ struct Sub {
     orig: Vec<usize>,
     /// Acknowledged writes that may have taken effect before the window began.
     keeps_wild: Vec<bool>,
+    /// The completed write with the highest revision before the window (index into the key's
+    /// operations), when every write completed before it carries a revision.
+    floor: Option<usize>,
 }
 
 /// A window whose search failed.
@@ -50,21 +53,30 @@ fn window(ops: &[&Operation], from: Option<u64>, to: u64) -> Sub {
         ops: Vec::new(),
         orig: Vec::new(),
         keeps_wild: Vec::new(),
+        floor: None,
     };
     let writes = |op: &Operation| op.op != Op::Read && op.outcome != Outcome::Fail;
     // The register's value at `from` is the last write before it. An acknowledged write that
     // crosses `from` and has a higher revision than every write completed before `from`
     // leaves its own value even if it took effect before the window.
-    let done_before = |op: &&&Operation| {
-        writes(op) && from.is_some_and(|f| op.complete_ns.is_some_and(|c| c < f))
+    // An operation with an unknown outcome may take effect at any later time: never "done".
+    let completed = |op: &Operation| match op.outcome {
+        Outcome::Info => None,
+        _ => op.complete_ns,
     };
+    let done_before =
+        |op: &&&Operation| writes(op) && from.is_some_and(|f| completed(op).is_some_and(|c| c < f));
     let excluded_revision = ops
         .iter()
         .filter(done_before)
         .map(|op| op.version)
         .try_fold(0u64, |max, r| r.map(|r| max.max(r)));
+    sub.floor = excluded_revision.filter(|&r| r > 0).and_then(|r| {
+        ops.iter()
+            .position(|op| op.version == Some(r) && writes(op) && done_before(&op))
+    });
     for (i, &op) in ops.iter().enumerate() {
-        let done = op.complete_ns;
+        let done = completed(op);
         let before = from.is_some_and(|f| done.is_some_and(|c| c < f));
         if op.invoke_ns > to || before {
             continue;
@@ -110,7 +122,8 @@ fn fails(
     }
     let sub = window(ops, from, to);
     let refs: Vec<&Operation> = sub.ops.iter().collect();
-    let problem = Problem::build_window(&refs, &sub.keeps_wild);
+    let floor = sub.floor.and_then(|i| ops[i].version);
+    let problem = Problem::build_window(&refs, &sub.keeps_wild, floor);
     let initial = if from.is_some() { WILD } else { NIL };
     let (result, states) = problem.search(cap.min(*budget), initial);
     *budget = budget.saturating_sub(states);
@@ -175,7 +188,9 @@ fn around(
     let (candidates, _) = problem.candidates(deepest);
     let blocked = |j: &&u32| {
         let d = &problem.defs[**j as usize];
-        d.step.apply(deepest.value).is_none() || !problem.chain_ready(deepest, **j)
+        d.step.apply(deepest.value).is_none()
+            || !problem.chain_ready(deepest, **j)
+            || problem.below_floor(d)
     };
     let to = candidates
         .iter()
@@ -364,6 +379,21 @@ fn reason(
     if let Some(note) = f.problem.notes.get(&op.id) {
         return note.clone();
     }
+    // A read older than the window's start can only have been satisfied before it.
+    if let (true, Some(w), Some(r)) = (
+        f.problem.below_floor(&d),
+        f.sub.floor.map(|i| ops[i]),
+        d.seen,
+    ) {
+        return format!(
+            "read #{} returned {} at revision {r} (the value of {}), but #{} (revision {}) had completed before it began",
+            op.id,
+            show(op.read.as_deref()),
+            id_of(expected),
+            w.id,
+            w.version.unwrap_or(0)
+        );
+    }
     if !f.problem.chain_ready(&f.deepest, j) {
         let pred = d
             .pred
@@ -448,14 +478,15 @@ pub(super) fn violation(
 }
 
 /// A violation found from where a search cut off by its bound got stuck: a failing window
-/// ending there, within [`WINDOW_SEARCH_STATES`], or None.
+/// ending there, within `max_states` (at most [`WINDOW_SEARCH_STATES`]), or None.
 pub(super) fn local(
     key: &str,
     ops: &[&Operation],
     problem: &Problem,
     deepest: &State,
+    max_states: u64,
 ) -> Option<Violation> {
-    let mut budget = WINDOW_SEARCH_STATES;
+    let mut budget = WINDOW_SEARCH_STATES.min(max_states);
     around(ops, problem, deepest, &mut budget).map(|f| describe(key, ops, f))
 }
 
@@ -467,8 +498,9 @@ fn describe(key: &str, ops: &[&Operation], f: Found) -> Violation {
     // earliest to complete is the most constrained.
     candidates.sort_by_key(|&j| {
         let d = &f.problem.defs[j as usize];
-        let blocked =
-            d.step.apply(f.deepest.value).is_none() || !f.problem.chain_ready(&f.deepest, j);
+        let blocked = d.step.apply(f.deepest.value).is_none()
+            || !f.problem.chain_ready(&f.deepest, j)
+            || f.problem.below_floor(d);
         (!blocked, d.complete)
     });
     candidates.truncate(MAX_WINDOW_OPS);
@@ -516,7 +548,9 @@ fn describe(key: &str, ops: &[&Operation], f: Found) -> Violation {
     context.sort_by_key(|o| o.invoke_ns);
     let keep_from = context.len().saturating_sub(MAX_WINDOW_OPS);
     context.drain(..keep_from);
-    if let Some(w) = writers.of(state.as_deref(), None) {
+    let floor = f.sub.floor.map(|i| ops[i]);
+    let writer = writers.of(state.as_deref(), None).or(floor);
+    if let Some(w) = writer {
         if !context.iter().any(|o| o.id == w.id) {
             context.insert(0, w);
         }
@@ -557,6 +591,7 @@ fn describe(key: &str, ops: &[&Operation], f: Found) -> Violation {
         window_total,
         window_uncertain: uncertain.into_iter().cloned().collect(),
         window_from_ns: f.from,
+        window_floor: floor.cloned(),
         window_to_ns: f.to,
     }
 }

@@ -67,6 +67,9 @@ pub const QUICK_STATES_MIN: u64 = 10_000;
 /// Operations shown at most in a violation's stuck and context lists.
 pub const MAX_WINDOW_OPS: usize = 24;
 
+/// Uncertain writes of a window shown in a violation's text (all are in the struct).
+const UNCERTAIN_SHOWN: usize = 8;
+
 /// Result of checking a whole history.
 #[derive(Clone, Debug, Default)]
 pub struct LinReport {
@@ -152,8 +155,11 @@ pub struct Violation {
     /// acknowledged but crossing its start (they may have taken effect before it).
     pub window_uncertain: Vec<Operation>,
     /// Start of the window (ns); None = the start of the history, where the key is absent.
-    /// Otherwise the key may hold any value at the start.
+    /// Otherwise the key may hold any value at the start — any written at `window_floor`'s
+    /// revision or later, when that is known.
     pub window_from_ns: Option<u64>,
+    /// The write with the highest revision completed before the window began.
+    pub window_floor: Option<Operation>,
     /// End of the window (ns); `u64::MAX` = the end of the history.
     pub window_to_ns: u64,
 }
@@ -161,10 +167,15 @@ pub struct Violation {
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "key {:?} not linearizable: {}", self.key, self.reason)?;
-        let from = self.window_from_ns.map_or_else(
-            || "the start of the history".to_string(),
-            |t| format!("{t}ns (any value then)"),
-        );
+        let from = match (self.window_from_ns, &self.window_floor) {
+            (None, _) => "the start of the history".to_string(),
+            (Some(t), None) => format!("{t}ns (any value then)"),
+            (Some(t), Some(w)) => format!(
+                "{t}ns (then the value of #{}, revision {}, or a later one)",
+                w.id,
+                w.version.unwrap_or(0)
+            ),
+        };
         let to = match self.window_to_ns {
             u64::MAX => "the end of the history".to_string(),
             t => format!("{t}ns"),
@@ -185,7 +196,12 @@ impl fmt::Display for Violation {
                 f,
                 "  with writes that may have taken effect before it, in it, or (unacknowledged) not at all:"
             )?;
-            for op in &self.window_uncertain {
+            // The latest matter most; older ones are timed-out writes that could land any time.
+            let skip = self.window_uncertain.len().saturating_sub(UNCERTAIN_SHOWN);
+            if skip > 0 {
+                writeln!(f, "    ({skip} earlier ones)")?;
+            }
+            for op in &self.window_uncertain[skip..] {
                 writeln!(f, "    {op}")?;
             }
         }
@@ -252,7 +268,7 @@ pub fn check_operations(ops: &[Operation], max_states: u64) -> LinReport {
             .min(max_states);
         let (mut result, mut states) = problem.search(quick, NIL);
         if let (KeyResult::Unknown(deepest), true) = (&result, quick < max_states) {
-            if let Some(v) = explain::local(key, key_ops, &problem, deepest) {
+            if let Some(v) = explain::local(key, key_ops, &problem, deepest, max_states) {
                 report.states += states;
                 report.violations.push(v);
                 continue;
@@ -264,10 +280,12 @@ pub fn check_operations(ops: &[Operation], max_states: u64) -> LinReport {
         report.states += states;
         match result {
             KeyResult::Ok => {}
-            KeyResult::Unknown(deepest) => match explain::local(key, key_ops, &problem, &deepest) {
-                Some(v) => report.violations.push(v),
-                None => report.unknown.push(key.to_string()),
-            },
+            KeyResult::Unknown(deepest) => {
+                match explain::local(key, key_ops, &problem, &deepest, max_states) {
+                    Some(v) => report.violations.push(v),
+                    None => report.unknown.push(key.to_string()),
+                }
+            }
             KeyResult::Stuck(deepest) => report
                 .violations
                 .push(explain::violation(key, key_ops, problem, deepest, states)),

@@ -99,6 +99,8 @@ pub(super) struct DefOp {
     /// A write that may have taken effect before its window began: applied while the register
     /// is still unknown, it leaves it unknown.
     pub(super) keeps_wild: bool,
+    /// Revision an ok read returned.
+    pub(super) seen: Option<u64>,
 }
 
 /// An info operation still unresolved: may apply any time after invoke, or never.
@@ -123,6 +125,9 @@ pub(super) struct Problem {
     pub(super) classes: Vec<(Step, Vec<usize>)>,
     /// Values some info cas expects.
     pub(super) info_expects: Vec<Val>,
+    /// In a window: the lowest revision the key can be at when it starts (the highest of the
+    /// writes completed before it), so a read of an older revision cannot reveal its value.
+    pub(super) floor: Option<u64>,
     pub(super) values: Vec<Option<String>>,
     /// Why an op (by id) became a step that can never be placed.
     pub(super) notes: HashMap<OpId, String>,
@@ -141,12 +146,16 @@ fn completion(op: &Operation) -> u64 {
 
 impl Problem {
     pub(super) fn build(ops: &[&Operation]) -> Problem {
-        Problem::build_window(ops, &[])
+        Problem::build_window(ops, &[], None)
     }
 
     /// Builds the problem of a window; `keeps_wild[i]` marks the writes of `ops` that may have
-    /// taken effect before it began (see `DefOp::keeps_wild`).
-    pub(super) fn build_window(ops: &[&Operation], keeps_wild: &[bool]) -> Problem {
+    /// taken effect before it began (see `DefOp::keeps_wild`); `floor` is `Problem::floor`.
+    pub(super) fn build_window(
+        ops: &[&Operation],
+        keeps_wild: &[bool],
+        floor: Option<u64>,
+    ) -> Problem {
         let mut values: Vec<Option<String>> = vec![None; RESERVED];
         let mut ids: HashMap<String, Val> = HashMap::new();
         let mut intern = |v: Option<&String>| -> Val {
@@ -302,6 +311,7 @@ impl Problem {
                     rev: rev_of.get(&index).copied(),
                     pred: None,
                     keeps_wild: keeps_wild.get(index).copied().unwrap_or(false),
+                    seen: op.version.filter(|_| matches!(step, Step::Read(_))),
                 });
             } else if observable(step, invoke) {
                 info.push(InfoOp {
@@ -388,6 +398,7 @@ impl Problem {
             info,
             classes,
             info_expects,
+            floor,
             values,
             notes,
             info_dropped,

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::problem::{Problem, Step, Val, WILD};
+use super::problem::{DefOp, Problem, Step, Val, WILD};
 
 /// A search state. `prefix`: definite ops `0..prefix` are all linearized; `above`: the other
 /// linearized definite ops (sorted); `info`: the applied info ops (sorted; few, so a list
@@ -131,6 +131,11 @@ impl Problem {
         (out, min_complete)
     }
 
+    /// A read of a revision older than any the window can start at.
+    pub(super) fn below_floor(&self, d: &DefOp) -> bool {
+        matches!((d.seen, self.floor), (Some(r), Some(f)) if r < f)
+    }
+
     /// A write ordered by revision waits for the write with the previous revision.
     pub(super) fn chain_ready(&self, s: &State, j: u32) -> bool {
         self.defs[j as usize]
@@ -164,8 +169,13 @@ impl Problem {
             .filter(|&&j| allowed(self.defs[j as usize].step))
             .filter_map(|&j| {
                 let d = &self.defs[j as usize];
-                if d.keeps_wild && s.value == WILD {
-                    return Some(Move::Def(j, WILD));
+                if s.value == WILD {
+                    if d.keeps_wild {
+                        return Some(Move::Def(j, WILD));
+                    }
+                    if self.below_floor(d) {
+                        return None;
+                    }
                 }
                 d.step.apply(s.value).map(|v| Move::Def(j, v))
             })
