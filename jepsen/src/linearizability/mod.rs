@@ -54,7 +54,8 @@ use search::KeyResult;
 pub use explain::WINDOW_SEARCH_STATES;
 
 /// Search states explored per key before giving up with an unknown verdict. Failed states are
-/// remembered, so this also bounds memory: measured at the bound, 440–720 MB (see the README).
+/// remembered, so this also bounds memory: 250–290 MB peak measured for histories that reach
+/// it (one key, 16–64 clients; `jepsen/README.md`).
 pub const MAX_SEARCH_STATES: u64 = 1_000_000;
 
 /// The first search of a key explores at most this many states per operation (plus
@@ -182,8 +183,9 @@ impl fmt::Display for Violation {
         };
         writeln!(
             f,
-            "  smallest window that cannot be linearized: {} operations, from {from} to {to}",
-            self.window_total
+            "  smallest window that cannot be linearized: {} operation{}, from {from} to {to}",
+            self.window_total,
+            if self.window_total == 1 { "" } else { "s" }
         )?;
         for op in &self.window {
             writeln!(f, "    {op}")?;
