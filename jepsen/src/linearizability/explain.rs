@@ -28,7 +28,7 @@ const AROUND_CHECK_STATES: u64 = 200_000;
 const MAX_LISTED: usize = 4 * MAX_WINDOW_OPS;
 
 /// A window's operations: kept, or made uncertain because they cross an edge.
-struct Sub {
+pub(super) struct Sub {
     ops: Vec<Operation>,
     /// Index of each into the key's operations.
     orig: Vec<usize>,
@@ -40,7 +40,7 @@ struct Sub {
 }
 
 /// A window whose search failed.
-struct Found {
+pub(super) struct Found {
     sub: Sub,
     problem: Problem,
     deepest: State,
@@ -48,7 +48,7 @@ struct Found {
     to: u64,
 }
 
-fn window(ops: &[&Operation], from: Option<u64>, to: u64) -> Sub {
+pub(super) fn window(ops: &[&Operation], from: Option<u64>, to: u64) -> Sub {
     let mut sub = Sub {
         ops: Vec::new(),
         orig: Vec::new(),
@@ -99,6 +99,9 @@ fn window(ops: &[&Operation], from: Option<u64>, to: u64) -> Sub {
             let mut uncertain = op.clone();
             uncertain.outcome = Outcome::Info;
             sub.ops.push(uncertain);
+            // Invoked before the window, it may have taken effect before it, even where the
+            // search must place it (its value observed, so it applied: reduction 3).
+            keeps_wild = starts_before;
         } else {
             sub.ops.push(op.clone());
         }
@@ -110,7 +113,7 @@ fn window(ops: &[&Operation], from: Option<u64>, to: u64) -> Sub {
 
 /// Checks one window with at most `cap` states; Some if it cannot be linearized. Spends from
 /// `budget`.
-fn fails(
+pub(super) fn fails(
     ops: &[&Operation],
     from: Option<u64>,
     to: u64,

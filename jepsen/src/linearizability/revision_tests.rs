@@ -329,3 +329,41 @@ fn a_cas_may_delete() {
     back[2] = (2, R, Some("a"), None, OK, Some(1), 40, 50);
     assert_eq!(verdict(&back).verdict(), Verdict::NotLinearizable);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+    /// A window of a linearizable history never fails: what makes a failing window a witness,
+    /// and the verdict of a search cut off by its bound sound.
+    #[test]
+    fn windows_of_linearizable_histories_never_fail(
+        seed in proptest::prelude::any::<u64>(),
+        processes in 1usize..24,
+        ops in 1usize..120,
+        info_pct in 0u32..30,
+        revisions in proptest::prelude::any::<bool>(),
+        start in 0u64..1000,
+        length in 0u64..1000,
+    ) {
+        let h = register_history(&SimConfig {
+            seed,
+            processes,
+            keys: 1,
+            ops,
+            info_pct,
+            revisions,
+            mismatches: true,
+            cas_deletes: true,
+        });
+        let all = h.operations().expect("well-formed");
+        let refs: Vec<&crate::history::Operation> = all.iter().collect();
+        let end = h.events.iter().map(|e| e.time_ns).max().unwrap_or(0);
+        let from = start * end / 1000;
+        let to = from + length * (end - from) / 1000;
+        let mut budget = u64::MAX;
+        for from in [None, Some(from)] {
+            let failed = super::explain::fails(&refs, from, to, 1_000_000, &mut budget);
+            proptest::prop_assert!(failed.is_none(), "{from:?}..{to}\n{}", h.to_edn());
+        }
+    }
+}

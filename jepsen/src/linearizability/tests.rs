@@ -452,6 +452,32 @@ proptest! {
     }
 }
 
+/// Cases proptest once shrank to (their seeds in proptest-regressions no longer replay them
+/// since the generators changed), kept by name.
+#[test]
+fn regressions_found_by_proptest() {
+    let h = register_history(&SimConfig {
+        seed: 12435880484585004675,
+        processes: 1,
+        keys: 1,
+        ops: 29,
+        info_pct: 26,
+        ..SimConfig::default()
+    });
+    assert!(check(&h).expect("well-formed").is_linearizable());
+    let specs = vec![
+        rd(0, Some("b"), 14, 17),
+        cas(1, None, "b", 18, 18).info(),
+        wr(2, "c", 0, 0).info(),
+        cas(3, Some("c"), "b", 0, 0).info(),
+    ];
+    for specs in [specs.clone(), uniquify(&specs)] {
+        let ops = history(&specs).operations().expect("well-formed");
+        let report = check_operations(&ops, MAX_SEARCH_STATES);
+        assert_eq!(report.is_linearizable(), brute_force(&ops), "{specs:?}");
+    }
+}
+
 /// Reference checker: tries every order, with info ops applied anywhere after invoke or never,
 /// mismatched cas as observations, and ok writes that carry a revision in revision order. No
 /// memo, no reductions; exponential, for tiny histories only.
