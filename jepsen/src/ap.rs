@@ -143,7 +143,8 @@ pub fn check_operations(ops: &[Operation], input: &ApInput) -> ApReport {
     let mut acked: BTreeMap<&str, Vec<(Hlc, Option<&str>)>> = BTreeMap::new();
     for op in ops {
         let value = match &op.op {
-            Op::Write(v) | Op::Cas { new: v, .. } => Some(v.as_str()),
+            Op::Write(v) => Some(v.as_str()),
+            Op::Cas { new, .. } => new.as_deref(),
             Op::Delete => None,
             Op::Read => continue,
         };
@@ -227,7 +228,8 @@ pub fn check_operations(ops: &[Operation], input: &ApInput) -> ApReport {
         if op.op != Op::Read && op.outcome == Outcome::Ok {
             if let (Some(done), Some(ts)) = (op.complete_ns, op.timestamp) {
                 let entry = acked_at.entry(op.key.as_str()).or_default();
-                entry.push((done, ts, op.op == Op::Delete));
+                let deletes = matches!(op.op, Op::Delete | Op::Cas { new: None, .. });
+                entry.push((done, ts, deletes));
             }
         }
     }

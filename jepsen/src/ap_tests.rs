@@ -18,6 +18,7 @@ fn op(key: &str, op: Op, t0: u64, t1: u64, read: Option<&str>, stamp: Option<Hlc
         read: read.map(String::from),
         version: None,
         timestamp: stamp,
+        mismatch: false,
         invoke_ns: t0,
         complete_ns: Some(t1),
     }

@@ -52,12 +52,12 @@ pub enum Op {
     Read,
     /// Write this value.
     Write(String),
-    /// Replace `expected` (None = key absent) by `new`.
+    /// Replace `expected` (None = absent) by `new` (None = absent: the swap deletes the key).
     Cas {
         /// Value the key must hold for the swap to apply.
         expected: Option<String>,
-        /// Value written when it applies.
-        new: String,
+        /// Value written when it applies; None removes the key.
+        new: Option<String>,
     },
     /// Delete the key.
     Delete,
@@ -76,7 +76,9 @@ impl Op {
 }
 
 /// One history event. Field meaning by `f`: write/cas carry the new value in `value` and cas its
-/// expected value in `expected`; an ok read carries the value read in `value` (None = absent).
+/// expected value in `expected` (None = absent, for both); an ok read carries the value read in
+/// `value` (None = absent). A failed cas with `mismatch` set is an observation: the key did not
+/// hold `expected` at some moment while the request was in flight.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Operation id shared by invoke and completion.
@@ -96,12 +98,16 @@ pub struct Event {
     /// Expected value of a cas (None = absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected: Option<String>,
-    /// CP version (Raft log index) returned by the server, if any.
+    /// CP revision returned by the server, if any: the Raft log index of a write, or for a read
+    /// the revision of the write whose value it returned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
     /// AP HLC timestamp returned by the server, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<Hlc>,
+    /// On a failed cas: it failed because the key held another value than `expected`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mismatch: bool,
     /// Monotonic nanoseconds since the start of the run.
     pub time_ns: u64,
 }
@@ -129,9 +135,17 @@ pub enum HistoryError {
     /// A completion disagrees with its invoke (process, key or function).
     #[error("operation {0}: completion does not match its invoke ({1})")]
     Mismatch(OpId, &'static str),
-    /// A write or cas invoke carries no value.
+    /// A write invoke carries no value.
     #[error("operation {0}: {1:?} invoke without a value")]
     MissingValue(OpId, OpKind),
+    /// Something wrong at a known line of a history file.
+    #[error("line {line}: {reason}")]
+    Invalid {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong there.
+        reason: String,
+    },
 }
 
 /// Final outcome of an [`Operation`].
@@ -160,10 +174,12 @@ pub struct Operation {
     pub outcome: Outcome,
     /// Value returned by an ok read (None = absent or not a read).
     pub read: Option<String>,
-    /// CP version from the completion, if any.
+    /// CP revision from the completion, if any.
     pub version: Option<u64>,
     /// AP timestamp from the completion, if any.
     pub timestamp: Option<Hlc>,
+    /// A failed cas that failed because the key held another value than expected.
+    pub mismatch: bool,
     /// Invoke time, ns since run start.
     pub invoke_ns: u64,
     /// Completion time; None if the operation never completed.
@@ -179,16 +195,22 @@ impl std::fmt::Display for Operation {
                 _ => "read".to_string(),
             },
             Op::Write(v) => format!("write {v}"),
-            Op::Cas { expected, new } => format!("cas {} -> {new}", show(expected)),
+            Op::Cas { expected, new } => format!("cas {} -> {}", show(expected), show(new)),
             Op::Delete => "delete".to_string(),
         };
+        let outcome = if self.mismatch {
+            "Mismatch".to_string()
+        } else {
+            format!("{:?}", self.outcome)
+        };
+        let revision = self.version.map_or_else(String::new, |r| format!(" @r{r}"));
         let end = self
             .complete_ns
             .map_or_else(|| "never".to_string(), |c| format!("{c}ns"));
         write!(
             f,
-            "#{} p{} {:?} {} [{}ns .. {}]",
-            self.id, self.process, self.outcome, what, self.invoke_ns, end
+            "#{} p{} {outcome} {what}{revision} [{}ns .. {end}]",
+            self.id, self.process, self.invoke_ns
         )
     }
 }
@@ -257,10 +279,7 @@ impl History {
                         ),
                         OpKind::Cas => Op::Cas {
                             expected: e.expected.clone(),
-                            new: e
-                                .value
-                                .clone()
-                                .ok_or(HistoryError::MissingValue(e.id, e.f))?,
+                            new: e.value.clone(),
                         },
                     };
                     if by_id.insert(e.id, ops.len()).is_some() {
@@ -275,6 +294,7 @@ impl History {
                         read: None,
                         version: None,
                         timestamp: None,
+                        mismatch: false,
                         invoke_ns: e.time_ns,
                         complete_ns: None,
                     });
@@ -301,8 +321,12 @@ impl History {
                     if kind == EventType::Ok && e.f == OpKind::Read {
                         op.read = e.value.clone();
                     }
+                    if e.mismatch && (kind != EventType::Fail || e.f != OpKind::Cas) {
+                        return Err(HistoryError::Mismatch(e.id, "mismatch on a non-failed cas"));
+                    }
                     op.version = e.version;
                     op.timestamp = e.timestamp;
+                    op.mismatch = e.mismatch;
                     op.complete_ns = Some(e.time_ns);
                 }
             }
@@ -314,6 +338,8 @@ impl History {
     ///
     /// Values use Jepsen's independent-key tuples `[key value]`; cas values are `[key [old new]]`.
     /// A delete is exported as a write of `nil`, because Knossos' cas-register has no delete.
+    /// A cas that failed on a mismatch carries `:error :mismatch`; the revision, when known, is
+    /// `:revision N` (Jepsen's tools ignore keys they do not know).
     pub fn to_edn(&self) -> String {
         let mut out = String::new();
         for (index, e) in self.events.iter().enumerate() {
@@ -334,9 +360,16 @@ impl History {
                 OpKind::Delete => "nil".to_string(),
                 _ => edn_opt(&e.value),
             };
+            let mut extra = String::new();
+            if e.mismatch {
+                extra.push_str(", :error :mismatch");
+            }
+            if let Some(r) = e.version {
+                let _ = write!(extra, ", :revision {r}");
+            }
             let _ = writeln!(
                 out,
-                "{{:type {kind}, :f {f}, :value [{} {inner}], :process {}, :time {}, :index {index}}}",
+                "{{:type {kind}, :f {f}, :value [{} {inner}], :process {}, :time {}, :index {index}{extra}}}",
                 edn_str(&e.key),
                 e.process,
                 e.time_ns
@@ -350,7 +383,8 @@ fn edn_opt(v: &Option<String>) -> String {
     v.as_deref().map_or_else(|| "nil".to_string(), edn_str)
 }
 
-fn edn_str(s: &str) -> String {
+/// `s` as an EDN string literal.
+pub(crate) fn edn_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -427,7 +461,7 @@ impl Recorder {
         let (value, expected) = match op {
             Op::Read | Op::Delete => (None, None),
             Op::Write(v) => (Some(v), None),
-            Op::Cas { expected, new } => (Some(new), expected),
+            Op::Cas { expected, new } => (new, expected),
         };
         let index = s.events.len();
         s.pending.insert(id, index);
@@ -441,6 +475,7 @@ impl Recorder {
             expected,
             version: None,
             timestamp: None,
+            mismatch: false,
             time_ns,
         });
         id
@@ -456,6 +491,12 @@ impl Recorder {
         self.complete(id, EventType::Fail, None, None, None);
     }
 
+    /// Records that cas `id` did not apply because the key held another value than expected
+    /// (a failure that is also an observation of the key).
+    pub fn mismatch(&self, id: OpId) {
+        self.complete_with(id, EventType::Fail, None, None, None, true);
+    }
+
     /// Records that operation `id` has an unknown outcome.
     pub fn info(&self, id: OpId) {
         self.complete(id, EventType::Info, None, None, None);
@@ -468,6 +509,18 @@ impl Recorder {
         read: Option<String>,
         version: Option<u64>,
         timestamp: Option<Hlc>,
+    ) {
+        self.complete_with(id, kind, read, version, timestamp, false);
+    }
+
+    fn complete_with(
+        &self,
+        id: OpId,
+        kind: EventType,
+        read: Option<String>,
+        version: Option<u64>,
+        timestamp: Option<Hlc>,
+        mismatch: bool,
     ) {
         let mut s = self.lock();
         let time_ns = (self.clock)();
@@ -495,6 +548,7 @@ impl Recorder {
             expected: invoke.expected.clone(),
             version,
             timestamp,
+            mismatch: mismatch && invoke.f == OpKind::Cas,
             time_ns,
         };
         s.events.push(event);

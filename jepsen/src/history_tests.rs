@@ -17,7 +17,7 @@ fn recorded() -> History {
         "k",
         Op::Cas {
             expected: None,
-            new: "b".into(),
+            new: Some("b".into()),
         },
     );
     rec.fail(c);
@@ -85,8 +85,8 @@ fn operations_pair_and_validate() {
 fn edn_export_snapshot() {
     let expected = r#"{:type :invoke, :f :write, :value ["k" "a \"quoted\""], :process 0, :time 0, :index 0}
 {:type :invoke, :f :read, :value ["k" nil], :process 1, :time 10, :index 1}
-{:type :ok, :f :write, :value ["k" "a \"quoted\""], :process 0, :time 20, :index 2}
-{:type :ok, :f :read, :value ["k" "a \"quoted\""], :process 1, :time 30, :index 3}
+{:type :ok, :f :write, :value ["k" "a \"quoted\""], :process 0, :time 20, :index 2, :revision 7}
+{:type :ok, :f :read, :value ["k" "a \"quoted\""], :process 1, :time 30, :index 3, :revision 7}
 {:type :invoke, :f :cas, :value ["k" [nil "b"]], :process 0, :time 40, :index 4}
 {:type :fail, :f :cas, :value ["k" [nil "b"]], :process 0, :time 50, :index 5}
 {:type :invoke, :f :write, :value ["k2" nil], :process 2, :time 60, :index 6}

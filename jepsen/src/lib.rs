@@ -5,6 +5,8 @@
 //! record into a [`history::Recorder`]; checkers read the resulting [`history::History`].
 
 pub mod ap;
+pub mod edn;
+pub mod file;
 pub mod history;
 pub mod linearizability;
 pub mod nemesis;

@@ -188,6 +188,16 @@ pub enum Cmd {
         kv bench --target etcd --endpoints 127.0.0.1:2379 --mix put=100   # needs --features etcd\n\n\
         See docs/performance.md.")]
     Bench(crate::bench::args::BenchArgs),
+    /// Checks a history file for linearizability (cp) or AP convergence (ap); exit 1 on a
+    /// violation or when undecided, 2 on bad input.
+    #[command(after_help = "Examples:\n  \
+        kv check target/partition-matrix/cp_bridge-seed1.jsonl\n  \
+        kv check history.edn --input edn            # a Jepsen register history\n  \
+        kv check run.jsonl --model ap -o json       # needs the file's final replica reads\n\n\
+        The JSON-lines format is in docs/partition-suite.md. On a violation it prints the\n\
+        smallest window of operations found that cannot be linearized, and the write each\n\
+        stuck operation expected.")]
+    Check(CheckArgs),
     /// Prints a shell completion script.
     #[command(after_help = "Examples:\n  \
         kv completion bash > ~/.local/share/bash-completion/completions/kv\n  \
@@ -197,6 +207,41 @@ pub enum Cmd {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// `kv check` flags.
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The history: JSON lines or Jepsen EDN; `-` reads stdin.
+    pub history: PathBuf,
+    /// What to check. Default: ap when the file has final replica reads, else cp.
+    #[arg(long, value_enum)]
+    pub model: Option<CheckModel>,
+    /// The file's format. Default: guessed from its first characters.
+    #[arg(long, value_enum)]
+    pub input: Option<InputFormat>,
+    /// CP: search states per key before the key is undecided (histories whose writes carry
+    /// revisions need about one per operation).
+    #[arg(long, default_value_t = jepsen::linearizability::MAX_SEARCH_STATES)]
+    pub max_states: u64,
+}
+
+/// What `kv check` checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CheckModel {
+    /// Linearizability of every key (CP keyspaces).
+    Cp,
+    /// No acknowledged write lost, replicas converged, no delete undone (AP keyspaces).
+    Ap,
+}
+
+/// Format of a history file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InputFormat {
+    /// The project's JSON lines.
+    Jsonl,
+    /// Jepsen's EDN.
+    Edn,
 }
 
 /// Per-request options of the data commands.

@@ -59,6 +59,7 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
         Cmd::Keyspace { command } => cmd::admin::keyspace(&ctx, command).await,
         Cmd::Completion { shell } => cmd::admin::completion(&ctx, shell),
         Cmd::Bench(args) => bench::run(&ctx, args).await,
+        Cmd::Check(args) => cmd::check::run(&ctx, &args),
     }
 }
 

@@ -1,8 +1,9 @@
 //! The commands, one file per group: `server` (run a node), `local` (local clusters), `data`
-//! (put, get, delete, cas), `admin` (ring, status, keyspaces, completion). Each returns the
-//! exit code of its answer or a `CliError`; `output` prints and ends.
+//! (put, get, delete, cas), `admin` (ring, status, keyspaces, completion), `check` (history
+//! files). Each returns the exit code of its answer or a `CliError`; `output` prints and ends.
 
 pub mod admin;
+pub mod check;
 pub mod data;
 pub mod local;
 pub mod server;
