@@ -301,3 +301,31 @@ pub async fn start_node(
         pid_before,
     })
 }
+
+/// Starts node `i` again with its data (if it does not run) without waiting for the cluster:
+/// for `kv chaos restart`, where injected faults may keep the cluster from ever being ready.
+pub fn spawn_node(
+    dir: &Path,
+    cluster: &mut LocalCluster,
+    i: usize,
+    progress: &dyn Fn(&str),
+) -> Result<NodeChange> {
+    let pid_before = cluster.nodes[i].pid.filter(|p| pid_alive(*p));
+    if pid_before.is_none() {
+        let node = &cluster.nodes[i];
+        if !process::port_free(&node.addr) {
+            bail!(
+                "port of node {} ({}) is in use by another process; stop it (see `ss -ltnp`)",
+                node.name,
+                node.addr
+            );
+        }
+        cluster.nodes[i].pid = None;
+        start_one(dir, cluster, i, progress)?;
+        cluster.save(dir)?;
+    }
+    Ok(NodeChange {
+        node: cluster.nodes[i].clone(),
+        pid_before,
+    })
+}
