@@ -53,17 +53,17 @@ pub async fn run(ctx: &Ctx, command: ChaosCmd) -> Result<Exit, CliError> {
                 from.iter().map(String::as_str).collect()
             };
             let (a, b) = (side.join(", "), other.join(", "));
+            if other.is_empty() {
+                return Err(CliError::BadInput(format!(
+                    "nothing to cut {a} off from: the cluster has no other node"
+                )));
+            }
             let what = if one_way {
-                format!("dropping every message from {a} to {b} ({b} still reach {a})")
+                format!("dropping every message from {a} to {b}; messages from {b} to {a} still arrive")
             } else {
                 format!("cut {a} off from {b}, both ways")
             };
             network(ctx, &target, "partition", what, |f| {
-                if other.is_empty() {
-                    return Err(FaultError::InvalidCluster(format!(
-                        "nothing to cut {a} off from: the cluster has only {a}"
-                    )));
-                }
                 if !one_way {
                     return f.partition(&side, &other);
                 }
@@ -457,13 +457,22 @@ async fn heal(ctx: &Ctx, target: &Target) -> Result<(), CliError> {
 fn kill(ctx: &Ctx, target: &mut Target, node: &str) -> Result<(), CliError> {
     let n = target.local_node("kill", node)?;
     let change = local::stop_node(&n.dir.path, n.cluster, n.i, Stop::Kill)?;
-    let what = match change.pid_before {
+    let record = target.load_record(ctx);
+    let mut what = match change.pid_before {
         Some(pid) => format!(
             "killed {node} (pid {pid}) with SIGKILL: a crash, nothing flushed; `kv chaos restart {node}` starts it again with its data"
         ),
         None => format!("{node} was not running"),
     };
-    let held = target.held(&target.load_record(ctx))?;
+    if let Some(f) = record.nodes.get(node).map(RecordedNode::faults) {
+        if change.pid_before.is_some() && !f.is_clear() {
+            what.push_str(&format!(
+                "\nits own network faults ended with it ({}); `kv chaos restart {node}` gives them back",
+                node_faults_text(&f)
+            ));
+        }
+    }
+    let held = target.held(&record)?;
     print(ctx, target, "kill", what, &held)
 }
 

@@ -138,7 +138,10 @@ async fn demo(
     };
     let min_name = minority.0.as_str();
     let maj_names: Vec<&str> = majority.iter().map(|(n, _)| n.as_str()).collect();
-    let maj_text = maj_names.join(" and ");
+    let maj_text = match maj_names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => maj_names.join(""),
+    };
     let mut per_node = Vec::new();
     for (_, addr) in &nodes {
         per_node.push(connect(addr).await?);
@@ -265,7 +268,7 @@ async fn demo(
     say(
         ctx,
         &format!(
-            "   CP on {min_name}: it cannot reach a majority of any Raft group, so it refuses rather than answer\n   with possibly stale data; nothing it refused was applied."
+            "   CP on {min_name}: it cannot reach a majority of any Raft group, so it refuses rather than answer\n   with possibly stale data."
         ),
     )?;
     let ap_ops: Vec<&Op> = ops.iter().filter(|o| o.mode == Mode::Ap).collect();
@@ -285,7 +288,7 @@ async fn demo(
 
     say(
         ctx,
-        &format!("\n5. Healing the partition: {min_name} and {maj_text} exchange messages again ...",),
+        &format!("\n5. Healing the partition: {min_name} exchanges messages with {maj_text} again ..."),
     )?;
     faults.heal_all().await.map_err(|e| CliError::Other(e.into()))?;
     let (cp, ap) = tokio::join!(
@@ -338,10 +341,21 @@ async fn demo(
         "\n6. Every acknowledged write checked against the final values (lost: the final value is one\n   written before it, in real time), and every read against the writes acknowledged before it\n   began (stale: it missed one).",
     )?;
     for r in &reports {
+        let refused = ops
+            .iter()
+            .filter(|o| o.mode == r.mode && o.kind == Kind::Write && !o.ok())
+            .count();
+        let applied = match (refused, r.failed_writes_applied) {
+            (0, _) => String::new(),
+            (n, 0) => format!("; none of the {n} writes refused shows up after the heal"),
+            (n, k) => format!(
+                "; {k} of the {n} writes refused show up after the heal (refused writes of unknown outcome)"
+            ),
+        };
         say(
             ctx,
             &format!(
-                "   {}: {} acknowledged writes lost, {} stale reads",
+                "   {}: {} acknowledged writes lost, {} stale reads{applied}",
                 r.mode.keyspace(),
                 r.lost_writes,
                 r.stale_reads
@@ -408,11 +422,17 @@ fn lww_story(
         "   Last write wins: where both sides wrote a key, the write with the newer timestamp is kept everywhere\n   and the other side's write, although acknowledged, is gone:",
     )?;
     for lost in discarded {
-        let kept = finals
-            .get(&lost.key)
-            .cloned()
-            .flatten()
-            .unwrap_or_else(|| "nothing".into());
+        let kept = finals.get(&lost.key).cloned().flatten();
+        let kept_write = ap
+            .iter()
+            .find(|o| o.kind == Kind::Write && o.key == lost.key && o.value == kept);
+        let when = match kept_write {
+            Some(k) if k.start >= lost.start => {
+                format!(", written {} later", human(k.start - lost.start))
+            }
+            Some(k) => format!(", written {} earlier", human(lost.start - k.start)),
+            None => String::new(),
+        };
         let who = match lost.side {
             Side::Majority => maj_name,
             Side::Minority => min_name,
@@ -420,8 +440,9 @@ fn lww_story(
         say(
             ctx,
             &format!(
-                "     {}: every replica holds {kept:?}; {who}'s {:?} was discarded",
+                "     {}: every replica holds {:?}{when}; {who}'s {:?} was discarded",
                 lost.key,
+                kept.as_deref().unwrap_or("nothing"),
                 lost.value.as_deref().unwrap_or("")
             ),
         )?;

@@ -121,6 +121,8 @@ pub struct ModeReport {
     pub lost_writes: usize,
     /// Each side's last acknowledged write of a key during the partition, not kept.
     pub discarded_by_lww: usize,
+    /// Failed writes whose value is in the final state: refused, yet applied.
+    pub failed_writes_applied: usize,
     /// Time from the heal until every node answered every key with the same value.
     pub converged_after: Option<Duration>,
 }
@@ -165,6 +167,7 @@ pub fn judge(
         stale_reads: stale_reads(&ops).len(),
         lost_writes: lost_writes(&ops, finals).len(),
         discarded_by_lww: discarded_by_lww(&ops, finals).len(),
+        failed_writes_applied: failed_writes_applied(&ops, finals).len(),
         converged_after,
     }
 }
@@ -265,6 +268,18 @@ pub fn discarded_by_lww<'a>(
         .collect()
 }
 
+/// Writes that failed (refused, or of unknown outcome) whose value is a key's final value.
+pub fn failed_writes_applied<'a>(
+    ops: &[&'a Op],
+    finals: &BTreeMap<String, Option<String>>,
+) -> Vec<&'a Op> {
+    ops.iter()
+        .copied()
+        .filter(|w| w.kind == Kind::Write && !w.ok())
+        .filter(|w| finals.get(&w.key).is_some_and(|f| *f == w.value))
+        .collect()
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -300,6 +315,7 @@ impl ModeReport {
                 "lost_acknowledged_writes": self.lost_writes,
             },
             "discarded_by_lww": self.discarded_by_lww,
+            "failed_writes_applied": self.failed_writes_applied,
             "converged": self.converged_after.is_some(),
             "converged_after_ms": self.converged_after.map(ms),
         })

@@ -182,9 +182,17 @@ fn judge_counts_each_side_during_the_partition_only() {
         BTreeMap::from([("DeadlineExceeded".into(), 1), ("Unavailable".into(), 1)])
     );
     assert_eq!(
-        (report.stale_reads, report.lost_writes, report.discarded_by_lww),
-        (0, 0, 0)
+        (
+            report.stale_reads,
+            report.lost_writes,
+            report.discarded_by_lww,
+            report.failed_writes_applied
+        ),
+        (0, 0, 0, 0)
     );
+    // A refused write whose value is the final one was applied after all.
+    let applied = judge(Mode::Cp, &ops, &finals(&[("k", Some("n1"))]), None);
+    assert_eq!(applied.failed_writes_applied, 1);
     // Another mode's operations are not counted.
     assert_eq!(judge(Mode::Ap, &ops, &BTreeMap::new(), None).majority.total, 0);
 

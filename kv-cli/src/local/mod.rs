@@ -313,12 +313,17 @@ pub fn spawn_node(
     let pid_before = cluster.nodes[i].pid.filter(|p| pid_alive(*p));
     if pid_before.is_none() {
         let node = &cluster.nodes[i];
-        if !process::port_free(&node.addr) {
-            bail!(
-                "port of node {} ({}) is in use by another process; stop it (see `ss -ltnp`)",
-                node.name,
-                node.addr
-            );
+        // A node killed a moment ago holds its port until its last thread has exited.
+        let start = std::time::Instant::now();
+        while !process::port_free(&node.addr) {
+            if start.elapsed() > KILL_TIMEOUT {
+                bail!(
+                    "port of node {} ({}) is in use by another process; stop it (see `ss -ltnp`)",
+                    node.name,
+                    node.addr
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         cluster.nodes[i].pid = None;
         start_one(dir, cluster, i, progress)?;
