@@ -49,7 +49,8 @@ fn json(dir: &Path, args: &[&str]) -> serde_json::Value {
     all.extend(["-o", "json"]);
     let out = kv(dir, &all);
     assert!(out.status.success(), "kv {args:?}: {}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("kv {args:?}: {e}: {}", text(&out)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("kv {args:?}: {e}: {}", text(&out)))
 }
 
 /// Each node's `drop_to` in a `kv chaos` JSON answer, as "name:peer,peer".
@@ -83,7 +84,13 @@ fn node<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 /// The process state letter of `pid` (`S`, `R`, `T` for stopped...), `None` once it is gone.
 fn proc_state(pid: u64) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(stat.rsplit(')').next()?.split_whitespace().next()?.to_string())
+    Some(
+        stat.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .next()?
+            .to_string(),
+    )
 }
 
 /// A key whose CP partition `node` does not lead: cut off, that node refuses it without
@@ -97,7 +104,14 @@ fn key_not_led_by(dir: &Path, node: &str) -> String {
         .unwrap()
         .iter()
         .find(|n| n["node"] == node)
-        .map(|n| n["leader_of"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect())
+        .map(|n| {
+            n["leader_of"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_u64().unwrap())
+                .collect()
+        })
         .unwrap_or_else(|| panic!("no {node} in {status}"));
     let partitions = json(dir, &["ring"])["partition_count"].as_u64().unwrap() as u32;
     (0..)
@@ -150,12 +164,30 @@ fn a_partition_refuses_cp_on_the_cut_off_node_keeps_ap_there_and_heal_gives_cp_b
     // The cut-off node refuses CP writes.
     assert_refused(&kv(
         dir,
-        &["put", key, "minority", "--endpoints", n3, "--timeout-ms", "2000"],
+        &[
+            "put",
+            key,
+            "minority",
+            "--endpoints",
+            n3,
+            "--timeout-ms",
+            "2000",
+        ],
     ));
     // It still takes AP writes (one replica: its own).
     let ap = kv(
         dir,
-        &["-k", "ap", "put", "cart", "n3-side", "--consistency", "one", "--endpoints", n3],
+        &[
+            "-k",
+            "ap",
+            "put",
+            "cart",
+            "n3-side",
+            "--consistency",
+            "one",
+            "--endpoints",
+            n3,
+        ],
     );
     assert_eq!(ap.status.code(), Some(0), "{}", text(&ap));
     // The majority side serves CP (once it has leaders for the groups n3 led).
@@ -169,7 +201,10 @@ fn a_partition_refuses_cp_on_the_cut_off_node_keeps_ap_there_and_heal_gives_cp_b
     assert_eq!(drops(&status), ["n1:n3", "n2:n3", "n3:n1,n2"], "{status}");
     // Still refused: the slow link did not undo the partition on n3 (a read changes nothing:
     // its refusal is exit 5).
-    let refused = kv(dir, &["get", key, "--endpoints", n3, "--timeout-ms", "2000"]);
+    let refused = kv(
+        dir,
+        &["get", key, "--endpoints", n3, "--timeout-ms", "2000"],
+    );
     assert_eq!(refused.status.code(), Some(5), "{}", text(&refused));
 
     let healed = json(dir, &["chaos", "heal"]);
@@ -185,7 +220,10 @@ fn a_partition_refuses_cp_on_the_cut_off_node_keeps_ap_there_and_heal_gives_cp_b
     // The AP write taken by n3 alone reaches the others after the heal (hinted handoff).
     let start = Instant::now();
     while kv(dir, &["-k", "ap", "get", "cart", "--endpoints", &addrs[0]]).stdout != b"n3-side\n" {
-        assert!(start.elapsed() < EVENTUALLY, "n3's AP write never reached n1");
+        assert!(
+            start.elapsed() < EVENTUALLY,
+            "n3's AP write never reached n1"
+        );
         std::thread::sleep(RETRY);
     }
 
@@ -195,19 +233,28 @@ fn a_partition_refuses_cp_on_the_cut_off_node_keeps_ap_there_and_heal_gives_cp_b
     let paused = json(dir, &["chaos", "pause", "n2"]);
     assert_eq!(node(&paused, "n2")["process"], "paused", "{paused}");
     assert_eq!(proc_state(n2_pid).as_deref(), Some("T"));
-    let frozen = kv(dir, &["get", key, "--endpoints", &addrs[1], "--timeout-ms", "1000"]);
+    let frozen = kv(
+        dir,
+        &["get", key, "--endpoints", &addrs[1], "--timeout-ms", "1000"],
+    );
     assert_ne!(frozen.status.code(), Some(0), "{}", text(&frozen));
     // A paused node cannot take a network fault: refused before anything changes.
     let refused = kv(dir, &["chaos", "partition", "n2"]);
     assert_eq!(refused.status.code(), Some(5), "{}", text(&refused));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("paused"));
-    assert_eq!(drops(&json(dir, &["chaos", "status"])), ["n1:", "n2:", "n3:"]);
+    assert_eq!(
+        drops(&json(dir, &["chaos", "status"])),
+        ["n1:", "n2:", "n3:"]
+    );
     let healed = json(dir, &["chaos", "heal"]);
     assert_eq!(node(&healed, "n2")["process"], "running", "{healed}");
     assert_ne!(proc_state(n2_pid).as_deref(), Some("T"));
     eventually_ok(dir, &["get", key, "--endpoints", &addrs[1]]);
     let resumed = json(dir, &["chaos", "resume", "n2"]);
-    assert!(resumed["message"].as_str().unwrap().contains("not paused"), "{resumed}");
+    assert!(
+        resumed["message"].as_str().unwrap().contains("not paused"),
+        "{resumed}"
+    );
 
     // kill / restart: the restarted node gets back the faults it held.
     json(dir, &["chaos", "partition", "n3"]);
@@ -216,13 +263,23 @@ fn a_partition_refuses_cp_on_the_cut_off_node_keeps_ap_there_and_heal_gives_cp_b
     assert_eq!(node(&killed, "n3")["process"], "down", "{killed}");
     // Gone, or a zombie nobody has reaped yet (its parent, `kv local up`, has exited).
     let state = proc_state(n3_pid);
-    assert!(matches!(state.as_deref(), None | Some("Z")), "n3 after kill: {state:?}");
+    assert!(
+        matches!(state.as_deref(), None | Some("Z")),
+        "n3 after kill: {state:?}"
+    );
     let restarted = json(dir, &["chaos", "restart", "n3"]);
     assert_eq!(node(&restarted, "n3")["process"], "running", "{restarted}");
     assert_ne!(pid_of(dir, "n3"), n3_pid);
-    assert_eq!(drops(&restarted), ["n1:n3", "n2:n3", "n3:n1,n2"], "{restarted}");
+    assert_eq!(
+        drops(&restarted),
+        ["n1:n3", "n2:n3", "n3:n1,n2"],
+        "{restarted}"
+    );
     // Its partition is back in place: a read through it is refused.
-    let refused = kv(dir, &["get", key, "--endpoints", n3, "--timeout-ms", "2000"]);
+    let refused = kv(
+        dir,
+        &["get", key, "--endpoints", n3, "--timeout-ms", "2000"],
+    );
     assert_eq!(refused.status.code(), Some(5), "{}", text(&refused));
     json(dir, &["chaos", "heal"]);
     eventually_ok(dir, &["put", key, "last", "--endpoints", n3]);
@@ -234,18 +291,34 @@ fn network_faults_on_nodes_without_chaos_name_the_node_and_the_flag() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let _cleanup = Cleanup(dir);
-    ok(&kv(dir, &["local", "up", "--base-port", "0", "--nodes", "1"]));
+    ok(&kv(
+        dir,
+        &["local", "up", "--base-port", "0", "--nodes", "1"],
+    ));
     let addr = addrs(dir)[0].clone();
 
     let refused = kv(dir, &["chaos", "skew", "n1", "--ms", "-500"]);
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("n1") && stderr.contains("--chaos"), "{stderr}");
+    assert!(
+        stderr.contains("n1") && stderr.contains("--chaos"),
+        "{stderr}"
+    );
 
     // The same through --endpoints (the nodes found from the ring), in JSON.
     let refused = kv_command(
         dir,
-        &["chaos", "skew", "n1", "--ms", "500", "--endpoints", &addr, "-o", "json"],
+        &[
+            "chaos",
+            "skew",
+            "n1",
+            "--ms",
+            "500",
+            "--endpoints",
+            &addr,
+            "-o",
+            "json",
+        ],
     )
     .env("XDG_STATE_HOME", dir.join("state"))
     .output()
@@ -254,7 +327,10 @@ fn network_faults_on_nodes_without_chaos_name_the_node_and_the_flag() {
     let err: serde_json::Value = serde_json::from_slice(&refused.stderr).unwrap();
     assert_eq!(err["error"]["code"], "bad_input");
     let message = err["error"]["message"].as_str().unwrap();
-    assert!(message.contains("n1") && message.contains("--chaos"), "{message}");
+    assert!(
+        message.contains("n1") && message.contains("--chaos"),
+        "{message}"
+    );
 
     // Process faults need the local cluster; unknown nodes and empty sides are bad input.
     for args in [
@@ -268,5 +344,8 @@ fn network_faults_on_nodes_without_chaos_name_the_node_and_the_flag() {
     }
     // Nothing was recorded or changed: the node serves as before.
     ok(&kv(dir, &["chaos", "heal"]));
-    ok(&kv(dir, &["-k", "ap", "put", "k", "v", "--consistency", "one"]));
+    ok(&kv(
+        dir,
+        &["-k", "ap", "put", "k", "v", "--consistency", "one"],
+    ));
 }

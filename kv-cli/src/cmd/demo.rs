@@ -106,12 +106,7 @@ async fn connect(addr: &str) -> Result<Client, CliError> {
 }
 
 /// The demo itself, in the cluster folder `dir`.
-async fn demo(
-    ctx: &Ctx,
-    args: &DemoArgs,
-    dir: &Path,
-    started: Instant,
-) -> Result<Table, CliError> {
+async fn demo(ctx: &Ctx, args: &DemoArgs, dir: &Path, started: Instant) -> Result<Table, CliError> {
     say(ctx, INTRO)?;
 
     say(
@@ -161,7 +156,11 @@ async fn demo(
             "   ready after {}: {}; every CP partition has a Raft leader{}",
             human(t.elapsed()),
             listing.join(", "),
-            if leaders.is_some() { "" } else { " (not yet: some early CP requests may fail)" }
+            if leaders.is_some() {
+                ""
+            } else {
+                " (not yet: some early CP requests may fail)"
+            }
         ),
     )?;
 
@@ -179,7 +178,12 @@ async fn demo(
         let mut ops = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let op = rec
-                .write(&majority_client, (mode, Side::Majority, false), key, &format!("before-{i}"))
+                .write(
+                    &majority_client,
+                    (mode, Side::Majority, false),
+                    key,
+                    &format!("before-{i}"),
+                )
                 .await;
             ops.push(op);
         }
@@ -198,8 +202,8 @@ async fn demo(
         .await
         .map(|s| s.leader_of.len())
         .ok();
-    let mut faults = FaultClient::new(nodes.clone(), TcpDialer)
-        .map_err(|e| CliError::Other(e.into()))?;
+    let mut faults =
+        FaultClient::new(nodes.clone(), TcpDialer).map_err(|e| CliError::Other(e.into()))?;
     faults
         .partition(&[min_name], &maj_names)
         .await
@@ -288,9 +292,14 @@ async fn demo(
 
     say(
         ctx,
-        &format!("\n5. Healing the partition: {min_name} exchanges messages with {maj_text} again ..."),
+        &format!(
+            "\n5. Healing the partition: {min_name} exchanges messages with {maj_text} again ..."
+        ),
     )?;
-    faults.heal_all().await.map_err(|e| CliError::Other(e.into()))?;
+    faults
+        .heal_all()
+        .await
+        .map_err(|e| CliError::Other(e.into()))?;
     let (cp, ap) = tokio::join!(
         workload::wait_converged(&per_node, Mode::Cp, &keys, CONVERGE_LIMIT),
         workload::wait_converged(&per_node, Mode::Ap, &keys, CONVERGE_LIMIT),

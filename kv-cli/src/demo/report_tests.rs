@@ -122,7 +122,10 @@ fn a_write_is_lost_when_the_final_value_is_older_than_it() {
     assert!(lost_writes(&refs(&ops), &finals(&[("k", Some("b"))])).is_empty());
     // Absent, or a value no write produced: every acknowledged write of the key is lost.
     assert_eq!(lost_writes(&refs(&ops), &finals(&[("k", None)])).len(), 2);
-    assert_eq!(lost_writes(&refs(&ops), &finals(&[("k", Some("x"))])).len(), 2);
+    assert_eq!(
+        lost_writes(&refs(&ops), &finals(&[("k", Some("x"))])).len(),
+        2
+    );
 }
 
 #[test]
@@ -147,9 +150,15 @@ fn the_side_whose_last_write_is_not_kept_is_counted_once_per_key() {
         write(Side::Minority, "k", "n1", 15, 17),
         write(Side::Minority, "j", "n2", 15, 17),
     ];
-    let discarded = discarded_by_lww(&refs(&ops), &finals(&[("k", Some("m2")), ("j", Some("n2"))]));
+    let discarded = discarded_by_lww(
+        &refs(&ops),
+        &finals(&[("k", Some("m2")), ("j", Some("n2"))]),
+    );
     assert_eq!(discarded, vec![&ops[3]]);
-    let discarded = discarded_by_lww(&refs(&ops), &finals(&[("k", Some("n1")), ("j", Some("n2"))]));
+    let discarded = discarded_by_lww(
+        &refs(&ops),
+        &finals(&[("k", Some("n1")), ("j", Some("n2"))]),
+    );
     assert_eq!(discarded, vec![&ops[2]]);
 }
 
@@ -162,7 +171,10 @@ fn judge_counts_each_side_during_the_partition_only() {
         write(Side::Majority, "k", "m1", 10, 14),
         read(Side::Majority, "k", Some("m1"), 20, 22),
         failed(write(Side::Minority, "k", "n1", 10, 810), "Unavailable"),
-        failed(read(Side::Minority, "k", None, 810, 1600), "DeadlineExceeded"),
+        failed(
+            read(Side::Minority, "k", None, 810, 1600),
+            "DeadlineExceeded",
+        ),
     ];
     for op in &mut ops {
         op.mode = Mode::Cp;
@@ -194,7 +206,10 @@ fn judge_counts_each_side_during_the_partition_only() {
     let applied = judge(Mode::Cp, &ops, &finals(&[("k", Some("n1"))]), None);
     assert_eq!(applied.failed_writes_applied, 1);
     // Another mode's operations are not counted.
-    assert_eq!(judge(Mode::Ap, &ops, &BTreeMap::new(), None).majority.total, 0);
+    assert_eq!(
+        judge(Mode::Ap, &ops, &BTreeMap::new(), None).majority.total,
+        0
+    );
 
     let json = report.json();
     assert_eq!(json["minority"]["ok"], 0);

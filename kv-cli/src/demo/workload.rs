@@ -120,7 +120,10 @@ impl Recorder {
             .get(mode.keyspace(), key.as_bytes(), options(mode))
             .await;
         let (value, error) = match result {
-            Ok(r) => (r.value.map(|v| String::from_utf8_lossy(&v).into_owned()), None),
+            Ok(r) => (
+                r.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                None,
+            ),
             Err(e) => (None, Some(error_kind(&e))),
         };
         self.keep(Op {
