@@ -86,7 +86,7 @@ pub enum Cmd {
     },
     /// Shows CP and AP side by side: a 3-node cluster, a partition, a heal, and a table.
     #[command(after_help = "Examples:\n  \
-        kv demo                      # about a minute; the cluster and its folder are removed after\n  \
+        kv demo                      # about 20 s; the cluster and its folder are removed after\n  \
         kv demo -o json              # only the comparison table, as JSON\n  \
         kv demo --skew-ms -3000      # n3's clock 3 s behind: last-write-wins loses newer writes\n\n\
         See docs/cli.md (kv demo) and docs/cap-modes.md.")]

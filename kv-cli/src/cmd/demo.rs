@@ -31,7 +31,7 @@ const LEADERS_LIMIT: Duration = Duration::from_secs(30);
 const CONVERGE_LIMIT: Duration = Duration::from_secs(60);
 
 const INTRO: &str = "\
-kv demo: CP and AP side by side on a real 3-node cluster (about a minute).
+kv demo: CP and AP side by side on a real 3-node cluster (about 20 seconds).
 
 Keyspace `cp` replicates each partition of the keys through Raft: a write is acknowledged once
 a majority of replicas has it, and every read sees the latest acknowledged write. Keyspace `ap`
@@ -280,7 +280,7 @@ async fn demo(ctx: &Ctx, args: &DemoArgs, dir: &Path, started: Instant) -> Resul
         say(
             ctx,
             &format!(
-                "   AP on both sides: served, but the sides cannot see each other's writes. Example of a stale read:\n   a read of {} on the {} side returned {:?}, though {:?} had been acknowledged {} earlier.",
+                "   AP on both sides: served, but the sides cannot see each other's writes. A stale read, for\n   example: a read of {} on the {} side returned {:?},\n   though {:?} had been acknowledged {} earlier.",
                 read.key,
                 read.side.name(),
                 read.value.as_deref().unwrap_or("nothing"),

@@ -284,9 +284,11 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A duration for people: "850 ms" or "2.3 s".
+/// A duration for people: "0.4 ms", "850 ms" or "2.3 s".
 pub fn human(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
+    if d < Duration::from_millis(10) {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    } else if d < Duration::from_secs(1) {
         format!("{} ms", d.as_millis())
     } else {
         format!("{:.1} s", d.as_secs_f64())

@@ -46,6 +46,13 @@ fn finals(pairs: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<String>> {
 }
 
 #[test]
+fn durations_read_in_the_unit_that_fits() {
+    assert_eq!(human(Duration::from_micros(420)), "0.4 ms");
+    assert_eq!(human(at(850)), "850 ms");
+    assert_eq!(human(at(2345)), "2.3 s");
+}
+
+#[test]
 fn percentiles_are_nearest_rank() {
     let values: Vec<Duration> = (1..=100).rev().map(at).collect();
     assert_eq!(percentile(&values, 50), Some(at(50)));

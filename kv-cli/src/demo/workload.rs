@@ -234,19 +234,31 @@ pub async fn wait_converged(
 ) -> Result<(Duration, BTreeMap<String, Option<String>>), Views> {
     let start = Instant::now();
     loop {
-        let mut views: Views = BTreeMap::new();
-        for key in keys {
-            let mut answers = Vec::new();
-            for c in nodes {
-                let answer = c
-                    .get(mode.keyspace(), key.as_bytes(), options(mode))
-                    .await
-                    .map(|r| r.value.map(|v| String::from_utf8_lossy(&v).into_owned()))
-                    .map_err(|e| error_kind(&e));
-                answers.push(answer);
+        // Every (key, node) read at once: a node that cannot serve yet takes a whole request
+        // deadline to say so, and asking one after the other would blur the time measured.
+        let mut reads = tokio::task::JoinSet::new();
+        for (k, key) in keys.iter().enumerate() {
+            for (n, c) in nodes.iter().enumerate() {
+                let (c, key) = (c.clone(), key.clone());
+                reads.spawn(async move {
+                    let answer = c
+                        .get(mode.keyspace(), key.as_bytes(), options(mode))
+                        .await
+                        .map(|r| r.value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+                        .map_err(|e| error_kind(&e));
+                    (k, n, answer)
+                });
             }
-            views.insert(key.clone(), answers);
         }
+        let mut answers = vec![vec![Err("no answer".to_string()); nodes.len()]; keys.len()];
+        while let Some(done) = reads.join_next().await {
+            match done {
+                Ok((k, n, answer)) => answers[k][n] = answer,
+                // A read task only reads: a panic in it is a bug to surface.
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        let views: Views = keys.iter().cloned().zip(answers).collect();
         let agreed: Option<BTreeMap<String, Option<String>>> = views
             .iter()
             .map(|(k, answers)| {
