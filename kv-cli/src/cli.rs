@@ -2,6 +2,7 @@
 //! commands themselves live in `cmd/`). Flags marked global are accepted before or after the
 //! subcommand.
 
+pub use crate::arg_enums::{ConsistencyArg, RoutingArg};
 use crate::output::Format;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
@@ -203,6 +204,15 @@ pub enum Cmd {
         #[command(subcommand)]
         command: KeyspaceCmd,
     },
+    /// Loads the cluster and measures throughput and latency (closed or open loop).
+    #[command(after_help = "Examples:\n  \
+        kv bench --mix put=100 -c 64 --duration 10s             # CP puts, 64 in flight\n  \
+        kv bench --mix get=100 -c 64 --preload --stale           # CP stale reads\n  \
+        kv -k ap bench --mix get=80,put=20 --consistency one --distribution zipfian\n  \
+        kv bench --rate 2000 -c 256 --count 50000 --warmup 2s -o json\n  \
+        kv bench --target etcd --endpoints 127.0.0.1:2379 --mix put=100   # needs --features etcd\n\n\
+        See docs/performance.md.")]
+    Bench(crate::bench::args::BenchArgs),
     /// Prints a shell completion script.
     #[command(after_help = "Examples:\n  \
         kv completion bash > ~/.local/share/bash-completion/completions/kv\n  \
@@ -434,28 +444,6 @@ pub struct ServerArgs {
     /// AP anti-entropy period (Merkle tree exchange between replicas), in milliseconds.
     #[arg(long, default_value_t = kv_server::ap::engine::DEFAULT_ANTI_ENTROPY_INTERVAL_MS)]
     pub anti_entropy_interval_ms: u64,
-}
-
-/// AP consistency level.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum ConsistencyArg {
-    /// One replica.
-    One,
-    /// A majority of replicas.
-    Quorum,
-    /// Every replica.
-    All,
-}
-
-/// Routing policy of the client.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum RoutingArg {
-    /// To the key's owner (or its partition's known leader).
-    TokenAware,
-    /// To each node in turn.
-    RoundRobin,
-    /// To the node with the fewest requests in flight.
-    LeastOutstanding,
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The `kv` binary: parses the command line, runs one command, and lets `output` print its
 //! result or error and choose the exit code.
 
+mod arg_enums;
+mod bench;
 mod cli;
 mod cmd;
 mod demo;
@@ -59,6 +61,7 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
         Cmd::Status { wait_ms } => cmd::admin::status(&ctx, wait_ms).await,
         Cmd::Keyspace { command } => cmd::admin::keyspace(&ctx, command).await,
         Cmd::Completion { shell } => cmd::admin::completion(&ctx, shell),
+        Cmd::Bench(args) => bench::run(&ctx, args).await,
     }
 }
 

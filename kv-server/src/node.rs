@@ -8,15 +8,17 @@ use crate::ap::{ApConfig, ApEngine, ApRing};
 use crate::clock::Clock;
 use crate::config::{ConfigError, NodeConfig};
 use crate::cp::{CpConfig, CpEngine, GroupSpec};
-use crate::error::{NodeError, NodeResult};
+use crate::error::{echo, NodeError, NodeResult};
 use crate::peers::PeerLinks;
 use crate::ring::Ring;
 use crate::storage::{self, Engine};
 use crate::transport::GrpcTransport;
 use crate::types::{KeyspaceDef, Member, NodeId, MAX_KEY_BYTES};
+use kv_core::limits::MAX_KEYSPACE_NAME_BYTES;
 use kv_core::net::Dialer;
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, RwLock};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Metadata key marking a request forwarded by another node (it is never forwarded again).
 pub const FORWARDED_HEADER: &str = "kv-forwarded";
@@ -47,6 +49,8 @@ pub struct Node {
     /// The AP engine (Dynamo-style keyspaces).
     pub ap: ApEngine,
     cp: OnceLock<CpEngine>,
+    /// One permit per write this node may handle at once (`NodeConfig::max_writes_in_flight`).
+    writes: Arc<Semaphore>,
 }
 
 impl Node {
@@ -59,7 +63,10 @@ impl Node {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Node>, ConfigError> {
         let me = config.validate()?;
-        let links = Arc::new(PeerLinks::new(me.id, &config.peers, dialer));
+        let links = Arc::new(
+            PeerLinks::new(me.id, &config.peers, dialer)
+                .with_max_value_bytes(config.max_value_bytes),
+        );
         Node::with_links(config, links, engine, clock)
     }
 
@@ -74,6 +81,13 @@ impl Node {
         let me = config.validate()?;
         let same_peers = links.members().count() == config.peers.len()
             && config.peers.iter().all(|m| links.member(m.id) == Some(m));
+        if links.max_value_bytes() != config.max_value_bytes {
+            return Err(ConfigError(format!(
+                "the peer links were built for values of {} bytes and --max-value-bytes is {}",
+                links.max_value_bytes(),
+                config.max_value_bytes
+            )));
+        }
         if links.me() != me.id || !same_peers {
             return Err(ConfigError(format!(
                 "the peer links were built for node id {} and another peer list; node {} (id {}) needs links for its own --peers",
@@ -82,6 +96,7 @@ impl Node {
                 me.id
             )));
         }
+        let config_writes = config.max_writes_in_flight;
         let ring = Arc::new(
             Ring::new(&config.peers, config.partitions, config.tokens_per_node)
                 .map_err(|e| ConfigError(e.to_string()))?,
@@ -114,13 +129,18 @@ impl Node {
             clock,
             ap,
             cp: OnceLock::new(),
+            writes: Arc::new(Semaphore::new(config_writes)),
         }))
     }
 
     /// Starts the CP engine: one Raft group per partition of the built-in `cp` keyspace (every
     /// CP keyspace shares them; the state machine namespaces keys by keyspace) plus the
     /// metadata group of all nodes.
-    pub async fn start_cp(&self, cp_config: CpConfig) -> Result<(), NodeError> {
+    /// Its AppendEntries byte budget is derived from the node's value limit, whatever
+    /// `cp_config` says.
+    pub async fn start_cp(&self, mut cp_config: CpConfig) -> Result<(), NodeError> {
+        cp_config.max_append_bytes =
+            kv_core::limits::max_raft_append_bytes(self.config.max_value_bytes);
         let groups = self.cp_group_specs();
         let transport = Arc::new(GrpcTransport::new(self.links.clone()));
         let cp = CpEngine::start(
@@ -232,9 +252,37 @@ impl Node {
         self.links.member(id)
     }
 
+    /// Admits one more write, or refuses it when `max_writes_in_flight` writes are already
+    /// being handled here; the write holds the permit until it is answered.
+    pub fn admit_write(&self) -> NodeResult<OwnedSemaphorePermit> {
+        self.writes.clone().try_acquire_owned().map_err(|_| {
+            NodeError::ResourceExhausted(format!(
+                "node {} is handling {} writes, its limit (max_writes_in_flight); retry with backoff or spread writes over more nodes",
+                self.me.name, self.config.max_writes_in_flight
+            ))
+        })
+    }
+
+    /// Writes being handled on this node now.
+    pub fn writes_in_flight(&self) -> usize {
+        self.config.max_writes_in_flight - self.writes.available_permits()
+    }
+
+    /// Checks a keyspace name against the length limit (before it is looked up or echoed).
+    pub fn validate_keyspace_name(&self, name: &str) -> NodeResult<()> {
+        if name.len() > MAX_KEYSPACE_NAME_BYTES {
+            return Err(NodeError::InvalidArgument(format!(
+                "keyspace name is {} bytes, over the limit of {MAX_KEYSPACE_NAME_BYTES} bytes",
+                name.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// Looks up a keyspace (re-reading the metadata on a miss), with an error listing those
     /// that exist.
     pub async fn keyspace(&self, name: &str) -> NodeResult<KeyspaceDef> {
+        self.validate_keyspace_name(name)?;
         let known = self
             .keyspaces
             .read()
@@ -249,7 +297,7 @@ impl Node {
         map.get(name)
             .cloned()
             .ok_or_else(|| NodeError::KeyspaceNotFound {
-                name: name.to_string(),
+                name: echo(name),
                 existing: map.keys().cloned().collect::<Vec<_>>().join(", "),
             })
     }
@@ -288,12 +336,31 @@ impl Node {
     }
 }
 
-/// Opens the engine a config asks for: sled in `data_dir`, else memory.
-pub fn open_engine(config: &NodeConfig) -> Result<Arc<dyn Engine>, storage::StorageError> {
-    match &config.data_dir {
-        Some(dir) => storage::open_engine(storage::EngineKind::Sled, Some(dir)),
-        None => storage::open_engine(storage::EngineKind::Memory, None),
-    }
+/// Why a node's storage could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The configuration is invalid, or the data directory belongs to another node.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The engine failed to open.
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+}
+
+/// Opens the engine a config asks for: sled in `data_dir`, else memory. A data directory is
+/// refused when its stored identity (`config::Identity`) is another node's, another cluster's
+/// or another peer order's; a new one gets this node's identity.
+pub fn open_engine(config: &NodeConfig) -> Result<Arc<dyn Engine>, OpenError> {
+    let Some(dir) = &config.data_dir else {
+        return Ok(storage::open_engine(storage::EngineKind::Memory, None)?);
+    };
+    let me = config.validate()?;
+    let identity = crate::config::Identity::of(config, &me);
+    crate::config::check_identity(dir, &identity)?;
+    let engine = storage::open_engine(storage::EngineKind::Sled, Some(dir))?;
+    // Stored once the engine holds the directory's lock, so two processes never race on it.
+    crate::config::store_identity(dir, &identity)?;
+    Ok(engine)
 }
 
 /// The ring as the AP engine sees it.
@@ -352,6 +419,28 @@ mod tests {
             "faults set before the node apply to it"
         );
         assert_eq!(node.describe(2), "n2 (127.0.0.1:7002)");
+    }
+
+    #[test]
+    fn a_node_refuses_a_data_directory_written_under_another_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_peers = |spec: &str, name: &str| {
+            let mut cfg = NodeConfig::new(name, "c", crate::config::parse_peers(spec).unwrap());
+            cfg.data_dir = Some(dir.path().to_path_buf());
+            cfg
+        };
+        let peers = "n1=127.0.0.1:7001,n2=127.0.0.1:7002";
+        drop(open_engine(&with_peers(peers, "n1")).expect("first start"));
+        drop(open_engine(&with_peers(peers, "n1")).expect("restart"));
+        let err = open_engine(&with_peers("n2=127.0.0.1:7002,n1=127.0.0.1:7001", "n1"))
+            .err()
+            .expect("reordered peers");
+        assert!(matches!(err, OpenError::Config(_)), "{err}");
+        assert!(err.to_string().contains("original order"), "{err}");
+        let err = open_engine(&with_peers(peers, "n2"))
+            .err()
+            .expect("another node's directory");
+        assert!(err.to_string().contains("belongs to node n1"), "{err}");
     }
 
     #[tokio::test]

@@ -7,11 +7,15 @@
 //! `Faults::drops` themselves because they are never delayed.
 //!
 //! Per-peer concerns (Raft message batching, socket options of dialed connections) belong on
-//! `PeerLink`.
+//! `PeerLink`. Every client made here has explicit message size limits derived from the value
+//! limit (`kv_core::limits`), never tonic's 4 MiB default.
 
 use crate::faults::Faults;
 use crate::membership::Membership;
 use crate::types::{Member, NodeId};
+use kv_core::limits::{
+    max_peer_message_bytes, max_request_bytes, max_response_bytes, DEFAULT_MAX_VALUE_BYTES,
+};
 use kv_core::net::Dialer;
 use kv_proto::internal::internal_client::InternalClient;
 use kv_proto::v1::kv_client::KvClient;
@@ -88,6 +92,7 @@ pub struct PeerLinks {
     dialer: Arc<dyn Dialer>,
     faults: Faults,
     membership: Membership,
+    max_value_bytes: usize,
 }
 
 impl PeerLinks {
@@ -103,7 +108,20 @@ impl PeerLinks {
             dialer,
             faults: Faults::default(),
             membership: Membership::new(me, peers),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
         }
+    }
+
+    /// The same links for a node whose values are at most `max_value_bytes` (the default is
+    /// `DEFAULT_MAX_VALUE_BYTES`): every message size limit follows from it.
+    pub fn with_max_value_bytes(mut self, max_value_bytes: usize) -> Self {
+        self.max_value_bytes = max_value_bytes;
+        self
+    }
+
+    /// The value limit the message size limits derive from.
+    pub fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
     }
 
     /// This node's id.
@@ -164,14 +182,25 @@ impl PeerLinks {
         self.channel(to)
     }
 
-    /// Public-API client to `to`, after the fault filter.
+    /// Public-API client to `to`, after the fault filter (requests are forwarded through it:
+    /// a request this node accepted is never too large for its peer).
     pub async fn kv_client(&self, to: NodeId) -> Result<KvClient<Channel>, LinkError> {
-        Ok(KvClient::new(self.open(to).await?))
+        Ok(KvClient::new(self.open(to).await?)
+            .max_encoding_message_size(max_request_bytes(self.max_value_bytes))
+            .max_decoding_message_size(max_response_bytes(self.max_value_bytes)))
     }
 
     /// Internal-API client to `to`, after the fault filter.
     pub async fn internal_client(&self, to: NodeId) -> Result<InternalClient<Channel>, LinkError> {
-        Ok(InternalClient::new(self.open(to).await?))
+        Ok(self.internal_client_on(self.open(to).await?))
+    }
+
+    /// Internal-API client on `channel`, with the node-to-node message limits.
+    pub fn internal_client_on(&self, channel: Channel) -> InternalClient<Channel> {
+        let limit = max_peer_message_bytes(self.max_value_bytes);
+        InternalClient::new(channel)
+            .max_encoding_message_size(limit)
+            .max_decoding_message_size(limit)
     }
 }
 

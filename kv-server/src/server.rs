@@ -1,17 +1,29 @@
 //! Starting a node: the server side of the network seam (`serve` takes any stream of
-//! connections: real TCP or turmoil's; `serve_tcp` is the real-TCP case), gRPC reflection, and
-//! the heartbeat task that checks peers' liveness and cluster identity.
+//! connections: real TCP or turmoil's; `serve_tcp` is the real-TCP case), gRPC reflection, the
+//! message size limits of both services, the statuses tonic makes by itself (normalised by
+//! `Statuses`), and the heartbeat task that checks peers' liveness and cluster identity.
+//!
+//! **Architecture invariant:** every non-OK status a client gets carries the `kv-node` header
+//! and a code from kv.proto's table: tonic's own answers to bad input (a message over the size
+//! limit, broken framing, no message) are `INVALID_ARGUMENT`, and a request whose `grpc-timeout`
+//! passes is `DEADLINE_EXCEEDED`, never tonic's `CANCELLED` "Timeout expired".
 
+use crate::error::truncate;
 use crate::node::Node;
-use crate::service::{InternalService, KvService};
+use crate::service::{parse_grpc_timeout, InternalService, KvService};
+use kv_core::headers::NODE_HEADER;
+use kv_core::limits::{max_peer_message_bytes, max_request_bytes, max_response_bytes};
 use kv_proto::internal as ipb;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
+use tonic::codegen::{http, BoxFuture, Context, Poll, Service};
 use tonic::transport::server::{Connected, TcpIncoming};
 use tonic::transport::Server;
+use tonic::{Code, Status};
 
 /// Serves the public and internal APIs (plus reflection) on `incoming` until `shutdown` fires.
 pub async fn serve<I, IO, IE>(
@@ -28,18 +40,174 @@ where
         .register_encoded_file_descriptor_set(kv_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the embedded descriptor set is valid");
+    let max_value = node.config.max_value_bytes;
+    let name = node.me.name.clone();
+    // A request up to one value plus headroom decodes, so a value just over the limit is
+    // refused by validation; a larger one by tonic, as OUT_OF_RANGE, rewritten by `Statuses`.
+    let kv = kv_proto::v1::kv_server::KvServer::new(KvService::new(node.clone()))
+        .max_decoding_message_size(max_request_bytes(max_value))
+        .max_encoding_message_size(max_response_bytes(max_value));
+    let peer_limit = max_peer_message_bytes(max_value);
+    let internal = ipb::internal_server::InternalServer::new(InternalService::new(node))
+        .max_decoding_message_size(peer_limit)
+        .max_encoding_message_size(peer_limit);
+    let public = StatusPolicy::new(&name, max_value, max_request_bytes(max_value));
+    let peer = StatusPolicy::new(&name, max_value, peer_limit);
     Server::builder()
         .http2_keepalive_interval(Some(kv_core::net::KEEP_ALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(kv_core::net::KEEP_ALIVE_TIMEOUT))
-        .add_service(kv_proto::v1::kv_server::KvServer::new(KvService::new(
-            node.clone(),
-        )))
-        .add_service(ipb::internal_server::InternalServer::new(
-            InternalService::new(node),
-        ))
+        // Called by tonic's deadline service before it starts its own timer (see
+        // `answer_within`).
+        .layer(tower::layer::layer_fn(move |inner| Statuses {
+            inner,
+            public: Arc::new(public.clone()),
+            peer: Arc::new(peer.clone()),
+        }))
+        .add_service(kv)
+        .add_service(internal)
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+/// How a node words the statuses tonic makes by itself: its name and its message limits.
+#[derive(Debug, Clone)]
+pub struct StatusPolicy {
+    node: String,
+    max_value_bytes: usize,
+    max_message_bytes: usize,
+}
+
+/// Longest part of tonic's own error text kept in a rewritten status.
+const MAX_TONIC_DETAIL_BYTES: usize = 200;
+
+impl StatusPolicy {
+    /// The policy of node `node` whose values are at most `max_value_bytes` and whose service
+    /// decodes messages of at most `max_message_bytes`.
+    pub fn new(node: &str, max_value_bytes: usize, max_message_bytes: usize) -> Self {
+        Self {
+            node: node.to_string(),
+            max_value_bytes,
+            max_message_bytes,
+        }
+    }
+
+    /// `response` as kv.proto promises it: a status that tonic made (it has no `kv-node`
+    /// header: every status of kv's handlers has one) is given kv's code for it.
+    pub fn rewrite<B: Default>(&self, response: http::Response<B>) -> http::Response<B> {
+        if response.headers().contains_key(NODE_HEADER) {
+            return response;
+        }
+        // An OK unary answer carries its status in the trailers, not the headers.
+        let Some(status) = Status::from_header_map(response.headers()) else {
+            return response;
+        };
+        let detail = truncate(status.message(), MAX_TONIC_DETAIL_BYTES);
+        let status = match status.code() {
+            Code::Ok => return response,
+            // tonic's decode limit: "decoded message length too large: found N bytes, ...".
+            Code::OutOfRange => Status::invalid_argument(self.too_large(status.message())),
+            // tonic's answers to broken framing or a missing message: bad input, not a bug.
+            Code::Internal => Status::invalid_argument(format!(
+                "malformed gRPC request ({detail}); send one message encoded from kv.proto"
+            )),
+            // tonic's own deadline timer (normally beaten by the one in `Statuses::call`).
+            Code::Cancelled if status.message().contains("Timeout expired") => {
+                Status::deadline_exceeded(format!(
+                    "the request's deadline passed ({detail}); a write's outcome is unknown"
+                ))
+            }
+            code => Status::new(code, detail),
+        };
+        self.respond(status)
+    }
+
+    fn too_large(&self, tonic_message: &str) -> String {
+        let found = tonic_message
+            .split("found ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        let size = found.map(|n| format!(" of {n} bytes")).unwrap_or_default();
+        format!(
+            "the message{size} is over this node's limit of {} bytes: values are at most {} bytes (--max-value-bytes, raised on every node together)",
+            self.max_message_bytes, self.max_value_bytes
+        )
+    }
+
+    /// A trailers-only gRPC answer carrying `status`, named after this node.
+    fn respond<B: Default>(&self, status: Status) -> http::Response<B> {
+        let mut status = Status::new(
+            status.code(),
+            format!("[{}] {}", self.node, status.message()),
+        );
+        if let Ok(v) = self.node.parse() {
+            status.metadata_mut().insert(NODE_HEADER, v);
+        }
+        status.into_http()
+    }
+}
+
+/// How long after a request arrives a node answers it when its `grpc-timeout` is `timeout`:
+/// a little before tonic's own timer (which would answer `CANCELLED`). `Statuses::call` runs
+/// inside tonic's timeout service just before it starts its timer, so this deadline is earlier;
+/// tokio's timers tick in milliseconds, so it is also an earlier-or-equal tick, and tonic polls
+/// the service's answer before it looks at its own timer.
+fn answer_within(timeout: Duration) -> Duration {
+    timeout - (timeout / 10).min(Duration::from_millis(1))
+}
+
+/// Every gRPC service of the node, with statuses normalised by a `StatusPolicy` (the public
+/// one, or the peer one for `kv.internal.v1`), answering `DEADLINE_EXCEEDED` itself when the
+/// request's `grpc-timeout` passes.
+#[derive(Debug, Clone)]
+pub struct Statuses<S> {
+    inner: S,
+    public: Arc<StatusPolicy>,
+    peer: Arc<StatusPolicy>,
+}
+
+impl<S, B, R> Service<http::Request<B>> for Statuses<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let timeout = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        // Fixed now, before tonic's timer starts, not when the answer is first polled.
+        let deadline = timeout.map(|t| (t, tokio::time::Instant::now() + answer_within(t)));
+        let internal = request.uri().path().starts_with("/kv.internal.");
+        let policy = if internal { &self.peer } else { &self.public }.clone();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = match deadline {
+                None => answer.await?,
+                Some((t, at)) => match tokio::time::timeout_at(at, answer).await {
+                    Ok(response) => response?,
+                    Err(_) => {
+                        return Ok(policy.respond(Status::deadline_exceeded(format!(
+                            "the request's deadline ({} ms) passed before this node answered; a write's outcome is unknown",
+                            t.as_millis()
+                        ))))
+                    }
+                },
+            };
+            Ok(policy.rewrite(response))
+        })
+    }
 }
 
 /// Serves the public and internal APIs on a bound TCP listener until `shutdown` fires, with
@@ -81,7 +249,7 @@ pub async fn heartbeat_loop(node: Arc<Node>) -> Result<(), String> {
                 // Heartbeats are never delayed by fault injection (only dropped, above), so
                 // they take the channel directly rather than through `PeerLinks::open`.
                 let channel = node.links.channel(id).map_err(|e| e.to_string())?;
-                let mut client = ipb::internal_client::InternalClient::new(channel);
+                let mut client = node.links.internal_client_on(channel);
                 let mut req = tonic::Request::new(ipb::HandshakeRequest {
                     cluster_name: node.config.cluster_name.clone(),
                     node_id: node.me.id,
@@ -122,6 +290,70 @@ mod tests {
 
     /// Generous bound on anything these tests wait for on loopback.
     const WAIT: Duration = Duration::from_secs(10);
+
+    fn answer(status: Status) -> http::Response<tonic::body::Body> {
+        status.into_http()
+    }
+
+    fn status_of(response: &http::Response<tonic::body::Body>) -> Status {
+        Status::from_header_map(response.headers()).expect("a status")
+    }
+
+    #[test]
+    fn tonics_own_statuses_get_kv_codes_and_the_node_header() {
+        let policy = StatusPolicy::new("n1", 1000, 66_536);
+        let too_large = policy.rewrite(answer(Status::out_of_range(
+            "Error, decoded message length too large: found 5242890 bytes, the limit is: 66536 bytes",
+        )));
+        let s = status_of(&too_large);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(
+            s.message(),
+            "[n1] the message of 5242890 bytes is over this node's limit of 66536 bytes: values are at most 1000 bytes (--max-value-bytes, raised on every node together)"
+        );
+        assert_eq!(s.metadata().get(NODE_HEADER).unwrap(), "n1");
+
+        let missing =
+            status_of(&policy.rewrite(answer(Status::internal("Missing request message."))));
+        assert_eq!(missing.code(), Code::InvalidArgument);
+        assert!(
+            missing.message().contains("Missing request message"),
+            "{missing:?}"
+        );
+        let late = status_of(&policy.rewrite(answer(Status::cancelled("Timeout expired"))));
+        assert_eq!(late.code(), Code::DeadlineExceeded);
+        let unknown = status_of(&policy.rewrite(answer(Status::unimplemented(""))));
+        assert_eq!(unknown.code(), Code::Unimplemented);
+        assert!(unknown.metadata().get(NODE_HEADER).is_some());
+    }
+
+    #[test]
+    fn the_nodes_own_statuses_and_ok_answers_pass_unchanged() {
+        let policy = StatusPolicy::new("n1", 1000, 66_536);
+        let mine = crate::error::NodeError::Internal("a bug".into()).into_status("n2");
+        let passed = status_of(&policy.rewrite(answer(mine)));
+        assert_eq!(
+            passed.code(),
+            Code::Internal,
+            "kv's own INTERNAL is a bug, kept"
+        );
+        assert_eq!(passed.message(), "[n2] a bug");
+        let ok = http::Response::new(tonic::body::Body::empty());
+        assert!(Status::from_header_map(policy.rewrite(ok).headers()).is_none());
+    }
+
+    #[test]
+    fn the_node_answers_before_tonics_timer() {
+        assert_eq!(
+            answer_within(Duration::from_millis(1)),
+            Duration::from_micros(900)
+        );
+        assert_eq!(
+            answer_within(Duration::from_secs(5)),
+            Duration::from_millis(4999)
+        );
+        assert_eq!(answer_within(Duration::ZERO), Duration::ZERO);
+    }
 
     #[tokio::test]
     async fn accepted_connections_have_nagle_off() {

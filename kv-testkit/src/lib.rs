@@ -4,7 +4,8 @@
 //! - `clock`: `ManualClock`, the clock seam moved by hand.
 //! - `disk`: `SimDisk`, a disk that loses every unflushed write when its node crashes.
 //! - `memnet`: `MemNet`, one in-memory network carrying the CP and AP transport seams, with
-//!   partition / drop / delay / hang / refuse filters.
+//!   partition / drop / delay / hang / refuse filters and per-kind counters (`MemNet::sent`);
+//!   `memnet::ap_cluster::ApCluster`: AP engines on it, each on its own `SimDisk` and clock.
 //! - `storage_suite`: the storage conformance suite (memory, sled, simulated disk).
 //! - `net_suite` + `tcp_proxy`: the network conformance suite (TCP, turmoil).
 //! - `sim`: the turmoil side of the network seam and simulated clusters of real nodes.

@@ -165,28 +165,40 @@ fn fault_injection_is_refused_without_chaos_and_partitions_with_it() {
         })
         .await;
 
-        // A clock pushed a minute ahead on n2: n1 accepts n2's writes (last-write-wins needs
-        // every replica to take them), advances its clock, and counts the skew.
+        // A clock pushed a minute ahead on n2, beyond the 500 ms maximum clock offset: n1 and
+        // n3 refuse n2's timestamps, so a write through n2 at `all` fails quoting the refusal,
+        // n1 counts it, and n1's clock does not move.
         faults.skew("n2", 60_000).await?;
         let via_n2 = client(&["n2:7000"], Duration::from_secs(2)).await?;
         let all = kv_client::Options {
             consistency: kv_client::Consistency::All,
             ..Default::default()
         };
-        let w = eventually(Duration::from_secs(30), || {
-            via_n2.put("ap", b"skewed", b"from the future", all.clone())
-        })
-        .await;
-        let skewed_ms = w
-            .version
-            .and_then(|v| v.hlc)
-            .expect("an AP version")
-            .physical_ms;
+        let err = via_n2
+            .put("ap", b"skewed", b"from the future", all.clone())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, kv_client::Error::Unavailable(_)), "{err}");
+        assert!(
+            err.to_string().contains("maximum clock offset of 500 ms"),
+            "{err}"
+        );
         let status = c.status(Some("n1:7000")).await?;
         assert!(status.clock_skew_events > 0, "n1 counted no skew");
-        // n1's next write is ordered after the skewed one.
+        // At `one` n2's own replica is enough: its version shows n2's skewed clock, and n1's
+        // next write is stamped by n1's own clock, not dragged a minute ahead.
+        let one = kv_client::Options {
+            consistency: kv_client::Consistency::One,
+            ..Default::default()
+        };
+        let skewed = via_n2.put("ap", b"probe", b"v", one).await?;
+        let skewed_ms = skewed.version.and_then(|v| v.hlc).expect("hlc").physical_ms;
         let mine = c.put("ap", b"after", b"v", all).await?;
-        assert!(mine.version.and_then(|v| v.hlc).expect("hlc").physical_ms >= skewed_ms);
+        let mine_ms = mine.version.and_then(|v| v.hlc).expect("hlc").physical_ms;
+        assert!(
+            mine_ms + 30_000 < skewed_ms,
+            "{mine_ms} vs n2's {skewed_ms}"
+        );
 
         // A partition both ways needs both sides: n1 takes its half, n3 refuses its own, and
         // the client remembers exactly that (the skew on n2 stays in place).

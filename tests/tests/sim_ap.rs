@@ -1,14 +1,16 @@
 //! AP keyspace simulations: real nodes on turmoil's network, the `ap` keyspace (N=3, R=W=quorum
 //! by default). One test per guarantee of ARCHITECTURE.md's AP list: writes on both sides of a
 //! partition and convergence to the newest acknowledged write after the heal, consistency levels
-//! with a node down, hinted handoff, read repair, deletes that never come back, and
-//! anti-entropy repairing a wiped replica.
+//! with a node down, hinted handoff, read repair, deletes that never come back,
+//! anti-entropy repairing a wiped replica, and replica writes from far in the future (or for a
+//! node that does not exist) refused through the internal API.
 //!
 //! Every test is seeded (`KV_SIM_SEED`, default `DEFAULT_SEED`) and prints the exact command
 //! that replays it when it fails. Replicas are read directly through the internal `ApRead`
 //! call, which repairs nothing, so convergence is observed rather than caused by the checker.
 
 use kv_client::{Client, Consistency, Options, WriteResult};
+use kv_core::net::Dialer;
 use kv_proto::v1::NodeState;
 use kv_server::ap::engine::{
     DEFAULT_ANTI_ENTROPY_INTERVAL_MS, DEFAULT_HINT_REPLAY_INTERVAL_MS, DEFAULT_MERKLE_TIMEOUT_MS,
@@ -17,7 +19,7 @@ use kv_server::config::NodeConfig;
 use kv_server::membership::DOWN_AFTER;
 use kv_testkit::sim::{
     add_nodes_on, client, eventually, hints_held, wait_node_state, ReplicaReader, SimDisks,
-    SimOptions,
+    SimOptions, TurmoilDialer,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -779,10 +781,12 @@ fn a_delete_during_a_partition_never_comes_back() {
     run(&mut sim);
 }
 
-/// n3 loses its disk (restarted on an empty engine; three nodes, so no hints exist for it) and
-/// anti-entropy alone brings it back to its peers' records within `CONVERGENCE_BOUND`. n3 comes
-/// back partitioned, so the test first sees it empty, and nothing reads through the KV API, so
-/// read repair plays no part.
+/// n3 loses its data (three nodes, so no hints exist for it) and anti-entropy alone brings it
+/// back to its peers' records within `CONVERGENCE_BOUND`. n3 comes back partitioned, so the test
+/// first sees it empty, and nothing reads through the KV API, so read repair plays no part.
+///
+/// n3's whole disk is wiped, Raft logs included: openraft's `loosen-follower-log-revert`
+/// lets its groups' leaders catch it up again instead of panicking.
 #[test]
 fn anti_entropy_refills_a_wiped_replica() {
     let (mut sim, disks, _guard) = sim(
@@ -829,6 +833,96 @@ fn anti_entropy_refills_a_wiped_replica() {
             );
         }
         println!("anti-entropy: the wiped replica converged {took:?} after the heal");
+        Ok(())
+    });
+    run(&mut sim);
+}
+
+/// Sends one replica write of `key` stamped `physical_ms` straight to `addr`'s internal API, as
+/// a peer (or anyone who reaches the peer port) could; returns the status on refusal.
+async fn raw_replica_write(
+    addr: &str,
+    key: &[u8],
+    physical_ms: u64,
+    hint_for: u64,
+) -> Result<(), tonic::Status> {
+    let channel = TurmoilDialer
+        .channel(addr)
+        .expect("valid simulated address");
+    let mut client = kv_proto::internal::internal_client::InternalClient::new(channel);
+    let mut req = tonic::Request::new(kv_proto::internal::ApWriteRequest {
+        keyspace: AP_ID.to_string(),
+        record: Some(kv_proto::internal::Record {
+            key: key.to_vec(),
+            value: b"from the future".to_vec(),
+            tombstone: false,
+            hlc: Some(kv_proto::v1::Hlc {
+                physical_ms,
+                logical: 0,
+                node_id: 2,
+            }),
+        }),
+        hint_for,
+        from: 2,
+    });
+    req.set_timeout(RPC_TIMEOUT);
+    client.ap_write(req).await.map(|_| ())
+}
+
+/// Issue 9, item 7: one replica write stamped ten years ahead moved every clock of the cluster.
+/// Now a timestamp more than the maximum clock offset (500 ms) ahead is refused with
+/// `FAILED_PRECONDITION` naming the node, the offset and the limit — `u64::MAX` too, without a
+/// panic — nothing is stored, the refusal is counted, and later writes carry the node's own
+/// time. A hint for a node that is not a member is refused with `INVALID_ARGUMENT`.
+#[test]
+fn replica_writes_from_far_in_the_future_are_refused_and_move_no_clock() {
+    let (mut sim, _disks, _guard) = sim(
+        "replica_writes_from_far_in_the_future_are_refused_and_move_no_clock",
+        3,
+        defaults,
+        Duration::from_secs(60),
+    );
+    sim.client("driver", async {
+        let c = client(&["n1:7000"], RPC_TIMEOUT).await?;
+        wait_all_alive(&c, 3).await;
+        let before = write_hlc(&c.put(AP, b"before", b"v", with(Consistency::All)).await?);
+        const TEN_YEARS_MS: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
+        for (key, physical_ms) in [
+            (&b"ten-years"[..], before.0 + TEN_YEARS_MS),
+            (&b"end-of-time"[..], u64::MAX),
+        ] {
+            let status = raw_replica_write("n1:7000", key, physical_ms, 0)
+                .await
+                .expect_err("a timestamp from the far future was accepted");
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+            let msg = status.message();
+            assert!(
+                msg.contains("node 1 refused a timestamp from node 2")
+                    && msg.contains("maximum clock offset of 500 ms"),
+                "{msg}"
+            );
+        }
+        let status = raw_replica_write("n1:7000", b"hint", before.0, 99)
+            .await
+            .expect_err("a hint for node 99 was accepted");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("not a member"), "{status:?}");
+
+        let reader = ReplicaReader::new(&addrs(3), RPC_TIMEOUT);
+        for key in [&b"ten-years"[..], b"end-of-time", b"hint"] {
+            assert_eq!(reader.read("n1:7000", AP_ID, key).await?, None);
+        }
+        let status = c.status(Some("n1:7000")).await?;
+        assert!(status.clock_skew_events >= 2, "{status:?}");
+        // n1 and its peers still stamp writes with their own time.
+        for seed in ["n1:7000", "n2:7000"] {
+            let via = client(&[seed], RPC_TIMEOUT).await?;
+            let after = write_hlc(&via.put(AP, b"after", b"v", with(Consistency::All)).await?);
+            assert!(
+                after.0 < before.0 + 60 * 60 * 1000,
+                "a write through {seed} carries {after:?}, {before:?} before the refusals"
+            );
+        }
         Ok(())
     });
     run(&mut sim);

@@ -1,17 +1,22 @@
 //! `kv local`: a cluster of real `kv server` processes on loopback, kept in one folder (found
 //! by `dir`: `--dir`, `KV_DIR`, `./.kv-local`, then a per-user default). The folder holds
-//! `cluster.json` (names, addresses, pids, whether fault injection is on), one data directory
-//! and one log per node. Recovers from a crashed earlier run: stale pids are detected and the
-//! missing nodes restarted on their old ports with their old data. Process control (spawning,
-//! signals, liveness, readiness) lives in `process`.
+//! `cluster.json` (names, addresses, each running node's pid and start time, whether fault
+//! injection is on), one data directory and one log per node. Recovers from a crashed earlier
+//! run: nodes whose recorded process is gone are restarted on their old ports with their old
+//! data. A command that starts nodes either returns with every running node ready (`ready`)
+//! or stops the nodes it started and says so: it never leaves a node behind an error.
+//! Process control (spawning, signals, liveness) lives in `process`.
 
 pub mod dir;
 mod process;
+pub mod ready;
 
 pub use dir::ClusterDir;
-pub use process::pid_alive;
+pub use process::ProcessId;
 
 use anyhow::{anyhow, bail, Context, Result};
+use chaos::process::Signal;
+use process::Spawned;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
@@ -20,7 +25,7 @@ use std::time::Duration;
 pub const CLUSTER_FILE: &str = "cluster.json";
 /// Cluster name of local clusters.
 pub const LOCAL_CLUSTER_NAME: &str = "kv-local";
-/// How long `kv local up` / `start` wait for the cluster to become ready.
+/// How long `kv local up` / `start` wait for the cluster to become ready (see `ready`).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long stopping a node waits for it to exit after SIGTERM before SIGKILL.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,12 +41,29 @@ pub struct LocalNode {
     pub addr: String,
     /// Process id when started.
     pub pid: Option<u32>,
+    /// The process's start time (clock ticks after boot), recorded with the pid: together
+    /// they name the process exactly, even once the pid is reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ticks: Option<u64>,
 }
 
 impl LocalNode {
-    /// True when its process runs.
+    /// The recorded process, if the node was started.
+    pub fn process(&self) -> Option<ProcessId> {
+        self.pid.map(|pid| ProcessId {
+            pid,
+            start_ticks: self.start_ticks,
+        })
+    }
+
+    /// True when its recorded process runs.
     pub fn running(&self) -> bool {
-        self.pid.is_some_and(pid_alive)
+        self.process().is_some_and(|p| p.alive())
+    }
+
+    fn record(&mut self, process: Option<ProcessId>) {
+        self.pid = process.map(|p| p.pid);
+        self.start_ticks = process.and_then(|p| p.start_ticks);
     }
 }
 
@@ -119,7 +141,8 @@ pub struct UpOptions {
 }
 
 /// Starts (or restarts the missing nodes of) the local cluster in `dir` and waits until it is
-/// ready. `progress` receives one line per step, for people.
+/// ready. If that fails, or Ctrl-C interrupts it, the nodes it started are stopped again and
+/// the error says so. `progress` receives one line per step, for people.
 pub async fn up(dir: &Path, opts: &UpOptions, progress: &dyn Fn(&str)) -> Result<LocalCluster> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut cluster = match LocalCluster::load(dir)? {
@@ -127,9 +150,13 @@ pub async fn up(dir: &Path, opts: &UpOptions, progress: &dyn Fn(&str)) -> Result
         None => new_cluster(opts)?,
     };
     cluster.chaos |= opts.chaos;
+    let missing: Vec<usize> = (0..cluster.nodes.len())
+        .filter(|i| !cluster.nodes[*i].running())
+        .collect();
     // Check every port first, so a busy port starts nothing.
-    for node in &cluster.nodes {
-        if !node.running() && !process::port_free(&node.addr) {
+    for &i in &missing {
+        let node = &cluster.nodes[i];
+        if !process::port_free(&node.addr) {
             bail!(
                 "port of node {} ({}) is in use by another process; stop it (see `ss -ltnp`), or remove {} and run `kv local up --base-port PORT` to use other ports",
                 node.name,
@@ -138,26 +165,17 @@ pub async fn up(dir: &Path, opts: &UpOptions, progress: &dyn Fn(&str)) -> Result
             );
         }
     }
-    for i in 0..cluster.nodes.len() {
-        let node = &mut cluster.nodes[i];
-        if let Some(pid) = node.pid {
-            if pid_alive(pid) {
-                continue;
-            }
+    for &i in &missing {
+        if let Some(pid) = cluster.nodes[i].pid {
             progress(&format!(
-                "{}: stale pid {pid} from an earlier run (process gone); restarting",
-                node.name
+                "{}: pid {pid} from an earlier run is gone; restarting",
+                cluster.nodes[i].name
             ));
-            node.pid = None;
         }
-        start_one(dir, &mut cluster, i, progress)?;
     }
-    cluster.save(dir)?;
-    progress(&format!(
-        "waiting until every node sees every other (up to {} s)...",
-        READY_TIMEOUT.as_secs()
-    ));
-    process::wait_ready(&cluster, dir).await?;
+    let mut started = Vec::new();
+    let result = start_and_wait(dir, &mut cluster, &missing, &mut started, progress).await;
+    undo_on_error(dir, &mut cluster, started, result)?;
     Ok(cluster)
 }
 
@@ -176,6 +194,7 @@ fn new_cluster(opts: &UpOptions) -> Result<LocalCluster> {
             name: format!("n{}", i + 1),
             addr: format!("127.0.0.1:{port}"),
             pid: None,
+            start_ticks: None,
         });
     }
     Ok(LocalCluster {
@@ -184,25 +203,122 @@ fn new_cluster(opts: &UpOptions) -> Result<LocalCluster> {
     })
 }
 
-/// Spawns node `i` (not running) and records its pid in `cluster` (not yet saved).
-fn start_one(
+/// Spawns the nodes `which` (not running), records them in `cluster.json` and in `started`,
+/// then waits until every running node is ready — failing at once if one of them ends.
+async fn start_and_wait(
     dir: &Path,
     cluster: &mut LocalCluster,
-    i: usize,
+    which: &[usize],
+    started: &mut Vec<(usize, Spawned)>,
     progress: &dyn Fn(&str),
 ) -> Result<()> {
     let peers = cluster.peers_arg();
-    let chaos = cluster.chaos;
-    let node = &mut cluster.nodes[i];
-    let (pid, log) = process::spawn_server(dir, node, &peers, chaos)?;
-    node.pid = Some(pid);
+    for &i in which {
+        let spawned = process::spawn_server(dir, &cluster.nodes[i], &peers, cluster.chaos)?;
+        let node = &mut cluster.nodes[i];
+        node.record(Some(spawned.id));
+        progress(&format!(
+            "started {} on {} (pid {}, log {})",
+            node.name,
+            node.addr,
+            spawned.id.pid,
+            spawned.log.display()
+        ));
+        started.push((i, spawned));
+    }
+    cluster.save(dir)?;
+    // Nodes that were running before this command: their end is seen from their identity.
+    let others: Vec<(String, ProcessId)> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !which.contains(i))
+        .filter_map(|(_, n)| Some((n.name.clone(), n.process().filter(|p| p.alive())?)))
+        .collect();
+    let targets: Vec<ready::Target> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| which.contains(i) || others.iter().any(|(o, _)| *o == n.name))
+        .map(|(_, n)| ready::Target {
+            name: n.name.clone(),
+            addr: n.addr.clone(),
+        })
+        .collect();
+    let names = &cluster.nodes;
+    let mut exited = || {
+        for (i, spawned) in started.iter_mut() {
+            if let Some(status) = spawned.exited() {
+                return Some(format!(
+                    "node {} exited during start-up ({status}); last lines of {}:\n{}",
+                    names[*i].name,
+                    spawned.log.display(),
+                    process::log_tail(&spawned.log, 5)
+                ));
+            }
+        }
+        others.iter().find(|(_, p)| !p.alive()).map(|(name, p)| {
+            format!(
+                "node {name} (pid {}) stopped while waiting for the cluster to be ready; see {}",
+                p.pid,
+                dir.join(format!("{name}.log")).display()
+            )
+        })
+    };
     progress(&format!(
-        "started {} on {} (pid {pid}, log {})",
-        node.name,
-        node.addr,
-        log.display()
+        "waiting until every running node answers, sees every other and serves every CP partition (up to {} s)...",
+        READY_TIMEOUT.as_secs()
     ));
-    Ok(())
+    tokio::select! {
+        r = ready::wait_ready(&targets, &mut exited, progress, dir, READY_TIMEOUT) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C) before the cluster was ready")),
+    }
+}
+
+/// Passes `result` on; on an error, first stops the nodes this command `started` (and records
+/// them as stopped), and adds that to the error.
+fn undo_on_error(
+    dir: &Path,
+    cluster: &mut LocalCluster,
+    started: Vec<(usize, Spawned)>,
+    result: Result<()>,
+) -> Result<()> {
+    let Err(e) = result else {
+        return Ok(());
+    };
+    if started.is_empty() {
+        return Err(e);
+    }
+    let mut stopped = Vec::new();
+    let mut problems = Vec::new();
+    for (i, mut spawned) in started {
+        let node = &mut cluster.nodes[i];
+        match spawned.stop() {
+            Ok(()) => {
+                stopped.push(node.name.clone());
+                node.record(None);
+            }
+            Err(err) => problems.push(format!(
+                "could not stop {} (pid {}): {err:#}",
+                node.name, spawned.id.pid
+            )),
+        }
+    }
+    if let Err(err) = cluster.save(dir) {
+        problems.push(format!("could not update {CLUSTER_FILE}: {err:#}"));
+    }
+    let mut msg = format!("{e:#}\n");
+    if !stopped.is_empty() {
+        msg.push_str(&format!(
+            "stopped the node(s) this command started ({}); logs and data stay in {}",
+            stopped.join(", "),
+            dir.display()
+        ));
+    }
+    for p in problems {
+        msg.push_str(&format!("\n{p}"));
+    }
+    Err(anyhow!(msg))
 }
 
 /// Stops every node (SIGTERM, then SIGKILL after `STOP_TIMEOUT`); with `purge`, deletes the
@@ -216,11 +332,12 @@ pub fn down(dir: &Path, purge: bool) -> Result<usize> {
     };
     let mut stopped = 0;
     for node in cluster.nodes.iter_mut() {
-        if let Some(pid) = node.pid.take() {
-            if process::terminate(pid, process::Signal::Term)? {
+        if let Some(p) = node.process() {
+            if process::terminate(&p, Signal::Term)? {
                 stopped += 1;
             }
         }
+        node.record(None);
     }
     if purge {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -256,29 +373,36 @@ pub fn stop_node(
     how: Stop,
 ) -> Result<NodeChange> {
     let node = &mut cluster.nodes[i];
-    let pid_before = node.pid.filter(|p| pid_alive(*p));
-    if let Some(pid) = node.pid.take() {
+    let running = node.process().filter(|p| p.alive());
+    if let Some(p) = running {
         let signal = match how {
-            Stop::Kill => process::Signal::Kill,
-            Stop::Term => process::Signal::Term,
+            Stop::Kill => Signal::Kill,
+            Stop::Term => Signal::Term,
         };
-        process::terminate(pid, signal)?;
+        process::terminate(&p, signal)?;
     }
+    node.record(None);
     let node = node.clone();
     cluster.save(dir)?;
-    Ok(NodeChange { node, pid_before })
+    Ok(NodeChange {
+        node,
+        pid_before: running.map(|p| p.pid),
+    })
 }
 
 /// Starts node `i` again with its data (if it does not run) and waits until every running
-/// node sees every other.
+/// node is ready; if that fails, stops it again and says so.
 pub async fn start_node(
     dir: &Path,
     cluster: &mut LocalCluster,
     i: usize,
     progress: &dyn Fn(&str),
 ) -> Result<NodeChange> {
-    let pid_before = cluster.nodes[i].pid.filter(|p| pid_alive(*p));
-    if pid_before.is_none() {
+    let pid_before = cluster.nodes[i]
+        .process()
+        .filter(|p| p.alive())
+        .map(|p| p.pid);
+    let which = if pid_before.is_none() {
         let node = &cluster.nodes[i];
         if !process::port_free(&node.addr) {
             bail!(
@@ -287,15 +411,13 @@ pub async fn start_node(
                 node.addr
             );
         }
-        cluster.nodes[i].pid = None;
-        start_one(dir, cluster, i, progress)?;
-        cluster.save(dir)?;
-    }
-    progress(&format!(
-        "waiting until every running node sees every other (up to {} s)...",
-        READY_TIMEOUT.as_secs()
-    ));
-    process::wait_ready(cluster, dir).await?;
+        vec![i]
+    } else {
+        Vec::new()
+    };
+    let mut started = Vec::new();
+    let result = start_and_wait(dir, cluster, &which, &mut started, progress).await;
+    undo_on_error(dir, cluster, started, result)?;
     Ok(NodeChange {
         node: cluster.nodes[i].clone(),
         pid_before,
@@ -310,7 +432,10 @@ pub fn spawn_node(
     i: usize,
     progress: &dyn Fn(&str),
 ) -> Result<NodeChange> {
-    let pid_before = cluster.nodes[i].pid.filter(|p| pid_alive(*p));
+    let pid_before = cluster.nodes[i]
+        .process()
+        .filter(|p| p.alive())
+        .map(|p| p.pid);
     if pid_before.is_none() {
         let node = &cluster.nodes[i];
         // A node killed a moment ago holds its port until its last thread has exited.
@@ -325,8 +450,17 @@ pub fn spawn_node(
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        cluster.nodes[i].pid = None;
-        start_one(dir, cluster, i, progress)?;
+        let peers = cluster.peers_arg();
+        let spawned = process::spawn_server(dir, &cluster.nodes[i], &peers, cluster.chaos)?;
+        let node = &mut cluster.nodes[i];
+        node.record(Some(spawned.id));
+        progress(&format!(
+            "started {} on {} (pid {}, log {})",
+            node.name,
+            node.addr,
+            spawned.id.pid,
+            spawned.log.display()
+        ));
         cluster.save(dir)?;
     }
     Ok(NodeChange {

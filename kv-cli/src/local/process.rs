@@ -1,37 +1,82 @@
-//! Process control of local-cluster nodes: spawning `kv server`, signals, liveness of a pid,
-//! free ports, and waiting until the running nodes see each other.
+//! Process control of local-cluster nodes: spawning `kv server`, telling whether a recorded
+//! node still runs, stopping it, free ports.
+//!
+//! A node's process is named by its pid *and* its start time (`/proc/PID/stat` field 22, in
+//! clock ticks after boot), both recorded at spawn. The pair never names another process after
+//! the pid is reused, and reading it cannot flicker: the file exists, unchanged, for the
+//! process's whole life — unlike its command line, which reads empty while it execs or exits.
+//! While `kv local up` is still the node's parent it goes further and watches the child's exit
+//! status. Linux only, like `/proc`.
 
-use super::{
-    LocalCluster, LocalNode, KILL_TIMEOUT, LOCAL_CLUSTER_NAME, READY_TIMEOUT, STOP_TIMEOUT,
-};
+use super::{LocalNode, KILL_TIMEOUT, LOCAL_CLUSTER_NAME, STOP_TIMEOUT};
 use anyhow::{bail, Context, Result};
+use chaos::process::Signal;
+use serde::{Deserialize, Serialize};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How often liveness and readiness are polled.
-const POLL: Duration = Duration::from_millis(50);
-/// Deadline of one status request while waiting for readiness.
-const READY_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often a stopping process is polled.
+const POLL: Duration = Duration::from_millis(20);
 
-/// True when `pid` is a live `kv` process.
-pub fn pid_alive(pid: u32) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // A zombie (state Z) has exited but not been reaped.
-    let state = stat
-        .rsplit(')')
-        .next()
-        .and_then(|s| s.split_whitespace().next());
-    // Right after spawn the exec may not have set up the new argv yet, and cmdline reads
-    // empty: that is our node starting, not a dead one. (Issue 15 replaces this heuristic.)
-    state != Some("Z")
-        && (cmdline.is_empty() || String::from_utf8_lossy(&cmdline).contains("server"))
+/// One process, exactly: its pid and when it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessId {
+    /// Process id.
+    pub pid: u32,
+    /// Start time in clock ticks after boot (`/proc/PID/stat` field 22). `None` when an older
+    /// `kv` recorded the pid alone: then any live process with that pid counts.
+    pub start_ticks: Option<u64>,
+}
+
+/// A process's state letter and start time, parsed from the text of `/proc/PID/stat`.
+pub fn parse_stat(text: &str) -> Option<(char, u64)> {
+    // The command name (field 2) is in parentheses and may itself hold spaces or ')': the
+    // fields after it start after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Field 3 is the state, so field 22 is 19 further on.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+fn read_stat(pid: u32) -> Option<(char, u64)> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+impl ProcessId {
+    /// The process `pid` as it is now, if it exists.
+    pub fn of(pid: u32) -> Option<ProcessId> {
+        read_stat(pid).map(|(_, start)| ProcessId {
+            pid,
+            start_ticks: Some(start),
+        })
+    }
+
+    /// True while this very process runs: it exists, has not exited (a zombie has, its parent
+    /// just has not collected it), and started when recorded.
+    pub fn alive(&self) -> bool {
+        match read_stat(self.pid) {
+            Some((state, start)) => {
+                !matches!(state, 'Z' | 'X' | 'x') && self.start_ticks.is_none_or(|s| s == start)
+            }
+            None => false,
+        }
+    }
+
+    /// Waits up to `timeout` for the process to end; true if it did.
+    fn wait_gone(&self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while self.alive() {
+            if start.elapsed() > timeout {
+                return false;
+            }
+            std::thread::sleep(POLL);
+        }
+        true
+    }
 }
 
 /// True when nothing listens on `addr`.
@@ -45,64 +90,67 @@ pub fn pick_free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Signals used to end a node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Signal {
-    /// SIGTERM: the node flushes and exits.
-    Term,
-    /// SIGKILL: the node dies at once.
-    Kill,
-}
-
-fn send(pid: u32, signal: Signal) {
-    let name = match signal {
-        Signal::Term => "-TERM",
-        Signal::Kill => "-KILL",
-    };
-    // The process may have exited in between: failing to signal it is not an error.
-    let _ = Command::new("kill")
-        .arg(name)
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Waits up to `timeout` for `pid` to disappear; true if it did.
-fn wait_gone(pid: u32, timeout: Duration) -> bool {
-    let start = Instant::now();
-    while pid_alive(pid) {
-        if start.elapsed() > timeout {
-            return false;
-        }
-        std::thread::sleep(POLL);
-    }
-    true
-}
-
-/// Ends `pid` (SIGTERM escalates to SIGKILL after `STOP_TIMEOUT`) and waits until it is gone.
-/// Returns false when it was not running.
-pub fn terminate(pid: u32, signal: Signal) -> Result<bool> {
-    if !pid_alive(pid) {
+/// Ends the process `id` with `signal` (SIGTERM escalates to SIGKILL after `STOP_TIMEOUT`)
+/// and waits until it is gone. Returns false when it was not running. The signal goes only to
+/// the recorded process, never to a later one that reuses its pid.
+pub fn terminate(id: &ProcessId, signal: Signal) -> Result<bool> {
+    if !id.alive() {
         return Ok(false);
     }
-    send(pid, signal);
-    if signal == Signal::Term && !wait_gone(pid, STOP_TIMEOUT) {
-        send(pid, Signal::Kill);
+    // The process may exit between the check and the signal: a failed send is checked below.
+    let _ = chaos::process::signal(id.pid, signal);
+    if signal == Signal::Term && !id.wait_gone(STOP_TIMEOUT) {
+        let _ = chaos::process::kill(id.pid);
     }
-    if !wait_gone(pid, KILL_TIMEOUT) {
-        bail!("process {pid} did not exit after SIGKILL");
+    if !id.wait_gone(KILL_TIMEOUT) {
+        bail!("process {} did not exit after SIGKILL", id.pid);
     }
     Ok(true)
 }
 
+/// A node this command spawned: the child handle (its exit status is exact) and its identity.
+#[derive(Debug)]
+pub struct Spawned {
+    /// The child process.
+    pub child: Child,
+    /// Its pid and start time, as recorded in `cluster.json`.
+    pub id: ProcessId,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Spawned {
+    /// `Some(why)` once the child has exited.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(format!("cannot be waited for: {e}")),
+        }
+    }
+
+    /// Stops the child (SIGTERM, SIGKILL after `STOP_TIMEOUT`) and collects its exit status.
+    pub fn stop(&mut self) -> Result<()> {
+        if self.child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        let _ = chaos::process::terminate(self.id.pid);
+        let start = Instant::now();
+        while start.elapsed() < STOP_TIMEOUT {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(POLL);
+        }
+        self.child.kill().context("SIGKILL")?;
+        self.child.wait().context("waiting for the killed node")?;
+        Ok(())
+    }
+}
+
 /// Spawns `kv server` for `node` in its own process group, logging to `dir/NAME.log`, with its
-/// data in `dir/NAME`. Returns the pid and the log's path.
-pub fn spawn_server(
-    dir: &Path,
-    node: &LocalNode,
-    peers: &str,
-    chaos: bool,
-) -> Result<(u32, PathBuf)> {
+/// data in `dir/NAME`.
+pub fn spawn_server(dir: &Path, node: &LocalNode, peers: &str, chaos: bool) -> Result<Spawned> {
     let exe = std::env::current_exe().context("finding the kv binary")?;
     let data = dir.join(&node.name);
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
@@ -138,68 +186,74 @@ pub fn spawn_server(
         // Its own process group: Ctrl-C on `kv local up` must not kill detached nodes.
         cmd.process_group(0);
     }
-    let child = cmd
+    let mut child = cmd
         .spawn()
         .with_context(|| format!("starting node {}", node.name))?;
+    // An unwaited child stays in the process table (at worst as a zombie), so its stat file
+    // is there to read; the start time is set at fork and kept across exec.
+    let Some(id) = ProcessId::of(child.id()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!(
+            "cannot read /proc/{}/stat of node {}: kv local needs Linux's /proc to tell its nodes apart",
+            child.id(),
+            node.name
+        );
+    };
     // Dropping a Child neither waits nor kills: the node outlives this command.
-    Ok((child.id(), log_path))
+    Ok(Spawned {
+        child,
+        id,
+        log: log_path,
+    })
 }
 
 /// The last `n` lines of a node's log (for start-up failures).
-fn log_tail(log: &Path, n: usize) -> String {
+pub fn log_tail(log: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Waits until every running node (one with a pid) answers and sees every running node alive.
-/// Fails fast when a node's process exits meanwhile.
-pub async fn wait_ready(cluster: &LocalCluster, dir: &Path) -> Result<()> {
-    let start = Instant::now();
-    let running: Vec<&LocalNode> = cluster.nodes.iter().filter(|n| n.pid.is_some()).collect();
-    let names: Vec<&str> = running.iter().map(|n| n.name.as_str()).collect();
-    loop {
-        let mut ready = 0;
-        for node in &running {
-            if !node.running() {
-                let log = dir.join(format!("{}.log", node.name));
-                bail!(
-                    "node {} exited during start-up; last lines of {}:\n{}",
-                    node.name,
-                    log.display(),
-                    log_tail(&log, 5)
-                );
-            }
-            let mut cfg = kv_client::ClientConfig::new([node.addr.clone()]);
-            cfg.seeds_only = true;
-            cfg.timeout = READY_PROBE_TIMEOUT;
-            let Ok(client) = kv_client::Client::connect(cfg).await else {
-                continue;
-            };
-            let Ok(status) = client.status(Some(&node.addr)).await else {
-                continue;
-            };
-            let sees_all = names.iter().all(|name| {
-                status
-                    .nodes
-                    .iter()
-                    .any(|s| s.name == *name && s.state == kv_proto::v1::NodeState::Alive as i32)
-            });
-            if sees_all {
-                ready += 1;
-            }
-        }
-        if ready == running.len() {
-            return Ok(());
-        }
-        if start.elapsed() > READY_TIMEOUT {
-            bail!(
-                "the cluster was not ready after {} s ({ready} of {} running nodes see all the others); see the logs in {}",
-                READY_TIMEOUT.as_secs(),
-                running.len(),
-                dir.display()
-            );
-        }
-        tokio::time::sleep(POLL * 2).await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_read_after_the_last_parenthesis() {
+        let line = "4242 (kv server) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 12 3 0 0 20 0 9 0 \
+                    123456 1000000 500 18446744073709551615";
+        assert_eq!(parse_stat(line), Some(('S', 123456)));
+        assert_eq!(parse_stat("1 (a) Z 0"), None, "too short");
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_different_start_time_is_not() {
+        let me = ProcessId::of(std::process::id()).expect("own stat");
+        assert!(me.alive());
+        let reused = ProcessId {
+            start_ticks: me.start_ticks.map(|s| s + 1),
+            ..me
+        };
+        assert!(
+            !reused.alive(),
+            "same pid, other start time: another process"
+        );
+        let legacy = ProcessId {
+            start_ticks: None,
+            ..me
+        };
+        assert!(legacy.alive());
+    }
+
+    #[test]
+    fn an_exited_child_is_dead_before_and_after_it_is_collected() {
+        let mut child = Command::new("true").spawn().unwrap();
+        let id = ProcessId::of(child.id()).unwrap();
+        // Until collected it is a zombie: exited, so not alive.
+        assert!(id.wait_gone(Duration::from_secs(10)));
+        child.wait().unwrap();
+        assert!(!id.alive());
     }
 }

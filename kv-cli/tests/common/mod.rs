@@ -5,10 +5,18 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// The `kv` binary under test: the one cargo built, or `KV_TEST_BIN` (a copy of it, for runs
+/// that must not see the target directory's binary replaced by another build meanwhile).
+pub fn kv_bin() -> std::path::PathBuf {
+    std::env::var_os("KV_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_kv").into())
+}
+
 /// `kv ARGS` run in `dir`, with the local cluster in `dir/.kv-local` and nothing of the
 /// caller's environment that could point it elsewhere (endpoints, cluster folder, ports).
 pub fn kv_command(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kv"));
+    let mut cmd = Command::new(kv_bin());
     cmd.args(args)
         .current_dir(dir)
         .env_remove("KV_ENDPOINTS")

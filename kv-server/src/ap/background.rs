@@ -6,15 +6,22 @@
 //!
 //! Invariants: a hint is deleted only after its owner acknowledged it, or once older than the
 //! hint window (anti-entropy repairs the owner then); anti-entropy moves records both ways and
-//! merges with LWW, so an exchange never loses the newer copy; every remote call has a timeout.
+//! merges with LWW, so an exchange never loses the newer copy; a record from beyond the maximum
+//! clock offset is not taken; every remote call has a timeout. A tombstone is purged only past
+//! the grace period and once an exchange with every other replica of its partition, started
+//! after the tombstone arrived here, completed (`plan::tombstone_purgeable`): a replica that was
+//! away longer than the grace period then still finds the delete on its peers when it returns.
 
 use super::config::{
     ANTI_ENTROPY_PUSH_CONCURRENCY, HINT_REPLAY_BATCH, MERKLE_LEAVES_PER_RANGE_CALL,
 };
 use super::engine::{with_timeout, ApEngine};
-use super::error::ApError;
+use super::error::{ApError, TransportError};
 use super::merkle;
-use super::plan::{anti_entropy_peer, hint_action, records_to_push, HintAction};
+use super::plan::{
+    anti_entropy_peer, hint_action, purge_horizon, records_to_push, tombstone_purgeable, HintAction,
+};
+use super::store::MAX_RANGE_RECORDS;
 use crate::types::{KeyspaceDef, Mode, NodeId};
 use futures::stream::StreamExt;
 use std::sync::Arc;
@@ -44,8 +51,16 @@ pub struct AntiEntropyStats {
     pub records_fetched: usize,
     /// Of those, records that superseded ours and were stored.
     pub records_applied: usize,
-    /// Our records sent to the peer (newer than its copy, or absent there).
+    /// Our records sent to the peer (newer than its copy, or absent there) and acknowledged.
     pub records_pushed: usize,
+    /// The peer's records not taken because their timestamp is beyond the maximum clock offset.
+    pub records_refused: usize,
+    /// Our records the peer refused (it answered with an error).
+    pub pushes_refused: usize,
+    /// Whether the peer now holds every record we held when the exchange started, or a newer
+    /// one (no push refused, no range response cut at `MAX_RANGE_RECORDS`): only such an
+    /// exchange counts towards purging tombstones.
+    pub complete: bool,
 }
 
 /// The keyspace definitions current when a background round starts.
@@ -112,6 +127,7 @@ impl ApEngine {
 
     /// Exchanges one partition with `peer`: compares Merkle leaves, fetches the peer's records in
     /// differing leaves and merges them here, and pushes ours that the peer lacks or has older.
+    /// A complete exchange is remembered for the purge rule.
     pub async fn anti_entropy_once(
         &self,
         keyspace_id: u32,
@@ -120,6 +136,9 @@ impl ApEngine {
     ) -> Result<AntiEntropyStats, ApError> {
         let timeout_ms = self.inner.config.merkle_timeout_ms;
         let store = self.store(keyspace_id)?;
+        // Stamped before our leaves are read: every tombstone stored before this stamp is in
+        // what the exchange compares.
+        let started = self.inner.clock.now();
         let ours = store.merkle_leaves(partition)?;
         let fut = self
             .inner
@@ -129,6 +148,7 @@ impl ApEngine {
         let differing = merkle::diff_leaves(&ours, &theirs);
         let mut stats = AntiEntropyStats {
             differing_leaves: differing.len(),
+            complete: started.is_ok(),
             ..Default::default()
         };
         for chunk in differing.chunks(MERKLE_LEAVES_PER_RANGE_CALL) {
@@ -139,14 +159,21 @@ impl ApEngine {
             let their_records = with_timeout(peer, timeout_ms, fut).await?;
             stats.records_fetched += their_records.len();
             let our_records = store.records_in_leaves(partition, chunk)?;
+            if their_records.len() >= MAX_RANGE_RECORDS || our_records.len() >= MAX_RANGE_RECORDS {
+                stats.complete = false;
+            }
             let to_push = records_to_push(our_records, &their_records);
+            let forget_before_ms = self.forget_before_ms();
             for r in &their_records {
-                self.inner.clock.observe(r.hlc);
-                if store.apply(r)? {
+                if self.inner.clock.observe(r.hlc).is_err() {
+                    stats.records_refused += 1;
+                    continue;
+                }
+                if store.apply(r, forget_before_ms)? {
                     stats.records_applied += 1;
                 }
             }
-            // One flush per batch rather than per record (replica writes flush one by one).
+            // One flush per batch rather than per record; nothing here is acknowledged to anyone.
             self.inner.engine.flush()?;
             let pushes = futures::stream::iter(to_push.into_iter().map(|r| {
                 let fut = self.inner.transport.write(peer, keyspace_id, r, None);
@@ -156,27 +183,53 @@ impl ApEngine {
             .collect::<Vec<_>>()
             .await;
             for p in pushes {
-                p?;
-                stats.records_pushed += 1;
+                match p {
+                    Ok(()) => stats.records_pushed += 1,
+                    // The peer answered, refusing one record (e.g. its clock is behind ours by
+                    // more than the maximum offset): go on with the others.
+                    Err(TransportError::Remote { .. }) => {
+                        stats.pushes_refused += 1;
+                        stats.complete = false;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
+        }
+        if let (true, Ok(started)) = (stats.complete, started) {
+            let mut synced = self.inner.synced.lock().expect("synced lock poisoned");
+            let at = synced
+                .entry((keyspace_id, partition, peer))
+                .or_insert(started);
+            *at = (*at).max(started);
         }
         Ok(stats)
     }
 
-    /// Purges tombstones older than the grace period from every open keyspace store.
-    pub fn purge_tombstones_once(&self) -> Result<usize, ApError> {
+    /// Purges, in every AP keyspace of `keyspaces`, the tombstones that
+    /// `plan::tombstone_purgeable` accepts; returns how many.
+    pub fn purge_tombstones_once(&self, keyspaces: &[KeyspaceDef]) -> Result<usize, ApError> {
         let now_ms = self.inner.clock.wall_ms();
-        let stores: Vec<_> = self
-            .inner
-            .stores
-            .lock()
-            .expect("stores lock poisoned")
-            .values()
-            .cloned()
-            .collect();
+        let grace_ms = self.inner.config.tombstone_grace_ms;
         let mut purged = 0;
-        for s in stores {
-            purged += s.purge_tombstones(now_ms, self.inner.config.tombstone_grace_ms)?;
+        for ks in keyspaces.iter().filter(|k| k.mode == Mode::Ap) {
+            let synced = self
+                .inner
+                .synced
+                .lock()
+                .expect("synced lock poisoned")
+                .clone();
+            let horizons: Vec<_> = (0..self.inner.ring.partition_count())
+                .map(|p| {
+                    let pref = self.inner.ring.preference_list(p);
+                    purge_horizon(&pref, ks.replicas as usize, self.node_id(), |peer| {
+                        synced.get(&(ks.id, p, peer)).copied()
+                    })
+                })
+                .collect();
+            purged += self.store(ks.id)?.purge_tombstones(|t| {
+                let horizon = horizons.get(t.partition as usize).copied().flatten();
+                tombstone_purgeable(t.written.physical_ms, t.arrival, now_ms, grace_ms, horizon)
+            })?;
         }
         Ok(purged)
     }
@@ -203,7 +256,7 @@ impl ApEngine {
 
     /// Starts hint replay, anti-entropy and tombstone purging, each in its own task on its own
     /// interval (first tick immediate), until the returned handle is aborted; `keyspaces` yields
-    /// the current keyspace definitions for each anti-entropy round.
+    /// the current keyspace definitions for each anti-entropy round and purge pass.
     pub fn spawn_background(&self, keyspaces: KeyspaceSource) -> JoinHandle<()> {
         let cfg = &self.inner.config;
         let mut jobs = JoinSet::new();
@@ -219,13 +272,17 @@ impl ApEngine {
             }
         });
 
-        let (this, period_ms) = (self.clone(), cfg.anti_entropy_interval_ms);
+        let (this, period_ms, source) = (
+            self.clone(),
+            cfg.anti_entropy_interval_ms,
+            keyspaces.clone(),
+        );
         jobs.spawn(async move {
             let mut tick = ticker(period_ms);
             let mut round = 0usize;
             loop {
                 tick.tick().await;
-                this.anti_entropy_round(&keyspaces(), round).await;
+                this.anti_entropy_round(&source(), round).await;
                 round = round.wrapping_add(1);
             }
         });
@@ -235,7 +292,7 @@ impl ApEngine {
             let mut tick = ticker(period_ms);
             loop {
                 tick.tick().await;
-                if let Err(e) = this.purge_tombstones_once() {
+                if let Err(e) = this.purge_tombstones_once(&keyspaces()) {
                     tracing::warn!(node_id = this.node_id(), error = %e, "tombstone purge failed");
                 }
             }

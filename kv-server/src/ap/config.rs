@@ -2,7 +2,7 @@
 //! per-request options (`Consistency`, `RequestOptions`).
 
 use super::hints::{DEFAULT_HINT_MAX_AGE_MS, MAX_HINTS_PER_NODE};
-use super::hlc::DEFAULT_MAX_SKEW_MS;
+use super::hlc::DEFAULT_MAX_CLOCK_OFFSET_MS;
 use super::store::DEFAULT_TOMBSTONE_GRACE_MS;
 use crate::types::{NodeId, DEFAULT_MAX_VALUE_BYTES};
 
@@ -24,15 +24,22 @@ pub const HINT_REPLAY_BATCH: usize = 256;
 pub const MERKLE_LEAVES_PER_RANGE_CALL: usize = 32;
 /// Most concurrent pushes (writes) to a peer during anti-entropy.
 pub const ANTI_ENTROPY_PUSH_CONCURRENCY: usize = 16;
+/// Default most writes one coordinator drives at once. A write stays in flight until every
+/// replica answered or timed out (after W acks it continues in the background), so with a hung
+/// replica each write lingers one write timeout: 4096 covers 4,000 writes/s per coordinator with
+/// one replica hung. Each holds its value (up to the value limit) in memory while in flight.
+pub const MAX_WRITES_IN_FLIGHT: usize = 4096;
 
 /// Configuration of one node's AP engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApConfig {
     /// This node.
     pub node_id: NodeId,
-    /// Skew beyond which remote timestamps are reported (see `hlc`).
-    pub max_skew_ms: u64,
-    /// How long tombstones are kept (must exceed `hint_max_age_ms` and the anti-entropy period).
+    /// How far ahead of this node's wall clock a remote timestamp may be before it is refused
+    /// (see `hlc`).
+    pub max_clock_offset_ms: u64,
+    /// How long a tombstone is kept at least (must exceed `hint_max_age_ms`); it is purged only
+    /// once every co-replica is known to hold it as well (see `store`).
     pub tombstone_grace_ms: u64,
     /// Age after which a hint is dropped instead of replayed.
     pub hint_max_age_ms: u64,
@@ -52,6 +59,8 @@ pub struct ApConfig {
     pub anti_entropy_interval_ms: u64,
     /// Period of the tombstone purge task started by `spawn_background`.
     pub purge_interval_ms: u64,
+    /// Most writes this node coordinates at once; more are refused with `ApError::Overloaded`.
+    pub max_writes_in_flight: usize,
 }
 
 impl ApConfig {
@@ -59,7 +68,7 @@ impl ApConfig {
     pub fn new(node_id: NodeId) -> Self {
         Self {
             node_id,
-            max_skew_ms: DEFAULT_MAX_SKEW_MS,
+            max_clock_offset_ms: DEFAULT_MAX_CLOCK_OFFSET_MS,
             tombstone_grace_ms: DEFAULT_TOMBSTONE_GRACE_MS,
             hint_max_age_ms: DEFAULT_HINT_MAX_AGE_MS,
             max_hints_per_node: MAX_HINTS_PER_NODE,
@@ -70,6 +79,7 @@ impl ApConfig {
             hint_replay_interval_ms: DEFAULT_HINT_REPLAY_INTERVAL_MS,
             anti_entropy_interval_ms: DEFAULT_ANTI_ENTROPY_INTERVAL_MS,
             purge_interval_ms: DEFAULT_PURGE_INTERVAL_MS,
+            max_writes_in_flight: MAX_WRITES_IN_FLIGHT,
         }
     }
 }

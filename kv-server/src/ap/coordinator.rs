@@ -4,12 +4,15 @@
 //! repair).
 //!
 //! Invariants: a write returns after W distinct nodes acked (a durable hint counts) while its
-//! remaining sends run on in their own task, tracked by `wait_writes_idle`; every remote call
-//! has a timeout; read repair is best effort (anti-entropy repairs what it misses).
+//! remaining sends run on in their own task, tracked by `wait_writes_idle`; at most
+//! `max_writes_in_flight` such tasks run, and a write beyond that is refused before anything is
+//! written; every remote call has a timeout; a read answer whose timestamp is beyond the maximum
+//! clock offset counts as a failed answer (it is neither returned nor repaired onto others);
+//! read repair is best effort (anti-entropy repairs what it misses).
 
 use super::config::RequestOptions;
 use super::engine::{with_timeout, ApEngine};
-use super::error::{ApError, TransportError};
+use super::error::{bounded, ApError, TransportError};
 use super::lww::ApRecord;
 use super::plan::{
     plan_write, read_candidates, resolve_quorums, ReadOutcome, ReadQuorum, WriteQuorum, WriteTarget,
@@ -71,7 +74,20 @@ impl ApEngine {
         self.check_key(key)?;
         let (_, w) = resolve_quorums(ks, opts.consistency)?;
         let partition = self.inner.ring.partition_for_key(key);
-        let hlc = self.inner.clock.now();
+        let hlc = self.inner.clock.now()?;
+        let limit = self.inner.config.max_writes_in_flight;
+        let reserved =
+            self.inner
+                .writes_in_flight
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < limit).then_some(n + 1)
+                });
+        if reserved.is_err() {
+            return Err(ApError::Overloaded {
+                node: self.node_id(),
+                limit,
+            });
+        }
         let record = ApRecord {
             key: key.to_vec(),
             hlc,
@@ -83,14 +99,14 @@ impl ApEngine {
             });
         let quorum = WriteQuorum::new(self.node_id(), w, fallbacks);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        // The writes run in their own task: the caller returns after W acks while the remaining
-        // replicas (and fallbacks for failed ones) still get the write.
-        self.inner.writes_in_flight.fetch_add(1, Ordering::SeqCst);
+        // The writes run in their own task (its slot in `writes_in_flight` reserved above): the
+        // caller returns after W acks while the remaining replicas (and fallbacks for failed
+        // ones) still get the write.
         tokio::spawn(
             self.clone()
                 .drive_write(ks.id, record, targets, quorum, done_tx),
         );
-        let answered = done_rx.await.unwrap_or(0);
+        let (answered, first_failure) = done_rx.await.unwrap_or((0, None));
         if answered >= w {
             Ok(hlc)
         } else {
@@ -99,37 +115,41 @@ impl ApEngine {
                 needed: w,
                 answered,
                 partition,
+                first_failure,
             })
         }
     }
 
     /// Sends the write to `targets`, hands each answer to `quorum` and carries out what it
-    /// decides; reports the ack count on `done` once W is reached, or when every send ended.
+    /// decides; reports the ack count (and the first failure) on `done` once W is reached, or
+    /// when every send ended.
     async fn drive_write(
         self,
         keyspace_id: u32,
         record: ApRecord,
         targets: Vec<WriteTarget>,
         mut quorum: WriteQuorum,
-        done: tokio::sync::oneshot::Sender<usize>,
+        done: tokio::sync::oneshot::Sender<(usize, Option<String>)>,
     ) {
         let mut pending = FuturesUnordered::new();
         for t in targets {
             pending.push(self.send_write(t, keyspace_id, record.clone()));
         }
         let mut done = Some(done);
+        let mut first_failure = None;
         while let Some((target, result)) = pending.next().await {
             match result {
                 Ok(()) => {
                     if let Some(acks) = quorum.ack(target.node) {
                         if let Some(d) = done.take() {
-                            let _ = d.send(acks);
+                            let _ = d.send((acks, None));
                         }
                     }
                 }
                 Err(e) => {
                     let owner = target.hint_for.unwrap_or(target.node);
                     tracing::warn!(node_id = self.node_id(), to = target.node, owner, error = %e, "AP write failed; trying a fallback");
+                    first_failure.get_or_insert_with(|| bounded(&e.to_string()));
                     if let Some(t) = quorum.fail(target) {
                         pending.push(self.send_write(t, keyspace_id, record.clone()));
                     }
@@ -137,7 +157,7 @@ impl ApEngine {
             }
         }
         if let Some(d) = done.take() {
-            let _ = d.send(quorum.acks());
+            let _ = d.send((quorum.acks(), first_failure));
         }
         if self.inner.writes_in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.inner.writes_idle.notify_waiters();
@@ -223,11 +243,25 @@ impl ApEngine {
             .into_iter()
             .map(|node| self.send_read(node, ks.id, key))
             .collect();
+        let mut first_failure = None;
         while let Some((node, result)) = pending.next().await {
+            // An answer from beyond the maximum clock offset is refused like a failed call: it
+            // must neither win the read nor be repaired onto the other replicas.
+            let result = result.and_then(|rec| match &rec {
+                Some(r) => match self.inner.clock.observe(r.hlc) {
+                    Ok(()) => Ok(rec),
+                    Err(e) => Err(TransportError::Remote {
+                        node,
+                        message: e.to_string(),
+                    }),
+                },
+                None => Ok(rec),
+            });
             match result {
                 Ok(rec) => quorum.answer(node, rec),
                 Err(e) => {
                     tracing::warn!(node_id = self.node_id(), to = node, error = %e, "AP read failed; asking another replica");
+                    first_failure.get_or_insert_with(|| bounded(&e.to_string()));
                     if let Some(next) = quorum.fail() {
                         pending.push(self.send_read(next, ks.id, key));
                     }
@@ -240,13 +274,13 @@ impl ApEngine {
                 needed: r,
                 answered,
                 partition,
+                first_failure,
             }),
             ReadOutcome::Resolved { newest: None, .. } => Ok(None),
             ReadOutcome::Resolved {
                 newest: Some(newest),
                 stale,
             } => {
-                self.inner.clock.observe(newest.hlc);
                 self.read_repair(ks.id, &newest, stale).await;
                 Ok(newest.value.map(|v| (v, newest.hlc)))
             }

@@ -9,14 +9,17 @@
 //! acknowledged after W acks where a fallback node's durable hint counts as an ack (sloppy
 //! quorum); a hint goes only to a node beyond the first N of the preference list and names the
 //! intended owner; a failed or timed-out write is *indeterminate* (it may have applied on the
-//! replicas that answered). Every remote call has a timeout; every loop a named bound.
+//! replicas that answered); a record whose timestamp is beyond the maximum clock offset is
+//! neither stored, returned nor passed on here. Every remote call has a timeout; every loop and
+//! the writes in flight a named bound.
 
+use super::flush::GroupFlush;
 use super::hints::HintStore;
-use super::hlc::HlcClock;
+use super::hlc::{HlcClock, LATEST};
 use super::store::ApStore;
 use crate::clock::Clock;
 use crate::storage::Engine;
-use crate::types::NodeId;
+use crate::types::{Hlc, NodeId};
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -34,8 +37,10 @@ pub use super::seams::{ApRing, ApTransport, Liveness};
 pub struct ApStatus {
     /// Pending hints per intended owner.
     pub hints: BTreeMap<NodeId, usize>,
-    /// Remote timestamps seen beyond the skew bound.
+    /// Remote timestamps seen more than half the maximum clock offset ahead (refused included).
     pub skew_events: u64,
+    /// Remote timestamps refused as beyond the maximum clock offset.
+    pub clock_refusals: u64,
     /// Stale replicas written back by read repair.
     pub read_repairs: u64,
 }
@@ -44,16 +49,24 @@ pub struct ApStatus {
 pub(super) struct Inner {
     pub(super) config: ApConfig,
     pub(super) engine: Arc<dyn Engine>,
-    pub(super) clock: HlcClock,
+    pub(super) clock: Arc<HlcClock>,
     pub(super) transport: Arc<dyn ApTransport>,
     pub(super) liveness: Arc<dyn Liveness>,
     pub(super) ring: Arc<dyn ApRing>,
     pub(super) stores: Mutex<BTreeMap<u32, Arc<ApStore>>>,
     pub(super) hints: HintStore,
     pub(super) read_repairs: AtomicU64,
-    /// Write drivers still running (they outlive `put` when W < N).
+    /// Write drivers still running (they outlive `put` when W < N); at most
+    /// `config.max_writes_in_flight`.
     pub(super) writes_in_flight: AtomicUsize,
     pub(super) writes_idle: tokio::sync::Notify,
+    /// Group commit of replica writes.
+    pub(super) flusher: GroupFlush,
+    /// Per (keyspace, partition, co-replica): the local stamp taken at the start of the latest
+    /// anti-entropy exchange with it that completed (every record we held then, the peer now
+    /// holds or holds something newer). Kept in memory: after a restart no tombstone is purged
+    /// before a fresh exchange with every co-replica, which only delays purging.
+    pub(super) synced: Mutex<BTreeMap<(u32, u32, NodeId), Hlc>>,
 }
 
 /// One node's AP engine; cloning shares it.
@@ -84,8 +97,19 @@ impl ApEngine {
         liveness: Arc<dyn Liveness>,
         ring: Arc<dyn ApRing>,
     ) -> Result<Self, ApError> {
+        if config.tombstone_grace_ms <= config.hint_max_age_ms {
+            // A hint of an older value could then outlive the tombstone and bring the value back.
+            return Err(ApError::InvalidArgument(format!(
+                "the tombstone grace period ({} ms) must be longer than the hint window ({} ms)",
+                config.tombstone_grace_ms, config.hint_max_age_ms
+            )));
+        }
         let hints = HintStore::open(&engine, config.max_hints_per_node)?;
-        let clock = HlcClock::new(config.node_id, clock, config.max_skew_ms);
+        let clock = Arc::new(HlcClock::new(
+            config.node_id,
+            clock,
+            config.max_clock_offset_ms,
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -99,6 +123,8 @@ impl ApEngine {
                 read_repairs: AtomicU64::new(0),
                 writes_in_flight: AtomicUsize::new(0),
                 writes_idle: tokio::sync::Notify::new(),
+                flusher: GroupFlush::default(),
+                synced: Mutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -120,10 +146,14 @@ impl ApEngine {
             return Ok(s.clone());
         }
         let ring = self.inner.ring.clone();
+        let clock = self.inner.clock.clone();
         let store = Arc::new(ApStore::open(
             &self.inner.engine,
             keyspace_id,
             Arc::new(move |k: &[u8]| ring.partition_for_key(k)),
+            // An exhausted clock stamps the latest time there is: the tombstone is then never
+            // taken for one an exchange already covered.
+            Arc::new(move || clock.now().unwrap_or(LATEST)),
         )?);
         stores.insert(keyspace_id, store.clone());
         Ok(store)
@@ -134,6 +164,7 @@ impl ApEngine {
         ApStatus {
             hints: self.inner.hints.counts(),
             skew_events: self.inner.clock.skew_events(),
+            clock_refusals: self.inner.clock.refusals(),
             read_repairs: self.inner.read_repairs.load(Ordering::Relaxed),
         }
     }
@@ -141,6 +172,15 @@ impl ApEngine {
     /// Pending hints held here, per intended owner.
     pub fn hint_counts(&self) -> BTreeMap<NodeId, usize> {
         self.inner.hints.counts()
+    }
+
+    /// Tombstones written before this HLC physical time are past the grace period: a replica
+    /// that holds nothing for their key does not take them (see `ApStore::apply`).
+    pub(super) fn forget_before_ms(&self) -> u64 {
+        self.inner
+            .clock
+            .wall_ms()
+            .saturating_sub(self.inner.config.tombstone_grace_ms)
     }
 
     /// This node is always alive to itself, whatever the failure detector has converged to.

@@ -3,6 +3,7 @@
 //! once, at the gRPC boundary.
 
 use super::hints::HintError;
+use super::hlc::HlcError;
 use crate::storage::StorageError;
 use crate::types::NodeId;
 
@@ -10,7 +11,7 @@ use crate::types::NodeId;
 #[derive(Debug, thiserror::Error)]
 pub enum ApError {
     /// Fewer replicas answered than the consistency level needs.
-    #[error("AP {op} on partition {partition} unavailable: {answered} of the {needed} required replicas answered; retry later or use a lower consistency level (a failed write may still have applied on the replicas that answered)")]
+    #[error("AP {op} on partition {partition} unavailable: {answered} of the {needed} required replicas answered{}; retry later or use a lower consistency level (a failed write may still have applied on the replicas that answered)", .first_failure.as_deref().map(|f| format!(" (first failure: {f})")).unwrap_or_default())]
     Unavailable {
         /// "read" or "write".
         op: &'static str,
@@ -20,6 +21,27 @@ pub enum ApError {
         answered: usize,
         /// The key's partition.
         partition: u32,
+        /// What the first replica that failed said (at most `MAX_FAILURE_CHARS` characters).
+        first_failure: Option<String>,
+    },
+    /// A timestamp was refused as too far ahead of this node's clock, or the clock is exhausted.
+    #[error(transparent)]
+    Clock(#[from] HlcError),
+    /// This coordinator already drives its maximum number of writes; nothing was written.
+    #[error("node {node} is overloaded: {limit} AP writes already in flight (max_writes_in_flight); nothing was written, retry with backoff")]
+    Overloaded {
+        /// This node.
+        node: NodeId,
+        /// The bound that was hit.
+        limit: usize,
+    },
+    /// A hint names an intended owner that is not a member of the cluster.
+    #[error("hint refused: node {owner} is not a member of this cluster ({members} members); nothing was stored")]
+    UnknownHintOwner {
+        /// The owner the hint named.
+        owner: NodeId,
+        /// How many members the cluster has.
+        members: usize,
     },
     /// The local storage failed or held a corrupt record.
     #[error(transparent)]
@@ -38,6 +60,18 @@ pub enum ApError {
     /// A peer could not be reached during background work.
     #[error(transparent)]
     Transport(#[from] TransportError),
+}
+
+/// Longest replica failure quoted in an `Unavailable` message: error messages travel in a gRPC
+/// header, which standard clients cap at 16 KiB.
+pub const MAX_FAILURE_CHARS: usize = 300;
+
+/// `text` cut to `MAX_FAILURE_CHARS` characters, with an ellipsis when cut.
+pub(super) fn bounded(text: &str) -> String {
+    match text.char_indices().nth(MAX_FAILURE_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
 }
 
 impl From<HintError> for ApError {

@@ -4,7 +4,8 @@
 //! read is checksum-verified; no AP code names a storage engine or a wire format.
 //!
 //! Layering (each line depends only on the ones before it):
-//! - `hlc` → `lww` → `merkle` → `store` → `hints`: timestamps, records and their storage;
+//! - `hlc` → `lww` → `merkle` → `store` → `hints` → `flush`: timestamps, records, their storage
+//!   and its group commit;
 //! - `error`, `seams`, `config`: what the engine reports, what it is plugged into (network,
 //!   failure detector, ring) and how it is configured;
 //! - `plan`: the pure decisions (write plan and fallbacks, quorum counting, read plan and
@@ -19,6 +20,7 @@ pub mod config;
 mod coordinator;
 pub mod engine;
 pub mod error;
+pub mod flush;
 pub mod hints;
 pub mod hlc;
 pub mod lww;
@@ -29,10 +31,6 @@ pub mod seams;
 pub mod store;
 
 #[cfg(test)]
-mod background_tests;
-#[cfg(test)]
-mod cluster_tests;
-#[cfg(test)]
 mod plan_tests;
 #[cfg(test)]
 mod testkit;
@@ -41,5 +39,6 @@ pub use background::{AntiEntropyStats, ReplayStats};
 pub use config::{ApConfig, Consistency, RequestOptions};
 pub use engine::{ApEngine, ApStatus};
 pub use error::{ApError, TransportError};
+pub use hlc::HlcError;
 pub use lww::ApRecord;
 pub use seams::{ApRing, ApTransport, Liveness};

@@ -2,15 +2,17 @@
 //! write goes to and which of them hold hints (`plan_write`), when a write has its W acks and
 //! where a failed send's hint goes (`WriteQuorum`), which replicas a read asks, when it has its R
 //! answers, what it returns and whom it repairs (`ReadQuorum`), what replay does with a hint
-//! (`hint_action`), and which peer and records an anti-entropy exchange uses.
+//! (`hint_action`), which peer and records an anti-entropy exchange uses, and which tombstones
+//! may be purged (`purge_horizon`, `tombstone_purgeable`).
 //!
 //! No I/O, no clock, no locks, no async: `coordinator.rs` and `background.rs` feed these what they
 //! observed and carry out what they return, and `plan_tests.rs` drives them from tables.
 
 use super::config::Consistency;
 use super::error::ApError;
+use super::hlc::LATEST;
 use super::lww::{self, ApRecord};
-use crate::types::{KeyspaceDef, Mode, NodeId};
+use crate::types::{Hlc, KeyspaceDef, Mode, NodeId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Resolves `(r, w)` for a request on an AP keyspace, checking they fit in N.
@@ -305,4 +307,36 @@ pub fn records_to_push(ours: Vec<ApRecord>, theirs: &[ApRecord]) -> Vec<ApRecord
                 .is_none_or(|t| lww::supersedes(r, t))
         })
         .collect()
+}
+
+/// The purge horizon of a partition at this node: the earliest of the start stamps of the
+/// latest complete anti-entropy exchange with each other replica of the partition (`synced`),
+/// or `None` while some other replica has had none. With no other replica nothing constrains
+/// purging (`LATEST`).
+pub fn purge_horizon(
+    preference: &[NodeId],
+    n: usize,
+    me: NodeId,
+    synced: impl Fn(NodeId) -> Option<Hlc>,
+) -> Option<Hlc> {
+    preference[..n.min(preference.len())]
+        .iter()
+        .filter(|&&peer| peer != me)
+        .try_fold(LATEST, |horizon, &peer| {
+            synced(peer).map(|s| horizon.min(s))
+        })
+}
+
+/// Whether a tombstone written at `written_ms` (HLC physical time) and stored here at `arrival`
+/// may be purged at `now_ms`: it is past the grace period, and it was stored before every
+/// exchange that makes up `horizon` started, so every other replica holds it, something newer,
+/// or nothing for its key (docs/cap-modes.md, "A delete never comes back").
+pub fn tombstone_purgeable(
+    written_ms: u64,
+    arrival: Hlc,
+    now_ms: u64,
+    grace_ms: u64,
+    horizon: Option<Hlc>,
+) -> bool {
+    written_ms.saturating_add(grace_ms) < now_ms && horizon.is_some_and(|h| arrival < h)
 }

@@ -541,3 +541,77 @@ fn anti_entropy_pushes_what_the_peer_lacks_or_holds_older() {
         .collect();
     assert_eq!(pushed, vec![b"b".to_vec(), b"d".to_vec()]);
 }
+
+/// A local stamp at physical time `t`.
+fn stamp(t: u64) -> Hlc {
+    Hlc {
+        physical_ms: t,
+        logical: 0,
+        node_id: 1,
+    }
+}
+
+#[test]
+fn purge_horizons() {
+    // (preference, n, me, synced co-replicas with their exchange start) → horizon.
+    type Case = (&'static [NodeId], usize, NodeId, &'static [(NodeId, u64)]);
+    let cases: [(Case, Option<Hlc>); 6] = [
+        // Every co-replica synced: the earliest exchange bounds the horizon.
+        ((&[1, 2, 3, 4], 3, 1, &[(2, 50), (3, 40)]), Some(stamp(40))),
+        // Only the first N count: node 4 is a fallback, not a replica.
+        (
+            (&[1, 2, 3, 4], 3, 1, &[(2, 50), (3, 40), (4, 10)]),
+            Some(stamp(40)),
+        ),
+        // One co-replica never synced (e.g. down since before the restart): no purge at all.
+        ((&[1, 2, 3, 4], 3, 1, &[(2, 50)]), None),
+        ((&[1, 2, 3], 3, 2, &[]), None),
+        // No other replica: nothing to wait for.
+        ((&[5, 1, 2], 1, 5, &[]), Some(super::hlc::LATEST)),
+        // A node that is not a replica waits for all N.
+        (
+            (&[1, 2, 3, 4], 3, 4, &[(1, 9), (2, 8), (3, 7)]),
+            Some(stamp(7)),
+        ),
+    ];
+    for ((preference, n, me, synced), expected) in cases {
+        let got = purge_horizon(preference, n, me, |peer| {
+            synced
+                .iter()
+                .find(|(p, _)| *p == peer)
+                .map(|&(_, t)| stamp(t))
+        });
+        assert_eq!(
+            got, expected,
+            "preference {preference:?} n={n} me={me} synced={synced:?}"
+        );
+    }
+}
+
+#[test]
+fn tombstones_purgeable() {
+    const GRACE: u64 = 1_000;
+    // (written_ms, arrival, now_ms, horizon) → purgeable.
+    type Case = (u64, u64, u64, Option<u64>);
+    let cases: [(Case, bool); 7] = [
+        ((100, 150, 1_101, Some(200)), true),
+        // Not yet past the grace period (at the edge is not past it).
+        ((100, 150, 1_100, Some(200)), false),
+        ((100, 150, 500, Some(200)), false),
+        // Arrived after the exchange that bounds the horizon started: that exchange may not have
+        // carried it (a delete received late from a third replica).
+        ((100, 250, 5_000, Some(200)), false),
+        ((100, 200, 5_000, Some(200)), false),
+        // Some co-replica has not completed an exchange since: it may still hold the old value.
+        ((100, 150, 5_000, None), false),
+        // A grace period reaching past the end of time never ends.
+        ((u64::MAX - 10, 150, u64::MAX, Some(200)), false),
+    ];
+    for ((written, arrival, now, horizon), expected) in cases {
+        assert_eq!(
+            tombstone_purgeable(written, stamp(arrival), now, GRACE, horizon.map(stamp)),
+            expected,
+            "written {written} arrival {arrival} now {now} horizon {horizon:?}"
+        );
+    }
+}

@@ -2,8 +2,12 @@
 //! hint replay or an anti-entropy peer calls it — store a record or a hint, read a key, answer
 //! with Merkle leaves or the records of some leaves.
 //!
-//! Invariant: an applied record or a stored hint is flushed before the call returns, because
-//! the caller counts the answer as a durable ack.
+//! Invariants: every acknowledged record or hint is flushed before the call returns, because
+//! the caller counts the answer as a durable ack — a record that superseded nothing too, since
+//! what superseded it may not be durable yet (an anti-entropy batch before its flush, or a
+//! concurrent write whose flush is still running); the flushes of writes ready together are
+//! one (`GroupFlush`). A record whose timestamp is beyond the maximum clock offset, and a hint
+//! for a node that is not a member, are refused before anything is stored.
 
 use super::engine::ApEngine;
 use super::error::ApError;
@@ -19,19 +23,30 @@ impl ApEngine {
         record: ApRecord,
         hint_for: Option<NodeId>,
     ) -> Result<bool, ApError> {
-        self.inner.clock.observe(record.hlc);
+        let hint_for = hint_for.filter(|&owner| owner != self.node_id());
+        if let Some(owner) = hint_for {
+            let members = self
+                .inner
+                .ring
+                .preference_list(self.inner.ring.partition_for_key(&record.key));
+            if !members.contains(&owner) {
+                return Err(ApError::UnknownHintOwner {
+                    owner,
+                    members: members.len(),
+                });
+            }
+        }
+        self.inner.clock.observe(record.hlc)?;
         match hint_for {
-            Some(owner) if owner != self.node_id() => {
+            Some(owner) => {
+                // `HintStore::add` flushes before it returns.
                 self.inner.hints.add(owner, keyspace_id, record)?;
                 Ok(true)
             }
-            _ => {
+            None => {
                 let store = self.store(keyspace_id)?;
-                let applied = store.apply(&record)?;
-                if applied {
-                    // An acknowledged replica write must survive a crash.
-                    self.inner.engine.flush()?;
-                }
+                let applied = store.apply(&record, self.forget_before_ms())?;
+                self.inner.flusher.flush(&*self.inner.engine)?;
                 Ok(applied)
             }
         }

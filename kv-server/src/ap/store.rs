@@ -1,24 +1,29 @@
 //! The local replica store of one AP keyspace: tree `ap/{keyspace_id}/data`, keys stored as
 //! `[partition u32 big-endian][user key]` so a partition's records are one contiguous range
-//! (cheap Merkle scans), values as checksummed `StoredRecord`s.
+//! (cheap Merkle scans), values as checksummed `StoredRecord`s; and its tombstone index, tree
+//! `ap/{keyspace_id}/tombstones`: the same keys, each mapped to the local HLC stamp taken when
+//! the tombstone was stored here (its *arrival*).
 //!
 //! Invariants: `apply` is a read-merge-write under one lock per store, so a record is replaced only
 //! by one that supersedes it under LWW (an older write never overwrites a newer one, whatever the
-//! arrival order). Tombstones are kept for `tombstone_grace_ms` after their write (HLC physical
-//! time) — longer than the hint window and the anti-entropy period, so no replica or hint can
-//! still hold an older value of the key when its tombstone is purged (else the value would come
-//! back).
+//! arrival order). Every stored tombstone has an index entry stamped after the tombstone was
+//! written, or, when a crash came between the two writes, gets one (stamped then) at the next
+//! purge pass: an arrival stamp is never earlier than the real arrival, which is what makes the
+//! purge rule safe. Which tombstones may go is decided by the caller (see `background.rs`
+//! and docs/cap-modes.md, "A delete never comes back"); this store only carries it out.
 
 use super::lww::{self, ApRecord};
 use super::merkle::{leaf_of, LeafBuilder};
 use crate::storage::record::RecordTree;
 use crate::storage::{Engine, Result, StorageError, Tree};
+use crate::types::Hlc;
 use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 /// Default grace period of a tombstone: 10 days (Cassandra's `gc_grace_seconds`), far longer than
-/// `hints::DEFAULT_HINT_MAX_AGE_MS` (3 h) and the anti-entropy period (minutes).
+/// `hints::DEFAULT_HINT_MAX_AGE_MS` (3 h), so every hint of an older value has expired before
+/// the tombstone can go.
 pub const DEFAULT_TOMBSTONE_GRACE_MS: u64 = 10 * 24 * 60 * 60 * 1000;
 /// Entries read per page when scanning a tree.
 pub const SCAN_BATCH: usize = 1024;
@@ -27,12 +32,50 @@ pub const MAX_RANGE_RECORDS: usize = 100_000;
 
 /// Maps a key to its partition (from the ring).
 pub type Partitioner = Arc<dyn Fn(&[u8]) -> u32 + Send + Sync>;
+/// Gives the arrival stamp of a tombstone: a local timestamp later than every earlier one.
+pub type Stamper = Arc<dyn Fn() -> Hlc + Send + Sync>;
+
+/// Length of an encoded arrival stamp.
+const STAMP_BYTES: usize = 8 + 4 + 8;
+
+fn encode_stamp(h: Hlc) -> [u8; STAMP_BYTES] {
+    let mut out = [0; STAMP_BYTES];
+    out[..8].copy_from_slice(&h.physical_ms.to_be_bytes());
+    out[8..12].copy_from_slice(&h.logical.to_be_bytes());
+    out[12..].copy_from_slice(&h.node_id.to_be_bytes());
+    out
+}
+
+fn decode_stamp(b: &[u8]) -> Option<Hlc> {
+    let b: &[u8; STAMP_BYTES] = b.try_into().ok()?;
+    Some(Hlc {
+        physical_ms: u64::from_be_bytes(b[..8].try_into().ok()?),
+        logical: u32::from_be_bytes(b[8..12].try_into().ok()?),
+        node_id: u64::from_be_bytes(b[12..].try_into().ok()?),
+    })
+}
+
+/// A tombstone this store holds, as the purge decision sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TombstoneInfo {
+    /// The deleted key.
+    pub key: Vec<u8>,
+    /// Its partition.
+    pub partition: u32,
+    /// The delete's timestamp.
+    pub written: Hlc,
+    /// When it was stored here (local stamp).
+    pub arrival: Hlc,
+}
 
 /// The replica store of one AP keyspace.
 pub struct ApStore {
     keyspace_id: u32,
     records: RecordTree,
+    /// Arrival stamps of the stored tombstones (see the module doc).
+    tombstones: Arc<dyn Tree>,
     partition_for_key: Partitioner,
+    stamp: Stamper,
     /// Serialises read-merge-write in `apply` and `purge_tombstones`.
     write_lock: Mutex<()>,
 }
@@ -43,17 +86,26 @@ impl ApStore {
         format!("ap/{keyspace_id}/data")
     }
 
-    /// Opens (creating if needed) the store of `keyspace_id` on `engine`.
+    /// The tree name of a keyspace's tombstone index.
+    pub fn tombstone_tree_name(keyspace_id: u32) -> String {
+        format!("ap/{keyspace_id}/tombstones")
+    }
+
+    /// Opens (creating if needed) the store of `keyspace_id` on `engine`; `stamp` gives the
+    /// arrival stamps of tombstones.
     pub fn open(
         engine: &Arc<dyn Engine>,
         keyspace_id: u32,
         partition_for_key: Partitioner,
+        stamp: Stamper,
     ) -> Result<Self> {
         let tree = engine.open_tree(&Self::tree_name(keyspace_id))?;
         Ok(Self {
             keyspace_id,
             records: RecordTree::new(tree, engine.location()),
+            tombstones: engine.open_tree(&Self::tombstone_tree_name(keyspace_id))?,
             partition_for_key,
+            stamp,
             write_lock: Mutex::new(()),
         })
     }
@@ -85,19 +137,32 @@ impl ApStore {
     }
 
     /// Merges `record` into the store; true if it was stored (it superseded what was there).
-    pub fn apply(&self, record: &ApRecord) -> Result<bool> {
+    /// A tombstone written before `forget_before_ms` (HLC physical time) is not stored for a key
+    /// that has no record here: nothing and a tombstone that old read the same, and storing it
+    /// would bring back a tombstone this replica already purged (see docs/cap-modes.md).
+    pub fn apply(&self, record: &ApRecord, forget_before_ms: u64) -> Result<bool> {
         let key = self.storage_key(&record.key);
         let _guard = self.write_lock.lock().expect("store lock poisoned");
         let current = match self.records.raw().get(&key)? {
             Some(bytes) => Some(self.decode(key.clone(), &bytes)?),
             None => None,
         };
-        if let Some(current) = &current {
-            if !lww::supersedes(record, current) {
-                return Ok(false);
+        match &current {
+            Some(current) if !lww::supersedes(record, current) => return Ok(false),
+            None if record.is_tombstone() && record.hlc.physical_ms < forget_before_ms => {
+                return Ok(false)
             }
+            _ => {}
         }
         self.records.put(&key, &record.to_stored())?;
+        if record.is_tombstone() {
+            // Stamped after the tombstone was written: an exchange that started before this
+            // stamp may not have seen it, and the purge rule relies on never thinking so.
+            self.tombstones
+                .insert(&key, &encode_stamp((self.stamp)()))?;
+        } else if current.as_ref().is_some_and(ApRecord::is_tombstone) {
+            self.tombstones.remove(&key)?;
+        }
         Ok(true)
     }
 
@@ -190,26 +255,55 @@ impl ApStore {
         Ok(out)
     }
 
-    /// Removes tombstones written more than `grace_ms` before `now_ms`; returns how many.
-    pub fn purge_tombstones(&self, now_ms: u64, grace_ms: u64) -> Result<usize> {
-        let mut expired = Vec::new();
+    /// Removes the tombstones that `purgeable` accepts; returns how many. A tombstone without
+    /// an index entry (a crash came between the two writes) is given one, stamped now, and kept.
+    pub fn purge_tombstones(&self, purgeable: impl Fn(&TombstoneInfo) -> bool) -> Result<usize> {
+        let mut found = Vec::new();
         self.for_each(|r| {
-            if r.is_tombstone() && r.hlc.physical_ms.saturating_add(grace_ms) < now_ms {
-                expired.push(r);
+            if r.is_tombstone() {
+                found.push(r);
             }
             Ok(())
         })?;
-        let _guard = self.write_lock.lock().expect("store lock poisoned");
         let mut purged = 0;
-        for r in expired {
+        for r in found {
             let key = self.storage_key(&r.key);
-            // Re-check under the lock: a newer write may have replaced the tombstone meanwhile.
-            if self.read(&r.key)?.as_ref() == Some(&r) {
+            // The record and its stamp are read together under the lock: `apply` writes a newer
+            // tombstone before its stamp, and the old stamp must never pass for the new one's.
+            let _guard = self.write_lock.lock().expect("store lock poisoned");
+            if self.read(&r.key)?.as_ref() != Some(&r) {
+                continue; // replaced since the scan
+            }
+            let Some(bytes) = self.tombstones.get(&key)? else {
+                self.tombstones
+                    .insert(&key, &encode_stamp((self.stamp)()))?;
+                continue;
+            };
+            let arrival = decode_stamp(&bytes).ok_or_else(|| StorageError::Corrupt {
+                location: self.records.location().to_string(),
+                tree: self.tombstones.name().to_string(),
+                key: String::from_utf8_lossy(&key).into_owned(),
+                reason: format!("arrival stamp is {} bytes, not {STAMP_BYTES}", bytes.len()),
+            })?;
+            let info = TombstoneInfo {
+                partition: (self.partition_for_key)(&r.key),
+                written: r.hlc,
+                arrival,
+                key: r.key,
+            };
+            if purgeable(&info) {
                 self.records.raw().remove(&key)?;
+                self.tombstones.remove(&key)?;
                 purged += 1;
             }
         }
         Ok(purged)
+    }
+
+    /// The arrival stamp of `key`'s tombstone, if it has one.
+    pub fn tombstone_arrival(&self, key: &[u8]) -> Result<Option<Hlc>> {
+        let bytes = self.tombstones.get(&self.storage_key(key))?;
+        Ok(bytes.as_deref().and_then(decode_stamp))
     }
 }
 
@@ -219,25 +313,41 @@ mod tests {
     use crate::ap::testkit::rec;
     use crate::storage::memory::MemoryEngine;
 
+    /// Arrival stamps 1, 2, 3, … (physical time), one per call.
+    fn counter() -> Stamper {
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        Arc::new(move || Hlc {
+            physical_ms: next.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            logical: 0,
+            node_id: 1,
+        })
+    }
+
     fn store(engine: &Arc<dyn Engine>) -> ApStore {
         // Partition = first byte of the key mod 4.
-        ApStore::open(engine, 2, Arc::new(|k: &[u8]| u32::from(k[0]) % 4)).unwrap()
+        ApStore::open(
+            engine,
+            2,
+            Arc::new(|k: &[u8]| u32::from(k[0]) % 4),
+            counter(),
+        )
+        .unwrap()
     }
 
     #[test]
     fn older_writes_never_overwrite_newer_ones() {
         let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
         let s = store(&engine);
-        assert!(s.apply(&rec("a", 10, Some("new"))).unwrap());
-        assert!(!s.apply(&rec("a", 5, Some("old"))).unwrap());
+        assert!(s.apply(&rec("a", 10, Some("new")), 0).unwrap());
+        assert!(!s.apply(&rec("a", 5, Some("old")), 0).unwrap());
         assert!(
-            !s.apply(&rec("a", 10, Some("new"))).unwrap(),
+            !s.apply(&rec("a", 10, Some("new")), 0).unwrap(),
             "re-apply is a no-op"
         );
         assert_eq!(s.read(b"a").unwrap(), Some(rec("a", 10, Some("new"))));
-        assert!(s.apply(&rec("a", 11, None)).unwrap());
+        assert!(s.apply(&rec("a", 11, None), 0).unwrap());
         assert!(
-            !s.apply(&rec("a", 10, Some("new"))).unwrap(),
+            !s.apply(&rec("a", 10, Some("new")), 0).unwrap(),
             "delete stays"
         );
         assert_eq!(s.read(b"a").unwrap().unwrap().value, None);
@@ -251,8 +361,8 @@ mod tests {
         // 'a' = 97 -> partition 1, 'b' = 98 -> partition 2; enough keys to need several pages.
         let n = SCAN_BATCH * 2 + 7;
         for i in 0..n {
-            s.apply(&rec(&format!("a{i:05}"), 1, Some("x"))).unwrap();
-            s.apply(&rec(&format!("b{i:05}"), 1, Some("y"))).unwrap();
+            s.apply(&rec(&format!("a{i:05}"), 1, Some("x")), 0).unwrap();
+            s.apply(&rec(&format!("b{i:05}"), 1, Some("y")), 0).unwrap();
         }
         let mut seen = Vec::new();
         s.for_each_in_partition(1, |r| {
@@ -275,31 +385,93 @@ mod tests {
     }
 
     #[test]
-    fn tombstones_purge_only_after_the_grace_period() {
+    fn purge_removes_exactly_the_tombstones_the_rule_accepts() {
         let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
         let s = store(&engine);
-        let grace = 1_000;
-        s.apply(&rec("a", 100, None)).unwrap();
-        s.apply(&rec("b", 100, Some("live"))).unwrap();
-        s.apply(&rec("c", 900, None)).unwrap();
+        s.apply(&rec("a", 100, None), 0).unwrap();
+        s.apply(&rec("b", 100, Some("live")), 0).unwrap();
+        s.apply(&rec("c", 900, None), 0).unwrap();
+        // Each tombstone got its arrival stamp when stored (1 for "a", 2 for "c").
+        let stamp = |k: &str| {
+            s.tombstone_arrival(k.as_bytes())
+                .unwrap()
+                .map(|h| h.physical_ms)
+        };
         assert_eq!(
-            s.purge_tombstones(100 + grace, grace).unwrap(),
-            0,
-            "at the edge"
+            (stamp("a"), stamp("b"), stamp("c")),
+            (Some(1), None, Some(2))
         );
-        assert_eq!(s.purge_tombstones(100 + grace + 1, grace).unwrap(), 1);
+        let seen = Mutex::new(Vec::new());
+        let purged = s
+            .purge_tombstones(|t| {
+                seen.lock()
+                    .unwrap()
+                    .push((t.key.clone(), t.partition, t.written.physical_ms));
+                t.key == b"a"
+            })
+            .unwrap();
+        assert_eq!(purged, 1);
+        assert_eq!(
+            seen.into_inner().unwrap(),
+            vec![(b"a".to_vec(), 1, 100), (b"c".to_vec(), 3, 900)],
+            "only tombstones are offered, with their partition and timestamp"
+        );
         assert_eq!(s.read(b"a").unwrap(), None);
-        assert!(s.read(b"c").unwrap().is_some(), "younger tombstone kept");
-        assert!(s.read(b"b").unwrap().is_some(), "values never purged");
-        assert_eq!(s.purge_tombstones(u64::MAX, grace).unwrap(), 1);
-        assert!(s.read(b"b").unwrap().is_some());
+        assert_eq!(stamp("a"), None, "its index entry went with it");
+        assert!(s.read(b"c").unwrap().is_some(), "refused tombstone kept");
+        assert!(s.read(b"b").unwrap().is_some(), "values are never offered");
+        // A value over a tombstone drops its index entry; a newer tombstone is stamped anew.
+        s.apply(&rec("c", 901, Some("back")), 0).unwrap();
+        assert_eq!(stamp("c"), None);
+        s.apply(&rec("c", 902, None), 0).unwrap();
+        assert_eq!(stamp("c"), Some(3));
+    }
+
+    #[test]
+    fn a_tombstone_without_an_index_entry_is_stamped_at_the_next_purge_and_kept() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let s = store(&engine);
+        s.apply(&rec("a", 100, None), 0).unwrap();
+        // As after a crash between the tombstone's write and its stamp's.
+        engine
+            .open_tree(&ApStore::tombstone_tree_name(2))
+            .unwrap()
+            .clear()
+            .unwrap();
+        assert_eq!(
+            s.purge_tombstones(|_| true).unwrap(),
+            0,
+            "no stamp, no purge"
+        );
+        assert_eq!(
+            s.tombstone_arrival(b"a").unwrap().map(|h| h.physical_ms),
+            Some(2),
+            "stamped at the purge, later than its real arrival"
+        );
+        assert_eq!(s.purge_tombstones(|_| true).unwrap(), 1);
+    }
+
+    #[test]
+    fn an_old_tombstone_is_not_stored_for_a_key_this_replica_does_not_hold() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let s = store(&engine);
+        // Absent key: a tombstone written before the horizon is dropped, a younger one kept.
+        assert!(!s.apply(&rec("a", 99, None), 100).unwrap());
+        assert_eq!(s.read(b"a").unwrap(), None);
+        assert!(s.apply(&rec("b", 100, None), 100).unwrap());
+        // A key held with an older value takes the old tombstone: that is the delete it missed.
+        s.apply(&rec("c", 10, Some("old")), 0).unwrap();
+        assert!(s.apply(&rec("c", 50, None), 100).unwrap());
+        assert_eq!(s.read(b"c").unwrap(), Some(rec("c", 50, None)));
+        // Old values are never dropped.
+        assert!(s.apply(&rec("d", 1, Some("v")), 100).unwrap());
     }
 
     #[test]
     fn data_survives_reopening_and_corruption_is_reported() {
         let mem = MemoryEngine::new();
         let engine: Arc<dyn Engine> = Arc::new(mem.clone());
-        store(&engine).apply(&rec("a", 1, Some("v"))).unwrap();
+        store(&engine).apply(&rec("a", 1, Some("v")), 0).unwrap();
         let reopened: Arc<dyn Engine> = Arc::new(mem);
         let s = store(&reopened);
         assert_eq!(s.read(b"a").unwrap(), Some(rec("a", 1, Some("v"))));
@@ -309,7 +481,7 @@ mod tests {
         tree.insert(&k, &v).unwrap();
         assert!(matches!(s.read(b"a"), Err(StorageError::Corrupt { .. })));
         assert!(
-            s.apply(&rec("a", 2, Some("w"))).is_err(),
+            s.apply(&rec("a", 2, Some("w")), 0).is_err(),
             "never merges over corrupt data"
         );
     }

@@ -7,17 +7,19 @@
 //! - a read is linearizable (leader read index, no log write) unless the caller asks for `stale`;
 //! - groups are fixed at construction; the map is never mutated, so lookups take no lock.
 
-use crate::cp::codec::{self, CodecError};
+use crate::cp::codec;
+pub use crate::cp::config::{CpConfig, DEFAULT_MAX_PAYLOAD_ENTRIES};
+pub use crate::cp::error::CpError;
 use crate::cp::keys::KEYSPACE_PREFIX;
 use crate::cp::network::{self, NetworkFactory, RaftKind, RaftTransport};
 use crate::cp::runtime::{self, derive_seed};
 use crate::cp::state_machine::SmReader;
 use crate::cp::store::open_group;
 use crate::cp::types::{CasOutcome, Expected, KeyspaceOutcome, Raft, Request, Response};
-use crate::storage::{Engine, StorageError};
+use crate::storage::Engine;
 use crate::types::{KeyspaceDef, NodeId};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ServerState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,133 +39,6 @@ pub const META_GROUP: u64 = u64::MAX;
 /// The Raft group id of a keyspace's partition: keyspace id in the high 32 bits.
 pub fn group_id(keyspace_id: u32, partition: u32) -> u64 {
     (u64::from(keyspace_id) << 32) | u64::from(partition)
-}
-
-/// Errors of the CP engine; each names the partition a caller must act on.
-#[derive(Debug, thiserror::Error)]
-pub enum CpError {
-    /// This node is not the partition's leader; retry at `leader` when known. Nothing applied.
-    #[error("node is not the leader of partition {partition}; leader: {leader:?}")]
-    NotLeader {
-        /// The partition.
-        partition: u32,
-        /// The leader this node knows of, if any.
-        leader: Option<NodeId>,
-    },
-    /// No quorum answered by the deadline (minority side, or an election in progress). A write
-    /// may still apply later: its outcome is unknown.
-    #[error("partition {partition} is unavailable: {reason}")]
-    Unavailable {
-        /// The partition.
-        partition: u32,
-        /// What was missing.
-        reason: String,
-    },
-    /// This node holds no replica of the group.
-    #[error("node {node} holds no replica of keyspace {keyspace} partition {partition}")]
-    UnknownGroup {
-        /// This node.
-        node: NodeId,
-        /// The keyspace id.
-        keyspace: u32,
-        /// The partition.
-        partition: u32,
-    },
-    /// A Raft message names a group this node does not run.
-    #[error("node {node} runs no Raft group {group}")]
-    UnknownRaftGroup {
-        /// This node.
-        node: NodeId,
-        /// The group id.
-        group: u64,
-    },
-    /// A Raft message has an unknown kind code.
-    #[error("unknown Raft message kind {0}")]
-    UnknownKind(u32),
-    /// The local store failed (a corrupt record included: it is never returned).
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    /// A Raft message could not be decoded or encoded.
-    #[error(transparent)]
-    Codec(#[from] CodecError),
-    /// The group's Raft stopped (storage failure or shutdown) or failed to start.
-    #[error("raft group of partition {partition} failed: {message}")]
-    Raft {
-        /// The partition.
-        partition: u32,
-        /// openraft's error.
-        message: String,
-    },
-    /// The configuration is invalid.
-    #[error("invalid CP configuration: {0}")]
-    Config(String),
-}
-
-/// Settings of the CP engine (timeouts in milliseconds).
-#[derive(Debug, Clone)]
-pub struct CpConfig {
-    /// Cluster name (openraft's `cluster_name`, shows in its traces).
-    pub cluster_name: String,
-    /// Leader heartbeat interval.
-    pub heartbeat_interval_ms: u64,
-    /// Lower bound of the randomized election timeout.
-    pub election_timeout_min_ms: u64,
-    /// Upper bound of the randomized election timeout.
-    pub election_timeout_max_ms: u64,
-    /// Deadline applied to client calls that are given none.
-    pub request_timeout_ms: u64,
-    /// Upper bound on one Raft RPC.
-    pub rpc_timeout_ms: u64,
-    /// Pause before re-contacting an unreachable peer.
-    pub unreachable_backoff_ms: u64,
-    /// Build a snapshot after this many applied entries since the last one.
-    pub snapshot_every_entries: u64,
-    /// Log entries kept behind the snapshot when purging (room for slow followers).
-    pub log_entries_kept_after_snapshot: u64,
-    /// Root seed of the election timeouts (mixed with node and group ids): `Some` makes
-    /// elections repeat in simulations; `None` (the default) draws from OS randomness.
-    pub rng_seed: Option<u64>,
-}
-
-impl Default for CpConfig {
-    fn default() -> Self {
-        Self {
-            cluster_name: "kv".into(),
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1000,
-            request_timeout_ms: 3000,
-            rpc_timeout_ms: 1000,
-            unreachable_backoff_ms: 200,
-            snapshot_every_entries: 10_000,
-            log_entries_kept_after_snapshot: 1000,
-            rng_seed: None,
-        }
-    }
-}
-
-impl CpConfig {
-    fn raft_config(&self) -> Result<Arc<Config>, CpError> {
-        let config = Config {
-            cluster_name: self.cluster_name.clone(),
-            heartbeat_interval: self.heartbeat_interval_ms,
-            election_timeout_min: self.election_timeout_min_ms,
-            election_timeout_max: self.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
-            max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
-            purge_batch_size: 1,
-            ..Default::default()
-        };
-        config
-            .validate()
-            .map(Arc::new)
-            .map_err(|e| CpError::Config(e.to_string()))
-    }
-
-    /// The default request deadline.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
 }
 
 /// One CP group to run: a partition of a keyspace and its members (the first N nodes of the
@@ -230,10 +105,6 @@ pub struct CpEngine {
     unsafe_skip_read_index: AtomicBool,
 }
 
-/// How many maximal election timeouts a member that is not a group's preferred leader waits
-/// before initializing the group itself (in case the preferred leader is down).
-const INITIALIZE_DELAY_ELECTION_TIMEOUTS: u64 = 2;
-
 /// Initializes a pristine group member; one that already has state is left as it is.
 async fn initialize(raft: &Raft, members: BTreeMap<NodeId, BasicNode>) -> Result<(), String> {
     if raft.is_initialized().await.map_err(|e| e.to_string())? {
@@ -274,6 +145,7 @@ impl CpEngine {
                 transport: transport.clone(),
                 rpc_timeout: Duration::from_millis(config.rpc_timeout_ms),
                 unreachable_backoff: Duration::from_millis(config.unreachable_backoff_ms),
+                max_append_bytes: config.max_append_bytes,
             };
             let new_raft = Raft::new(node_id, raft_config.clone(), factory, log, sm);
             let raft = match config.rng_seed {
@@ -286,27 +158,14 @@ impl CpEngine {
                 .iter()
                 .map(|id| (*id, BasicNode::default()))
                 .collect();
-            // The group's preferred leader (the partition's owner, first of its preference
-            // list, which the ring balances across nodes) initializes at once, and
-            // initializing starts its election: a fresh cluster's leaders are as balanced as
-            // the ring. The other members initialize too, later, so the group still forms when
-            // the preferred leader is down; a member that has any state by then refuses
-            // (NotAllowed), which is fine.
-            if spec.members.first() == Some(&node_id) {
-                initialize(&raft, members).await.map_err(|e| raft_err(&e))?;
-            } else {
-                let raft = raft.clone();
-                let delay = Duration::from_millis(
-                    config.election_timeout_max_ms * INITIALIZE_DELAY_ELECTION_TIMEOUTS,
-                );
-                let partition = spec.partition;
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    if let Err(e) = initialize(&raft, members).await {
-                        tracing::warn!(partition, error = %e, "initializing a cp group failed");
-                    }
-                });
-            }
+            // Every member initializes with the same membership, so the group forms even when
+            // one member is down; a member with any state refuses (NotAllowed), which is fine.
+            // FIXME(leader balance): letting only the group's owner initialize at once (the
+            // others later) balanced a fresh cluster's leaders, but made
+            // `restarting_every_node_over_the_same_disks_keeps_acknowledged_writes` (cp_engine,
+            // snapshots every 8 entries) lose the write at the snapshot's index after every node
+            // restarts; reverted until that interaction of snapshot, purge and restart is found.
+            initialize(&raft, members).await.map_err(|e| raft_err(&e))?;
             map.insert(group, Group { spec, raft, reader });
         }
         tracing::info!(node_id, groups = map.len(), "cp engine started");
@@ -462,19 +321,21 @@ impl CpEngine {
         deadline: Instant,
     ) -> Result<Response, CpError> {
         let group = self.group(keyspace, partition)?;
+        let budget = deadline.saturating_duration_since(Instant::now());
         for _ in 0..=MAX_LEADER_WAITS {
             let res = tokio::time::timeout_at(deadline, group.raft.client_write(req.clone())).await;
             match res {
                 Err(_) => {
-                    return Err(self.unavailable(
+                    return Err(self.expired(
                         group,
+                        budget,
                         "the write was not committed by a quorum before the deadline; \
                          it may still apply",
                     ))
                 }
                 Ok(Ok(resp)) => return Ok(resp.data),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    self.not_leader_or_wait(group, f.leader_id, deadline)
+                    self.not_leader_or_wait(group, f.leader_id, deadline, budget)
                         .await?;
                 }
                 Ok(Err(e)) => {
@@ -514,18 +375,20 @@ impl CpEngine {
     /// Confirms leadership with a quorum and waits until the read index is applied.
     async fn read_index(&self, group: &Group, deadline: Instant) -> Result<(), CpError> {
         let partition = group.spec.partition;
+        let budget = deadline.saturating_duration_since(Instant::now());
         for _ in 0..=MAX_LEADER_WAITS {
             let res = tokio::time::timeout_at(deadline, group.raft.ensure_linearizable()).await;
             match res {
                 Err(_) => {
-                    return Err(self.unavailable(
+                    return Err(self.expired(
                         group,
+                        budget,
                         "no quorum confirmed the read index before the deadline",
                     ))
                 }
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                    self.not_leader_or_wait(group, f.leader_id, deadline)
+                    self.not_leader_or_wait(group, f.leader_id, deadline, budget)
                         .await?;
                 }
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
@@ -549,6 +412,7 @@ impl CpEngine {
         group: &Group,
         leader: Option<NodeId>,
         deadline: Instant,
+        budget: Duration,
     ) -> Result<(), CpError> {
         let partition = group.spec.partition;
         if let Some(leader) = leader.filter(|l| *l != self.node_id) {
@@ -579,7 +443,26 @@ impl CpEngine {
                 partition,
                 message: "raft stopped".into(),
             }),
-            Err(_) => Err(self.unavailable(group, "no leader was elected before the deadline")),
+            Err(_) => Err(self.expired(group, budget, "no leader was elected before the deadline")),
+        }
+    }
+
+    /// The error of a call whose deadline passed after `budget`. A budget of at least one
+    /// election timeout was long enough for a healthy group to elect and commit: the partition
+    /// is `Unavailable` from here (the minority side of a partition answers this way). A
+    /// shorter one proves nothing about the group: the deadline is what failed.
+    fn expired(&self, group: &Group, budget: Duration, what: &str) -> CpError {
+        let election = Duration::from_millis(self.config.election_timeout_max_ms);
+        if budget >= election {
+            return self.unavailable(group, what);
+        }
+        CpError::DeadlineExceeded {
+            partition: group.spec.partition,
+            reason: format!(
+                "{what} ({} ms given; the group needs up to {} ms to elect a leader)",
+                budget.as_millis(),
+                election.as_millis()
+            ),
         }
     }
 

@@ -5,12 +5,16 @@
 //! request deadline, never stale data.
 //!
 //! Map: `types` (openraft type config, requests and responses), `codec` (every bincode use),
-//! `store` (log store and state machine over the `Engine`), `network` (the `RaftTransport` seam
-//! and openraft's network on top of it), `runtime` (tokio with a seedable election RNG), `engine` (`CpEngine`, the multi-Raft manager).
+//! `keys` (the trees' layout), `store` (the log store), `state_machine` (records, snapshots),
+//! `dedup` (at-most-once request ids), `network` (the `RaftTransport` seam
+//! and openraft's network on top of it), `runtime` (tokio with a seedable election RNG),
+//! `config` (`CpConfig`), `error` (`CpError`), `engine` (`CpEngine`, the multi-Raft manager).
 
 pub mod codec;
+pub mod config;
 pub mod dedup;
 pub mod engine;
+pub mod error;
 pub mod keys;
 pub mod network;
 pub mod runtime;

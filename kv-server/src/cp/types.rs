@@ -1,6 +1,10 @@
 //! The openraft type configuration of every CP group, and the commands (`Request`) its state
 //! machine applies with their results (`Response`). Requests carry the keyspace id and key so an
 //! entry is self-describing in the log; the group already implies both keyspace and partition.
+//! Keys and values are serialized as byte strings (`serde_bytes`): serde's default writes a
+//! `Vec<u8>` one element at a time, which made a 1 MiB entry too slow to replicate within a
+//! heartbeat interval in debug builds. bincode encodes both forms identically (a length, then
+//! the bytes), so logs written before still decode (checked in `network`'s tests).
 
 use crate::types::KeyspaceDef;
 use serde::{Deserialize, Serialize};
@@ -37,7 +41,7 @@ pub enum Expected {
     /// The key exists and was last written at this revision.
     Revision(u64),
     /// The key exists and holds exactly this value.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The key does not exist.
     Absent,
 }
@@ -50,8 +54,10 @@ pub enum Request {
         /// Keyspace id.
         keyspace: u32,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The new value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Removes a key (a no-op when it is absent; still gets a revision).
@@ -59,6 +65,7 @@ pub enum Request {
         /// Keyspace id.
         keyspace: u32,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Sets a key only if it matches `expected`.
@@ -66,10 +73,12 @@ pub enum Request {
         /// Keyspace id.
         keyspace: u32,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The condition.
         expected: Expected,
         /// The value written when the condition holds.
+        #[serde(with = "serde_bytes")]
         new_value: Vec<u8>,
     },
     /// Metadata group only: adds a keyspace definition unless its name or id is taken.

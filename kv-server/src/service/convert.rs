@@ -114,6 +114,10 @@ impl From<ApError> for NodeError {
     fn from(e: ApError) -> Self {
         match e {
             ApError::InvalidArgument(m) => NodeError::InvalidArgument(m),
+            e @ ApError::UnknownHintOwner { .. } => NodeError::InvalidArgument(e.to_string()),
+            // Not INVALID_ARGUMENT: the same timestamp is accepted once the clocks agree.
+            e @ ApError::Clock(_) => NodeError::FailedPrecondition(e.to_string()),
+            e @ ApError::Overloaded { .. } => NodeError::ResourceExhausted(e.to_string()),
             ApError::Storage(s) => s.into(),
             e @ (ApError::Unavailable { .. }
             | ApError::HintsFull { .. }
@@ -131,6 +135,10 @@ pub(super) fn cp_error(node: &Node, e: CpError, keyspace: &str) -> NodeError {
         },
         CpError::Unavailable { partition, reason } => NodeError::Unavailable(format!(
             "keyspace {keyspace} partition {partition} is unavailable on node {}: {reason}",
+            node.me.name
+        )),
+        CpError::DeadlineExceeded { partition, reason } => NodeError::DeadlineExceeded(format!(
+            "keyspace {keyspace} partition {partition} on node {}: {reason}; a write's outcome is unknown",
             node.me.name
         )),
         CpError::Storage(s) => s.into(),

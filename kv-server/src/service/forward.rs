@@ -4,7 +4,7 @@
 //! and got no answer is `Unavailable` (a write's outcome is unknown).
 
 use super::convert::request_timeout;
-use crate::error::{NodeError, NodeResult};
+use crate::error::{truncate, NodeError, NodeResult};
 use crate::node::{Node, FORWARDED_HEADER};
 use crate::peers::LinkError;
 use crate::types::NodeId;
@@ -12,7 +12,7 @@ use kv_proto::v1 as pb;
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 /// A public-API client to a peer (requests are forwarded through it).
 pub(super) type Client = kv_proto::v1::kv_client::KvClient<tonic::transport::Channel>;
@@ -21,7 +21,9 @@ pub(super) type Client = kv_proto::v1::kv_client::KvClient<tonic::transport::Cha
 /// the leader); past it the caller gets `ABORTED` with the leader's address.
 pub const MAX_FORWARD_HOPS: u32 = 2;
 /// Pause before retrying a request whose leader could not be reached.
-const LEADER_RETRY_PAUSE: Duration = Duration::from_millis(50);
+pub(super) const LEADER_RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Longest transport error text repeated in a status message.
+const MAX_CAUSE_BYTES: usize = 300;
 /// Bounds of the part of a request's timeout the node keeps for the round trip (a fifth of
 /// the timeout, within these), so it answers `UNAVAILABLE` before the client's own deadline
 /// expires even when the network is slow.
@@ -141,16 +143,30 @@ where
             // The node answered with an error of its own: pass it on unchanged.
             Err(NodeError::Remote(status))
         }
-        Ok(Err(status)) => {
-            let msg = format!(
-                "node {}, which serves partition {partition}, is unreachable: {}; retry later",
+        // No kv-node header: the status was made by tonic, on either side of the call.
+        Ok(Err(status))
+            if matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded)
+                && !kv_core::headers::is_connect_failure(&status) =>
+        {
+            // The deadline passed on the way: the peer is not unreachable, it ran out of time.
+            Err(NodeError::DeadlineExceeded(format!(
+                "node {}, which serves partition {partition}, did not answer within the request's deadline ({} ms left when forwarded); a write's outcome is unknown",
                 node.describe(to),
-                status.message()
-            );
+                timeout.as_millis()
+            )))
+        }
+        Ok(Err(status)) => {
+            let detail = truncate(&kv_core::headers::describe(&status), MAX_CAUSE_BYTES);
             if kv_core::headers::is_connect_failure(&status) {
-                Err(NodeError::NotSent(msg))
+                Err(NodeError::NotSent(format!(
+                    "node {}, which serves partition {partition}, is unreachable: {detail}; retry later",
+                    node.describe(to)
+                )))
             } else {
-                Err(NodeError::Unavailable(msg))
+                Err(NodeError::Interrupted(format!(
+                    "the call to node {}, which serves partition {partition}, failed: {detail}; a write's outcome is unknown",
+                    node.describe(to)
+                )))
             }
         }
         Err(_) => Err(NodeError::Unavailable(format!(

@@ -113,7 +113,10 @@ impl ipb::internal_server::Internal for InternalService {
             cp.handle_raft(req.group, req.kind, &req.payload)
                 .await
                 .map_err(|e| match e {
-                    CpError::UnknownRaftGroup { .. } | CpError::UnknownKind(_) => {
+                    // A payload that does not decode is bad input from the network, not a bug.
+                    CpError::UnknownRaftGroup { .. }
+                    | CpError::UnknownKind(_)
+                    | CpError::Codec(crate::cp::codec::CodecError::Decode { .. }) => {
                         NodeError::InvalidArgument(e.to_string())
                     }
                     other => NodeError::Internal(other.to_string()),

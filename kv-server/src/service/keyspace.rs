@@ -4,15 +4,14 @@
 use super::convert::{cp_error, keyspace_pb};
 use super::forward::{hop, Ctx, MAX_FORWARD_HOPS};
 use crate::cp::{CpError, KeyspaceOutcome, Request as CpRequest, Response as CpResponse};
-use crate::error::{NodeError, NodeResult};
+use crate::error::{echo, NodeError, NodeResult};
 use crate::node::{Node, CP_REPLICAS};
 use crate::types::{KeyspaceDef, Mode};
 use kv_proto::v1 as pb;
 
 /// Most ids one keyspace creation tries before giving up.
 const MAX_KEYSPACE_ID_ATTEMPTS: usize = 8;
-/// Longest keyspace name.
-pub const MAX_KEYSPACE_NAME_BYTES: usize = 64;
+pub use kv_core::limits::MAX_KEYSPACE_NAME_BYTES;
 
 /// Validates a CreateKeyspace request into a definition (id still unassigned).
 pub(super) fn keyspace_def(
@@ -32,7 +31,7 @@ pub(super) fn keyspace_def(
     if !name_ok {
         return Err(NodeError::InvalidArgument(format!(
             "keyspace name {:?} is invalid: 1 to {MAX_KEYSPACE_NAME_BYTES} characters of a-z, A-Z, 0-9, _ and -",
-            k.name
+            echo(&k.name)
         )));
     }
     let mode = match pb::Mode::try_from(k.mode) {

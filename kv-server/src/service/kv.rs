@@ -5,8 +5,9 @@
 //! to a member or to the leader, wait out a leader that cannot be reached.
 
 use super::convert::{ap_options, cp_error, version_pb};
-use super::forward::{hop, pause_for_election, Client, Ctx, MAX_FORWARD_HOPS};
+use super::forward::{hop, pause_for_election, Client, Ctx, LEADER_RETRY_PAUSE, MAX_FORWARD_HOPS};
 use super::{keyspace, status};
+use crate::cp::types::RequestId;
 use crate::cp::{
     CasOutcome, CpEngine, CpError, Expected as CpExpected, Request as CpRequest,
     Response as CpResponse,
@@ -17,7 +18,7 @@ use crate::types::{Mode, NodeId, Version};
 use kv_proto::v1 as pb;
 use std::future::Future;
 use std::sync::Arc;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 /// The key under which a CP keyspace's key lives in the shared Raft groups: keyspace id first,
 /// so keyspaces sharing a group never collide.
@@ -26,6 +27,21 @@ pub fn cp_key(keyspace_id: u32, key: &[u8]) -> Vec<u8> {
     k.extend_from_slice(&keyspace_id.to_be_bytes());
     k.extend_from_slice(key);
     k
+}
+
+/// `request` applied at most once per `id` when the client sent one (a client id of 0 means
+/// none). A forwarded request carries the same id, so the leader deduplicates it too.
+fn at_most_once(id: &Option<pb::RequestId>, request: CpRequest) -> CpRequest {
+    match id {
+        Some(id) if id.client_id != 0 => CpRequest::Once {
+            id: RequestId {
+                client_id: id.client_id,
+                seq: id.seq,
+            },
+            request: Box::new(request),
+        },
+        _ => request,
+    }
 }
 
 /// Where a request was answered.
@@ -93,6 +109,7 @@ impl KvService {
         partition: u32,
         ctx: Ctx,
         body: Req,
+        resend_safe: bool,
         local: L,
         forward: F,
     ) -> NodeResult<Routed<T, Resp>>
@@ -116,6 +133,24 @@ impl KvService {
                 }) if ctx.hops < MAX_FORWARD_HOPS => {
                     match hop(&self.node, leader, partition, ctx, body.clone(), forward).await {
                         Err(NodeError::NotSent(msg)) => pause_for_election(ctx, msg).await?,
+                        // The connection to the leader broke after sending (it crashed): a
+                        // read, or a write the state machine applies at most once, is sent
+                        // again once a leader is known; any other write's outcome is unknown.
+                        Err(NodeError::Interrupted(msg)) if resend_safe => {
+                            pause_for_election(ctx, msg).await?
+                        }
+                        Err(NodeError::Interrupted(msg)) => {
+                            return Err(NodeError::Unavailable(msg))
+                        }
+                        // The node named leader was not (it lost leadership, or forwarded to
+                        // one that had): nothing was applied, so while time remains ask this
+                        // node's group again for the current leader rather than pass ABORTED on.
+                        Err(NodeError::Remote(status))
+                            if status.code() == Code::Aborted
+                                && ctx.remaining() > 2 * LEADER_RETRY_PAUSE =>
+                        {
+                            tokio::time::sleep(LEADER_RETRY_PAUSE).await
+                        }
                         other => return other.map(Routed::Forwarded),
                     }
                 }
@@ -133,6 +168,7 @@ impl KvService {
         key: &[u8],
         value: Option<Vec<u8>>,
         options: &Option<pb::RequestOptions>,
+        request_id: &Option<pb::RequestId>,
         ctx: Ctx,
         body: Req,
         send: F,
@@ -168,6 +204,8 @@ impl KvService {
                 key: stored_key,
             },
         };
+        let resend_safe = matches!(request_id, Some(id) if id.client_id != 0);
+        let req = at_most_once(request_id, req);
         let partition = self.node.ring.partition_for_key(key);
         Ok(
             match self
@@ -176,6 +214,7 @@ impl KvService {
                     partition,
                     ctx,
                     body,
+                    resend_safe,
                     |cp| cp.execute(CP_GROUP_KEYSPACE, partition, req.clone(), ctx.deadline),
                     send,
                 )
@@ -237,6 +276,7 @@ impl pb::kv_server::Kv for KvService {
                         partition,
                         ctx,
                         body,
+                        true,
                         |cp| cp.read(CP_GROUP_KEYSPACE, partition, &key, stale, ctx.deadline),
                         send,
                     )
@@ -253,17 +293,19 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let _permit = self.node.admit_write().map_err(|e| self.status(e))?;
         let ctx = Ctx::of(&self.node, &req);
         let body = req.into_inner();
-        let (keyspace, key, value, options) = (
+        let (keyspace, key, value, options, id) = (
             body.keyspace.clone(),
             body.key.clone(),
             body.value.clone(),
             body.options,
+            body.request_id,
         );
         let send = |mut c: Client, r| async move { c.put(r).await };
         let result = self
-            .write(&keyspace, &key, Some(value), &options, ctx, body, send)
+            .write(&keyspace, &key, Some(value), &options, &id, ctx, body, send)
             .await
             .map(|w| match w {
                 Routed::Here(version) => pb::PutResponse {
@@ -279,12 +321,18 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let _permit = self.node.admit_write().map_err(|e| self.status(e))?;
         let ctx = Ctx::of(&self.node, &req);
         let body = req.into_inner();
-        let (keyspace, key, options) = (body.keyspace.clone(), body.key.clone(), body.options);
+        let (keyspace, key, options, id) = (
+            body.keyspace.clone(),
+            body.key.clone(),
+            body.options,
+            body.request_id,
+        );
         let send = |mut c: Client, r| async move { c.delete(r).await };
         let result = self
-            .write(&keyspace, &key, None, &options, ctx, body, send)
+            .write(&keyspace, &key, None, &options, &id, ctx, body, send)
             .await
             .map(|w| match w {
                 Routed::Here(version) => pb::DeleteResponse {
@@ -300,6 +348,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+        let _permit = self.node.admit_write().map_err(|e| self.status(e))?;
         let ctx = Ctx::of(&self.node, &req);
         let body = req.into_inner();
         let result = async {
@@ -323,16 +372,20 @@ impl pb::kv_server::Kv for KvService {
                     ))
                 }
             };
-            let req = CpRequest::Cas {
-                keyspace: CP_GROUP_KEYSPACE,
-                key: cp_key(ks.id, &body.key),
-                expected,
-                new_value: body.new_value.clone(),
-            };
+            let resend_safe = matches!(&body.request_id, Some(id) if id.client_id != 0);
+            let req = at_most_once(
+                &body.request_id,
+                CpRequest::Cas {
+                    keyspace: CP_GROUP_KEYSPACE,
+                    key: cp_key(ks.id, &body.key),
+                    expected,
+                    new_value: body.new_value.clone(),
+                },
+            );
             let partition = self.node.ring.partition_for_key(&body.key);
             let me = self.node.me.name.clone();
             let send = |mut c: Client, r| async move { c.compare_and_swap(r).await };
-            match self.route(&ks.name, partition, ctx, body, |cp| cp.execute(CP_GROUP_KEYSPACE, partition, req.clone(), ctx.deadline), send).await? {
+            match self.route(&ks.name, partition, ctx, body, resend_safe, |cp| cp.execute(CP_GROUP_KEYSPACE, partition, req.clone(), ctx.deadline), send).await? {
                 Routed::Here(CpResponse::Cas(CasOutcome::Swapped { revision })) => {
                     Ok(pb::CompareAndSwapResponse {
                         succeeded: true,

@@ -13,12 +13,18 @@
 //! revive over the same engine). `liveness` gives a perfect failure detector: alive iff
 //! registered, up, not cut off by a drop filter, and not explicitly suspected.
 //!
+//! Counters: `sent` counts every request a node sent (whatever became of it), `delivered` only
+//! those whose answer came back, `merkle_range_records` the records successful Merkle range
+//! answers carried. `ap_cluster` builds whole AP clusters on this network.
+//!
 //! Invariant: nothing here sleeps except a delay filter (on `tokio::time`, so paused time and
 //! turmoil drive it); a message is dropped, delayed, hung or delivered, never duplicated.
 
+pub mod ap_cluster;
 mod filter;
 mod seams;
 
+pub use ap_cluster::ApCluster;
 pub use filter::{Failure, Fault, Filter, FilterId, Kinds, Legs, MessageKind, Nodes};
 pub use seams::ApService;
 
@@ -47,6 +53,7 @@ struct State {
     suspected: BTreeSet<NodeId>,
     filters: BTreeMap<FilterId, Filter>,
     next_filter: u64,
+    sent: BTreeMap<MessageKind, u64>,
     delivered: BTreeMap<MessageKind, u64>,
     merkle_range_records: u64,
 }
@@ -214,6 +221,11 @@ impl MemNet {
                 }))
     }
 
+    /// Requests of `kind` sent so far, whether they were delivered, dropped, hung or refused.
+    pub fn sent(&self, kind: MessageKind) -> u64 {
+        self.lock().sent.get(&kind).copied().unwrap_or(0)
+    }
+
     /// Messages of `kind` delivered and answered successfully so far.
     pub fn delivered(&self, kind: MessageKind) -> u64 {
         self.lock().delivered.get(&kind).copied().unwrap_or(0)
@@ -274,6 +286,7 @@ impl MemNet {
         kind: MessageKind,
         serve: impl FnOnce(Endpoints) -> Option<BoxFuture<'static, Result<T, String>>>,
     ) -> Result<T, Failure> {
+        *self.lock().sent.entry(kind).or_default() += 1;
         match self.leg(from, to, kind, true).await {
             Leg::Pass => {}
             Leg::Fail(f) => return Err(f),

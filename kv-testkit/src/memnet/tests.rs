@@ -150,6 +150,9 @@ async fn a_hung_node_carries_out_requests_but_never_answers() {
     net.hang(2);
     assert!(hangs(&net, 1, 2, "lost ack").await);
     assert_eq!(replicas[&2].keys(), vec![b"lost ack".to_vec()]);
+    // Sent and carried out, but not delivered as far as the caller knows.
+    assert_eq!(net.sent(MessageKind::ApWrite), 1);
+    assert_eq!(net.delivered(MessageKind::ApWrite), 0);
     assert!(net.reachable(1, 2), "liveness still sees a hung node");
     // Its own requests still get answers.
     write(&net, 2, 3, "outgoing").await.unwrap();
@@ -302,4 +305,40 @@ async fn ap_engines_write_through_a_hint_that_survives_a_crash_of_its_holder() {
     assert_eq!(stats.delivered, 1);
     let on_3 = engines[&3].read_replica(ks.id, b"k").unwrap();
     assert_eq!(on_3.and_then(|r| r.value), Some(b"v".to_vec()));
+}
+
+/// The AP cluster's faults undo one at a time: healing a partition keeps a refusal, and a
+/// refusal lifted keeps the partition's peers apart until the heal.
+#[tokio::test(start_paused = true)]
+async fn an_ap_cluster_heals_partitions_without_lifting_other_faults() {
+    use crate::memnet::ApCluster;
+    use kv_server::ap::{Consistency, RequestOptions};
+
+    let c = ApCluster::new(3, |_| {});
+    let one = RequestOptions::with(Consistency::One);
+    c.refuse_writes(2, true);
+    c.partition(&[1], &[3]);
+    assert!(!c.net.reachable(1, 3) && c.net.reachable(1, 2));
+    c.heal();
+    assert!(c.net.reachable(1, 3));
+    let k = b"k".to_vec();
+    c.node(1)
+        .put(&c.ks, &[1, 2, 3], &k, b"v".to_vec(), one)
+        .await
+        .unwrap();
+    c.node(1).wait_writes_idle().await;
+    assert_eq!(c.local(2, &k), None, "node 2 still refuses writes");
+    assert!(c.local(3, &k).is_some(), "the partition is healed");
+    c.refuse_writes(2, false);
+    c.node(1)
+        .put(&c.ks, &[1, 2, 3], &k, b"w".to_vec(), one)
+        .await
+        .unwrap();
+    c.node(1).wait_writes_idle().await;
+    assert_eq!(c.local(2, &k).and_then(|r| r.value), Some(b"w".to_vec()));
+    // A killed node keeps its engine; the network and liveness no longer reach it.
+    c.kill(3);
+    assert!(!c.net.liveness(1).is_alive(3));
+    c.revive(3);
+    assert!(c.net.liveness(1).is_alive(3));
 }

@@ -1,19 +1,19 @@
-//! Cluster tests of the AP engine: several `ApEngine`s over the in-memory network of `testkit`,
-//! with kills, link cuts, restarts over the same disk, and background work driven by hand.
+//! Cluster tests of the AP engine: several `ApEngine`s on kv-testkit's in-memory network
+//! (`ApCluster`), each on a simulated disk, with kills, partitions, refusals and hangs from the
+//! network's filters, restarts over the same disk, and background work driven by hand.
 
-use super::engine::{ApError, Consistency, RequestOptions};
-use super::merkle::MERKLE_LEAVES;
-use super::store::DEFAULT_TOMBSTONE_GRACE_MS;
-use super::testkit::Cluster;
-use crate::storage::memory::MemoryEngine;
-use crate::types::{Hlc, NodeId};
+use kv_server::ap::merkle::{leaf_of, MERKLE_LEAVES};
+use kv_server::ap::store::DEFAULT_TOMBSTONE_GRACE_MS;
+use kv_server::ap::{ApConfig, ApError, ApRecord, Consistency, RequestOptions};
+use kv_server::types::{Hlc, NodeId, MAX_KEY_BYTES};
+use kv_testkit::disk::SimDisk;
+use kv_testkit::memnet::ApCluster;
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 
 /// An acknowledged write: its timestamp and value (`None` for a delete).
 type AckedWrite = (Hlc, Option<Vec<u8>>);
 
-fn defaults(_: &mut super::engine::ApConfig) {}
+fn defaults(_: &mut ApConfig) {}
 
 const ALL: RequestOptions = RequestOptions {
     consistency: Some(Consistency::All),
@@ -31,7 +31,7 @@ fn key(name: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_write_with_a_replica_down_is_acknowledged_through_a_durable_hint() {
-    let c = Cluster::new(5, defaults);
+    let c = ApCluster::new(5, defaults);
     let k = key("hinted");
     assert_eq!(c.pref(&k), vec![1, 2, 3, 4, 5]);
     c.kill(3);
@@ -76,7 +76,7 @@ async fn a_write_with_a_replica_down_is_acknowledged_through_a_durable_hint() {
 
 #[tokio::test]
 async fn a_failed_replica_write_falls_back_to_a_hint_on_the_next_node() {
-    let c = Cluster::new(5, defaults);
+    let c = ApCluster::new(5, defaults);
     let k = key("refused");
     // Liveness says node 2 is alive, but its write fails: the coordinator learns it at run time.
     c.refuse_writes(2, true);
@@ -91,7 +91,7 @@ async fn a_failed_replica_write_falls_back_to_a_hint_on_the_next_node() {
 
 #[tokio::test]
 async fn too_few_reachable_nodes_is_unavailable_with_counts() {
-    let c = Cluster::new(5, defaults);
+    let c = ApCluster::new(5, defaults);
     let k = key("lonely");
     for n in [2, 3, 4, 5] {
         c.kill(n);
@@ -108,7 +108,8 @@ async fn too_few_reachable_nodes_is_unavailable_with_counts() {
                 op: "write",
                 needed: 2,
                 answered: 1,
-                partition: 0
+                partition: 0,
+                ..
             }
         ),
         "{err:?}"
@@ -150,7 +151,7 @@ async fn too_few_reachable_nodes_is_unavailable_with_counts() {
 
 #[tokio::test]
 async fn the_hint_bound_moves_hints_to_the_next_fallback_then_refuses() {
-    let c = Cluster::new(5, |cfg| cfg.max_hints_per_node = 2);
+    let c = ApCluster::new(5, |cfg| cfg.max_hints_per_node = 2);
     c.kill(3);
     let pref = c.pref(&key("x"));
     for i in 0..4 {
@@ -191,7 +192,7 @@ async fn the_hint_bound_moves_hints_to_the_next_fallback_then_refuses() {
 
 #[tokio::test]
 async fn read_repair_fixes_stale_and_missing_replicas() {
-    let c = Cluster::new(5, defaults);
+    let c = ApCluster::new(5, defaults);
     let k = key("repair");
     let pref = c.pref(&k);
     c.node(1)
@@ -233,7 +234,7 @@ async fn read_repair_fixes_stale_and_missing_replicas() {
 #[tokio::test]
 async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves() {
     // 3 nodes, N = 3: every node replicates every partition.
-    let mut c = Cluster::new(3, defaults);
+    let mut c = ApCluster::new(3, defaults);
     let total = 600;
     let mut per_partition = BTreeMap::<u32, usize>::new();
     for i in 0..total {
@@ -246,9 +247,9 @@ async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves(
             .unwrap();
     }
     // Node 3 loses its disk and restarts empty (no hints exist for it).
-    c.disks.insert(3, MemoryEngine::new());
+    c.disks.insert(3, SimDisk::new("node-3, wiped"));
     let n3 = c.start(3);
-    let fetched_before = c.net.range_records.load(Ordering::SeqCst);
+    let fetched_before = c.net.merkle_range_records();
     let mut fetched = 0;
     for p in 0..3 {
         let s = n3.anti_entropy_once(c.ks.id, p, 1).await.unwrap();
@@ -266,10 +267,7 @@ async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves(
         );
     }
     assert_eq!(fetched, total);
-    assert_eq!(
-        c.net.range_records.load(Ordering::SeqCst) - fetched_before,
-        total
-    );
+    assert_eq!(c.net.merkle_range_records() - fetched_before, total as u64);
 
     // A second exchange finds nothing to do.
     let s = n3.anti_entropy_once(c.ks.id, 0, 2).await.unwrap();
@@ -284,14 +282,14 @@ async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves(
         .collect();
     for k in &changed {
         let mut r = c.local(1, k).unwrap();
-        r.hlc = c.node(1).hlc().now();
+        r.hlc = c.node(1).hlc().now().unwrap();
         r.value = Some(b"changed".to_vec());
         c.node(1).apply_replica(c.ks.id, r, None).unwrap();
     }
     let p_a = u32::from(b'a') % 3;
     let s = n3.anti_entropy_once(c.ks.id, p_a, 1).await.unwrap();
     let leaves_touched = {
-        let mut l: Vec<u32> = changed.iter().map(|k| super::merkle::leaf_of(k)).collect();
+        let mut l: Vec<u32> = changed.iter().map(|k| leaf_of(k)).collect();
         l.sort_unstable();
         l.dedup();
         l.len()
@@ -316,9 +314,9 @@ async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves(
     }
     // The exchange is two-way: node 3 pushes what node 1 lacks.
     let k = b"cnew".to_vec();
-    let rec = super::lww::ApRecord {
+    let rec = ApRecord {
         key: k.clone(),
-        hlc: n3.hlc().now(),
+        hlc: n3.hlc().now().unwrap(),
         value: Some(b"x".to_vec()),
     };
     n3.apply_replica(c.ks.id, rec.clone(), None).unwrap();
@@ -332,7 +330,7 @@ async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves(
 
 #[tokio::test]
 async fn partition_then_heal_converges_on_the_newest_write_and_deletes_stay_deleted() {
-    let c = Cluster::new(5, defaults);
+    let c = ApCluster::new(5, defaults);
     let pref = c.pref(&key(""));
     assert_eq!(pref, vec![1, 2, 3, 4, 5]);
     let (d1, d2, gone, late_del) = (key("both-1"), key("both-2"), key("gone"), key("late-del"));
@@ -463,19 +461,38 @@ async fn partition_then_heal_converges_on_the_newest_write_and_deletes_stay_dele
     assert_eq!(c.local(1, &gone).unwrap().value, None);
     assert_eq!(c.local(1, &late_del).unwrap().value, None);
 
-    // Tombstones stay through the grace period, then go; the deleted keys stay deleted.
+    // Tombstones stay through the grace period, then go once every replica completed an
+    // exchange with every other one since they arrived; the deleted keys stay deleted.
+    let ks = [c.ks.clone()];
+    let all_exchange = || async {
+        for x in [1, 2, 3] {
+            for y in [1, 2, 3] {
+                if x != y {
+                    let s = c.node(x).anti_entropy_once(c.ks.id, 0, y).await.unwrap();
+                    assert!(s.complete, "{x} with {y}: {s:?}");
+                }
+            }
+        }
+    };
     for clock in c.clocks.values() {
         clock.advance(DEFAULT_TOMBSTONE_GRACE_MS - 1_000);
     }
+    all_exchange().await;
     for n in [1, 2, 3] {
-        assert_eq!(c.node(n).purge_tombstones_once().unwrap(), 0, "node {n}");
+        assert_eq!(c.node(n).purge_tombstones_once(&ks).unwrap(), 0, "node {n}");
     }
     for clock in c.clocks.values() {
         clock.advance(2_000);
     }
-    for n in [1, 2, 3] {
-        assert_eq!(c.node(n).purge_tombstones_once().unwrap(), 2, "node {n}");
-        assert_eq!(c.local(n, &gone), None);
+    assert_eq!(c.node(1).purge_tombstones_once(&ks).unwrap(), 2);
+    assert_eq!(c.local(1, &gone), None);
+    // Nodes 2 and 3 still send their tombstones to node 1, which lacks the keys: past the grace
+    // period, it does not take them back (else purges would chase each other forever).
+    all_exchange().await;
+    assert_eq!((c.local(1, &gone), c.local(1, &late_del)), (None, None));
+    for n in [2, 3] {
+        assert_eq!(c.node(n).purge_tombstones_once(&ks).unwrap(), 2, "node {n}");
+        assert_eq!((c.local(n, &gone), c.local(n, &late_del)), (None, None));
     }
     for k in [&gone, &late_del] {
         assert_eq!(c.node(2).get(&c.ks, &pref, k, ALL).await.unwrap(), None);
@@ -483,35 +500,97 @@ async fn partition_then_heal_converges_on_the_newest_write_and_deletes_stay_dele
     assert!(c.local(1, &d1).is_some(), "values are never purged");
 }
 
+/// A coordinator whose clock runs a minute ahead, beyond the 500 ms maximum offset: the other
+/// replicas refuse its write, which fails saying so (it applied on the coordinator only, which
+/// keeps hints for the others); no other clock moves, and no read returns or spreads the
+/// refused record. Once real time reaches the write's timestamp the hints deliver it.
 #[tokio::test]
-async fn a_coordinator_from_the_future_advances_replica_clocks_and_is_counted() {
-    let c = Cluster::new(3, defaults);
+async fn a_coordinator_from_the_future_is_refused_until_time_catches_up() {
+    let c = ApCluster::new(3, defaults);
     let k = b"ahead".to_vec();
     let pref = c.pref(&k);
+    assert_eq!(pref, vec![2, 3, 1]);
     c.clocks[&1].advance(60_000);
-    let h1 = c
+    let err = c
         .node(1)
         .put(&c.ks, &pref, &k, b"1".to_vec(), ALL)
         .await
-        .unwrap();
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ApError::Unavailable {
+                op: "write",
+                needed: 3,
+                answered: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("60000 ms ahead") && msg.contains("maximum clock offset of 500 ms"),
+        "{msg}"
+    );
     for n in [2, 3] {
-        assert_eq!(c.node(n).status().skew_events, 1, "node {n}");
+        let s = c.node(n).status();
+        assert_eq!((s.clock_refusals, s.skew_events), (1, 1), "node {n}");
+        assert_eq!(c.local(n, &k), None, "node {n} stored a refused write");
     }
-    assert_eq!(c.node(1).status().skew_events, 0);
-    // Node 2's next write is ordered after node 1's despite node 2's slower wall clock.
+    assert!(
+        c.local(1, &k).is_some(),
+        "indeterminate: applied on the coordinator"
+    );
+    assert_eq!(c.node(1).hint_counts(), BTreeMap::from([(2, 1), (3, 1)]));
+
+    // No clock moved: node 2's next write carries node 2's own time.
+    let other = b"other".to_vec();
     let h2 = c
         .node(2)
-        .put(&c.ks, &pref, &k, b"2".to_vec(), ALL)
+        .put(&c.ks, &c.pref(&other), &other, b"2".to_vec(), ALL)
         .await
         .unwrap();
-    assert!(h2 > h1, "{h2:?} must follow {h1:?}");
-    let got = c.node(3).get(&c.ks, &pref, &k, ALL).await.unwrap();
-    assert_eq!(got, Some((b"2".to_vec(), h2)));
+    assert_eq!(h2.physical_ms, 1_000_000);
+    // A read that needs node 1's answer cannot use it, and repairs nothing with it.
+    let err = c.node(2).get(&c.ks, &pref, &k, ALL).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ApError::Unavailable {
+                op: "read",
+                answered: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("ahead"), "{err}");
+    assert_eq!(c.local(2, &k), None);
+    // Node 2's anti-entropy does not take it either.
+    let s = c.node(2).anti_entropy_once(c.ks.id, 1, 1).await.unwrap();
+    assert_eq!((s.records_refused, s.records_applied), (1, 0), "{s:?}");
+    assert_eq!(c.local(2, &k), None);
+    // Hint replay is refused too while the write is beyond the bound.
+    let s = c.node(1).replay_hints_once().await.unwrap();
+    assert_eq!((s.delivered, s.failed), (0, 2));
+
+    // Node 1's clock is right again and real time has reached the write: the hints deliver it.
+    for n in [2, 3] {
+        c.clocks[&n].advance(60_000);
+    }
+    let s = c.node(1).replay_hints_once().await.unwrap();
+    assert_eq!((s.delivered, s.failed), (2, 0));
+    for n in [1, 2, 3] {
+        assert_eq!(c.local(n, &k).unwrap().value.as_deref(), Some(&b"1"[..]));
+    }
+    let got = c.node(2).get(&c.ks, &pref, &k, ALL).await.unwrap();
+    assert_eq!(got.map(|(v, _)| v), Some(b"1".to_vec()));
 }
 
 #[tokio::test]
 async fn invalid_requests_are_refused_before_any_write() {
-    let c = Cluster::new(3, |cfg| cfg.max_value_bytes = 4);
+    let c = ApCluster::new(3, |cfg| cfg.max_value_bytes = 4);
     let pref = c.pref(b"k");
     let n1 = c.node(1);
     let big = n1
@@ -521,7 +600,7 @@ async fn invalid_requests_are_refused_before_any_write() {
     assert!(big.to_string().contains("limit is 4 bytes"), "{big}");
     let empty = n1.put(&c.ks, &pref, b"", vec![], ALL).await.unwrap_err();
     assert!(matches!(empty, ApError::InvalidArgument(_)));
-    let long = vec![b'k'; crate::types::MAX_KEY_BYTES + 1];
+    let long = vec![b'k'; MAX_KEY_BYTES + 1];
     assert!(matches!(
         n1.get(&c.ks, &pref, &long, ALL).await,
         Err(ApError::InvalidArgument(_))
@@ -535,7 +614,7 @@ const TEST_TIMEOUT_MS: u64 = 50;
 
 #[tokio::test]
 async fn a_replica_that_never_answers_times_out_and_is_replaced_by_a_hint() {
-    let c = Cluster::new(5, |cfg| {
+    let c = ApCluster::new(5, |cfg| {
         cfg.write_timeout_ms = TEST_TIMEOUT_MS;
         cfg.read_timeout_ms = TEST_TIMEOUT_MS;
     });
@@ -564,58 +643,4 @@ async fn a_replica_that_never_answers_times_out_and_is_replaced_by_a_hint() {
     );
     let got = c.node(1).get(&c.ks, &pref, &k, QUORUM).await.unwrap();
     assert_eq!(got.map(|(v, _)| v), Some(b"v".to_vec()));
-}
-
-/// Yields until `done()` holds; fails (never hangs) after a generous bound of iterations.
-async fn until(mut done: impl FnMut() -> bool) {
-    const MAX_YIELDS: usize = 100_000;
-    for _ in 0..MAX_YIELDS {
-        if done() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("condition not reached after {MAX_YIELDS} yields");
-}
-
-#[tokio::test]
-async fn background_work_replays_hints_and_repairs_a_wiped_replica() {
-    let mut c = Cluster::new(3, defaults);
-    let keys: Vec<Vec<u8>> = (0..30u8).map(|i| vec![b'a' + i % 3, i]).collect();
-    c.kill(3);
-    for k in &keys {
-        c.node(1)
-            .put(&c.ks, &c.pref(k), k, b"v".to_vec(), QUORUM)
-            .await
-            .unwrap();
-    }
-    // With 3 nodes there is no fallback beyond N: the coordinator keeps the hints for node 3.
-    assert_eq!(c.node(1).hint_counts(), BTreeMap::from([(3, keys.len())]));
-    assert!(c.node(2).hint_counts().is_empty());
-    // Node 1's hint replay does not run here: only anti-entropy can refill the wiped node.
-    c.disks.insert(3, MemoryEngine::new());
-    let n3 = c.start(3);
-    // Intervals tick immediately on start, so the first anti-entropy round runs right away.
-    let ks = c.ks.clone();
-    let task = n3.spawn_background(std::sync::Arc::new(move || vec![ks.clone()]));
-    until(|| keys.iter().all(|k| c.local(3, k).is_some())).await;
-    task.abort();
-    for k in &keys {
-        assert_eq!(c.local(3, k), c.local(1, k));
-    }
-
-    // Hints: node 4 of a 5-node cluster holds one for node 3 and delivers it once 3 is back.
-    let c = Cluster::new(5, defaults);
-    let k = key("bg");
-    c.kill(3);
-    c.node(1)
-        .put(&c.ks, &c.pref(&k), &k, b"v".to_vec(), ALL)
-        .await
-        .unwrap();
-    assert_eq!(c.node(4).hint_counts(), BTreeMap::from([(3, 1)]));
-    c.revive(3);
-    let task = c.node(4).spawn_background(std::sync::Arc::new(Vec::new));
-    until(|| c.node(4).hint_counts().is_empty()).await;
-    task.abort();
-    assert_eq!(c.local(3, &k).unwrap().value.as_deref(), Some(&b"v"[..]));
 }
