@@ -85,6 +85,31 @@ pub enum Cmd {
         #[command(subcommand)]
         command: LocalCmd,
     },
+    /// Shows CP and AP side by side: a 3-node cluster, a partition, a heal, and a table.
+    #[command(after_help = "Examples:\n  \
+        kv demo                      # about 20 s; the cluster and its folder are removed after\n  \
+        kv demo -o json              # only the comparison table, as JSON\n  \
+        kv demo --skew-ms -3000      # n3's clock 3 s behind: last-write-wins loses newer writes\n\n\
+        See docs/cli.md (kv demo) and docs/cap-modes.md.")]
+    Demo(DemoArgs),
+    /// Injects faults into a running cluster: kill, pause, partition, slow links, clock skew.
+    #[command(after_help = "Examples:\n  \
+        kv local up --chaos                      # network faults need nodes run with --chaos\n  \
+        kv chaos partition n3                    # n3 cut off from every other node, both ways\n  \
+        kv chaos partition n1 --from n2,n3 --one-way   # only n1's messages to n2, n3 are dropped\n  \
+        kv chaos slow n1 n2 --delay-ms 200       # n1's messages to n2 arrive 200 ms late\n  \
+        kv chaos skew n2 --ms -1500              # n2's clock 1.5 s behind\n  \
+        kv chaos pause n2 && kv chaos resume n2  # SIGSTOP / SIGCONT\n  \
+        kv chaos kill n3 && kv chaos restart n3  # SIGKILL, then start again with its data\n  \
+        kv chaos status                          # the faults in place\n  \
+        kv chaos heal                            # undo every network fault, resume paused nodes\n\n\
+        The cluster: the local one (--dir, $KV_DIR, ./.kv-local, per-user default), or\n\
+        --endpoints for network faults (kill, restart, pause, resume need a local cluster).")]
+    Chaos {
+        /// The fault.
+        #[command(subcommand)]
+        command: ChaosCmd,
+    },
     /// Writes a key.
     #[command(after_help = "Examples:\n  \
         kv put greeting hello\n  \
@@ -349,6 +374,89 @@ pub enum LocalCmd {
         /// Node name.
         node: String,
     },
+}
+
+/// `kv demo` flags.
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Write-and-read rounds of each client while the partition lasts.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// Skews the minority node's clock by this many milliseconds during the partition (a
+    /// negative skew makes last-write-wins discard its newer writes).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub skew_ms: i64,
+}
+
+/// `kv chaos ...`.
+#[derive(Subcommand, Debug)]
+pub enum ChaosCmd {
+    /// Kills a local node with SIGKILL (a crash: nothing flushed).
+    #[command(after_help = "Example:\n  kv chaos kill n3 && kv chaos restart n3")]
+    Kill {
+        /// Node name (n1, n2, ...).
+        node: String,
+    },
+    /// Starts a killed local node again with its data, and gives it back its network faults.
+    #[command(after_help = "Example:\n  kv chaos restart n3")]
+    Restart {
+        /// Node name.
+        node: String,
+    },
+    /// Freezes a local node with SIGSTOP: its connections stay open, it answers nothing.
+    #[command(after_help = "Example:\n  kv chaos pause n2")]
+    Pause {
+        /// Node name.
+        node: String,
+    },
+    /// Lets a paused local node run again (SIGCONT).
+    #[command(after_help = "Example:\n  kv chaos resume n2")]
+    Resume {
+        /// Node name.
+        node: String,
+    },
+    /// Cuts NODES off from the --from nodes: both ways, or only NODES' messages with --one-way.
+    #[command(after_help = "Examples:\n  \
+        kv chaos partition n3                          # from every other node\n  \
+        kv chaos partition n1,n2 --from n3,n4          # two sides\n  \
+        kv chaos partition n1 --from n2 --one-way      # n1's messages to n2 are dropped; n2 still reaches n1")]
+    Partition {
+        /// The nodes on one side (comma separated).
+        #[arg(value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// The nodes on the other side (default: every other node).
+        #[arg(long, value_delimiter = ',')]
+        from: Vec<String>,
+        /// Drop only the messages NODES send to the --from nodes.
+        #[arg(long)]
+        one_way: bool,
+    },
+    /// Delays every message FROM sends to TO (--delay-ms 0 removes the delay).
+    #[command(after_help = "Example:\n  kv chaos slow n1 n2 --delay-ms 200")]
+    Slow {
+        /// The sending node.
+        from: String,
+        /// The receiving node.
+        to: String,
+        /// Added delay, in milliseconds.
+        #[arg(long)]
+        delay_ms: u32,
+    },
+    /// Moves a node's wall clock away from the real one (--ms 0 puts it back).
+    #[command(after_help = "Example:\n  kv chaos skew n2 --ms -1500")]
+    Skew {
+        /// Node name.
+        node: String,
+        /// Offset in milliseconds (negative: behind).
+        #[arg(long, allow_negative_numbers = true)]
+        ms: i64,
+    },
+    /// Undoes every network fault (on every node) and resumes paused nodes.
+    #[command(after_help = "Example:\n  kv chaos heal")]
+    Heal,
+    /// Shows the faults in place and, for a local cluster, which nodes run, are paused or down.
+    #[command(after_help = "Example:\n  kv chaos status -o json")]
+    Status,
 }
 
 /// `kv server` flags.

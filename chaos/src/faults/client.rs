@@ -74,6 +74,33 @@ impl FaultClient {
         &self.faults
     }
 
+    /// The same client, knowing that the nodes already hold `faults` (as an earlier process
+    /// recorded them), so that the next fault composes with them instead of replacing them.
+    pub fn with_known_faults(mut self, faults: ClusterFaults) -> Result<Self, FaultError> {
+        self.check_names(&faults)?;
+        self.faults = faults;
+        Ok(self)
+    }
+
+    /// Gives every node its faults in `next` (computed with [`ClusterFaults`]' operations),
+    /// calling only the nodes whose faults differ from what this client knows.
+    pub async fn set(&mut self, next: ClusterFaults) -> Result<(), FaultError> {
+        self.check_names(&next)?;
+        self.apply(next).await
+    }
+
+    /// Refuses faults computed for another cluster (other names, or another order).
+    fn check_names(&self, faults: &ClusterFaults) -> Result<(), FaultError> {
+        if faults.names() != self.faults.names() {
+            return Err(FaultError::InvalidCluster(format!(
+                "faults for nodes {} given to a client of nodes {}",
+                faults.names().join(", "),
+                self.faults.names().join(", ")
+            )));
+        }
+        Ok(())
+    }
+
     /// Cuts every node of `side_a` off from every node of `side_b`, both ways.
     pub async fn partition(&mut self, side_a: &[&str], side_b: &[&str]) -> Result<(), FaultError> {
         let mut next = self.faults.clone();

@@ -423,3 +423,48 @@ pub async fn start_node(
         pid_before,
     })
 }
+
+/// Starts node `i` again with its data (if it does not run) without waiting for the cluster:
+/// for `kv chaos restart`, where injected faults may keep the cluster from ever being ready.
+pub fn spawn_node(
+    dir: &Path,
+    cluster: &mut LocalCluster,
+    i: usize,
+    progress: &dyn Fn(&str),
+) -> Result<NodeChange> {
+    let pid_before = cluster.nodes[i]
+        .process()
+        .filter(|p| p.alive())
+        .map(|p| p.pid);
+    if pid_before.is_none() {
+        let node = &cluster.nodes[i];
+        // A node killed a moment ago holds its port until its last thread has exited.
+        let start = std::time::Instant::now();
+        while !process::port_free(&node.addr) {
+            if start.elapsed() > KILL_TIMEOUT {
+                bail!(
+                    "port of node {} ({}) is in use by another process; stop it (see `ss -ltnp`)",
+                    node.name,
+                    node.addr
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let peers = cluster.peers_arg();
+        let spawned = process::spawn_server(dir, &cluster.nodes[i], &peers, cluster.chaos)?;
+        let node = &mut cluster.nodes[i];
+        node.record(Some(spawned.id));
+        progress(&format!(
+            "started {} on {} (pid {}, log {})",
+            node.name,
+            node.addr,
+            spawned.id.pid,
+            spawned.log.display()
+        ));
+        cluster.save(dir)?;
+    }
+    Ok(NodeChange {
+        node: cluster.nodes[i].clone(),
+        pid_before,
+    })
+}
