@@ -214,16 +214,7 @@ async fn start_and_wait(
 ) -> Result<()> {
     let peers = cluster.peers_arg();
     for &i in which {
-        let spawned = process::spawn_server(dir, &cluster.nodes[i], &peers, cluster.chaos)?;
-        let node = &mut cluster.nodes[i];
-        node.record(Some(spawned.id));
-        progress(&format!(
-            "started {} on {} (pid {}, log {})",
-            node.name,
-            node.addr,
-            spawned.id.pid,
-            spawned.log.display()
-        ));
+        let spawned = spawn_recorded(dir, cluster, i, &peers, progress)?;
         started.push((i, spawned));
     }
     cluster.save(dir)?;
@@ -451,20 +442,32 @@ pub fn spawn_node(
             std::thread::sleep(Duration::from_millis(50));
         }
         let peers = cluster.peers_arg();
-        let spawned = process::spawn_server(dir, &cluster.nodes[i], &peers, cluster.chaos)?;
-        let node = &mut cluster.nodes[i];
-        node.record(Some(spawned.id));
-        progress(&format!(
-            "started {} on {} (pid {}, log {})",
-            node.name,
-            node.addr,
-            spawned.id.pid,
-            spawned.log.display()
-        ));
+        let _spawned = spawn_recorded(dir, cluster, i, &peers, progress)?;
         cluster.save(dir)?;
     }
     Ok(NodeChange {
         node: cluster.nodes[i].clone(),
         pid_before,
     })
+}
+
+/// Starts node `i`'s server process, records its pid and start time in `cluster`, and says so.
+fn spawn_recorded(
+    dir: &Path,
+    cluster: &mut LocalCluster,
+    i: usize,
+    peers: &str,
+    progress: &dyn Fn(&str),
+) -> Result<Spawned> {
+    let spawned = process::spawn_server(dir, &cluster.nodes[i], peers, cluster.chaos)?;
+    let node = &mut cluster.nodes[i];
+    node.record(Some(spawned.id));
+    progress(&format!(
+        "started {} on {} (pid {}, log {})",
+        node.name,
+        node.addr,
+        spawned.id.pid,
+        spawned.log.display()
+    ));
+    Ok(spawned)
 }
