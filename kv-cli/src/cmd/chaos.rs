@@ -133,6 +133,7 @@ async fn heal(ctx: &Ctx, target: &Target) -> Result<(), CliError> {
         match (target.process_state(name), target.running_pid(name)) {
             (Some("paused"), Some(pid)) => {
                 chaos::process::resume(pid).map_err(|e| CliError::Other(e.into()))?;
+                settle(name, pid, false)?;
                 resumed.push(name.to_string());
             }
             (Some("down"), _) => down.push(name.to_string()),
@@ -224,17 +225,38 @@ fn signal(ctx: &Ctx, target: &Target, node: &str, pause: bool) -> Result<(), Cli
         (false, false) => format!("{node} is not paused"),
         (true, false) => {
             chaos::process::pause(pid).map_err(|e| CliError::Other(e.into()))?;
+            settle(node, pid, true)?;
             format!(
                 "paused {node} (pid {pid}) with SIGSTOP: its connections stay open but it answers nothing; `kv chaos resume {node}` or `kv chaos heal` lets it run"
             )
         }
         (false, true) => {
             chaos::process::resume(pid).map_err(|e| CliError::Other(e.into()))?;
+            settle(node, pid, false)?;
             format!("resumed {node} (pid {pid}) with SIGCONT")
         }
     };
     let held = target.held(&target.load_record(ctx))?;
     print(ctx, target, action, what, &held)
+}
+
+/// Waits until `pid` shows the state a signal asked for: `kill` returns once the signal is
+/// queued, while every thread of the process stops (or starts) a moment later, and what this
+/// command prints (and the next command sees) must be the state the process is really in.
+fn settle(node: &str, pid: u32, paused: bool) -> Result<(), CliError> {
+    const SETTLE: Duration = Duration::from_secs(10);
+    let start = Instant::now();
+    while is_paused(pid) != paused {
+        if start.elapsed() > SETTLE {
+            let want = if paused { "stop" } else { "run again" };
+            return Err(CliError::Other(anyhow!(
+                "node {node} (pid {pid}) did not {want} within {}s of the signal; `kv chaos status` shows what it is doing",
+                SETTLE.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 /// `kv chaos restart NODE`: starts it with its data, waits until it answers, and gives it back
