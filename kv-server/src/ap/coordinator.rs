@@ -63,6 +63,22 @@ impl ApEngine {
         self.write(ks, preference, key, None, opts).await
     }
 
+    /// Writes a record restored from a backup with its own timestamp (a tombstone when `value`
+    /// is `None`), merged by last-write-wins on each replica; returns after W acks. The caller
+    /// checks the timestamp is not beyond the maximum clock offset.
+    pub async fn import(
+        &self,
+        ks: &KeyspaceDef,
+        preference: &[NodeId],
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        hlc: Hlc,
+        opts: RequestOptions,
+    ) -> Result<Hlc, ApError> {
+        self.write_at(ks, preference, key, value, Some(hlc), opts)
+            .await
+    }
+
     async fn write(
         &self,
         ks: &KeyspaceDef,
@@ -71,10 +87,25 @@ impl ApEngine {
         value: Option<Vec<u8>>,
         opts: RequestOptions,
     ) -> Result<Hlc, ApError> {
+        self.write_at(ks, preference, key, value, None, opts).await
+    }
+
+    async fn write_at(
+        &self,
+        ks: &KeyspaceDef,
+        preference: &[NodeId],
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        given: Option<Hlc>,
+        opts: RequestOptions,
+    ) -> Result<Hlc, ApError> {
         self.check_key(key)?;
         let (_, w) = resolve_quorums(ks, opts.consistency)?;
         let partition = self.inner.ring.partition_for_key(key);
-        let hlc = self.inner.clock.now()?;
+        let hlc = match given {
+            Some(h) => h,
+            None => self.inner.clock.now()?,
+        };
         let limit = self.inner.config.max_writes_in_flight;
         let reserved =
             self.inner

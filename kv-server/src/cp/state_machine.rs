@@ -39,6 +39,11 @@ impl SmReader {
         Ok(self.records.get(&data_key(key))?.and_then(live))
     }
 
+    /// The data directory these records live in (for error messages).
+    pub fn location(&self) -> &str {
+        self.records.location()
+    }
+
     /// Every live (key, value, revision) whose key starts with `prefix`, checksum-verified.
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<LiveRecord>, StorageError> {
         let start = data_key(prefix);
@@ -78,6 +83,32 @@ struct SnapshotData {
     format: u8,
     /// (user key, `record::encode` bytes), in key order.
     records: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The live (key, value, revision) records of a snapshot body whose keys start with `prefix`,
+/// each checksum-verified (a backup of one keyspace reads a partition's snapshot this way).
+pub fn snapshot_records(
+    bytes: &[u8],
+    prefix: &[u8],
+    location: &str,
+) -> Result<Vec<LiveRecord>, StorageError> {
+    let data: SnapshotData =
+        codec::decode("snapshot", bytes).map_err(|e| StorageError::Corrupt {
+            tree: "snapshot".into(),
+            key: String::new(),
+            location: location.into(),
+            reason: e.to_string(),
+        })?;
+    let mut out = Vec::new();
+    for (key, rec) in data.records {
+        if !key.starts_with(prefix) {
+            continue;
+        }
+        if let Some((value, revision)) = live(record::decode(&rec, &key, "snapshot", location)?) {
+            out.push((key, value, revision));
+        }
+    }
+    Ok(out)
 }
 
 /// A stored snapshot: its metadata and body.

@@ -6,7 +6,7 @@
 
 use super::convert::{ap_options, cp_error, version_pb};
 use super::forward::{hop, pause_for_election, Client, Ctx, LEADER_RETRY_PAUSE, MAX_FORWARD_HOPS};
-use super::{keyspace, status};
+use super::{keyspace, snapshot, status};
 use crate::cp::types::RequestId;
 use crate::cp::{
     CasOutcome, CpEngine, CpError, Expected as CpExpected, Request as CpRequest,
@@ -445,6 +445,32 @@ impl pb::kv_server::Kv for KvService {
         _req: Request<pb::RingRequest>,
     ) -> Result<Response<pb::RingResponse>, Status> {
         Ok(Response::new(status::ring(&self.node)))
+    }
+
+    type SnapshotPartitionStream =
+        futures::stream::BoxStream<'static, Result<pb::SnapshotChunk, Status>>;
+
+    async fn snapshot_partition(
+        &self,
+        req: Request<pb::SnapshotPartitionRequest>,
+    ) -> Result<Response<Self::SnapshotPartitionStream>, Status> {
+        let ctx = Ctx::of(&self.node, &req);
+        let chunks = snapshot::snapshot_partition(&self.node, ctx, req.into_inner())
+            .await
+            .map_err(|e| self.status(e))?;
+        let stream = futures::stream::iter(chunks.into_iter().map(Ok));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn import_records(
+        &self,
+        req: Request<pb::ImportRecordsRequest>,
+    ) -> Result<Response<pb::ImportRecordsResponse>, Status> {
+        let _permit = self.node.admit_write().map_err(|e| self.status(e))?;
+        snapshot::import_records(&self.node, req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| self.status(e))
     }
 }
 
