@@ -204,6 +204,19 @@ pub enum Cmd {
         #[command(subcommand)]
         command: KeyspaceCmd,
     },
+    /// Backs up one keyspace to a file, or restores one from it.
+    #[command(after_help = "Examples:\n  \
+        kv snapshot save cp.backup                 # keyspace cp: each partition cut at one Raft revision\n  \
+        kv -k ap snapshot save ap.backup           # AP: JSON lines with timestamps and tombstones\n  \
+        kv snapshot restore cp.backup --endpoints 10.0.1.1:7001   # into a fresh cluster\n  \
+        kv snapshot restore cp.backup --into cp_copy\n\n\
+        A file is restored only when it is complete and its checksum matches; a truncated or\n\
+        corrupted file is refused before anything is written. See docs/operations.md (Backups).")]
+    Snapshot {
+        /// The snapshot command.
+        #[command(subcommand)]
+        command: SnapshotCmd,
+    },
     /// Loads the cluster and measures throughput and latency (closed or open loop).
     #[command(after_help = "Examples:\n  \
         kv bench --mix put=100 -c 64 --duration 10s             # CP puts, 64 in flight\n  \
@@ -278,6 +291,30 @@ pub struct RequestArgs {
     /// CP: allow a possibly stale read from any replica.
     #[arg(long)]
     pub stale: bool,
+}
+
+/// `kv snapshot ...`.
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Saves the keyspace (-k, default cp) to FILE (written to FILE.partial, renamed when complete).
+    Save {
+        /// The backup file.
+        file: PathBuf,
+        /// The cluster's value limit (its nodes' --max-value-bytes), so the largest records fit.
+        #[arg(long, default_value_t = kv_core::limits::DEFAULT_MAX_VALUE_BYTES)]
+        max_value_bytes: usize,
+    },
+    /// Restores FILE into the keyspace it was saved from (or --into), creating it if needed.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Restore into this keyspace instead of the one named in the file.
+        #[arg(long)]
+        into: Option<String>,
+        /// The cluster's value limit (its nodes' --max-value-bytes), so the largest records fit.
+        #[arg(long, default_value_t = kv_core::limits::DEFAULT_MAX_VALUE_BYTES)]
+        max_value_bytes: usize,
+    },
 }
 
 /// `kv keyspace ...`.

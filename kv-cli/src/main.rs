@@ -61,6 +61,17 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
         Cmd::Status { wait_ms } => cmd::admin::status(&ctx, wait_ms).await,
         Cmd::Keyspace { command } => cmd::admin::keyspace(&ctx, command).await,
         Cmd::Completion { shell } => cmd::admin::completion(&ctx, shell),
+        Cmd::Snapshot { command } => match command {
+            cli::SnapshotCmd::Save {
+                file,
+                max_value_bytes,
+            } => cmd::snapshot::save(&ctx, &file, max_value_bytes).await,
+            cli::SnapshotCmd::Restore {
+                file,
+                into,
+                max_value_bytes,
+            } => cmd::snapshot::restore(&ctx, &file, into.as_deref(), max_value_bytes).await,
+        },
         Cmd::Bench(args) => bench::run(&ctx, args).await,
         Cmd::Check(args) => cmd::check::run(&ctx, &args),
     }

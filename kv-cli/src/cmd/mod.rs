@@ -1,6 +1,7 @@
 //! The commands, one file per group: `server` (run a node), `local` (local clusters), `data`
 //! (put, get, delete, cas), `admin` (ring, status, keyspaces, completion), `check` (history
-//! files), `chaos` (faults on a running cluster), `demo` (CP and AP side by side). Each returns
+//! files), `chaos` (faults on a running cluster), `demo` (CP and AP side by side), `snapshot` (backups;
+//! their file format in `snapshot_file`). Each returns
 //! the exit code of its answer or a `CliError`; `output` prints and ends.
 
 pub mod admin;
@@ -10,6 +11,8 @@ pub mod data;
 pub mod demo;
 pub mod local;
 pub mod server;
+pub mod snapshot;
+pub mod snapshot_file;
 
 use crate::cli::{Global, RoutingArg};
 use crate::local::{ClusterDir, LocalCluster};
