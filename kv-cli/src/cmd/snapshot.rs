@@ -126,7 +126,11 @@ async fn read_partition(
     };
     tokio::time::timeout(timeout, call)
         .await
-        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("the partition did not arrive in time")))
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(
+                "the partition did not arrive in time",
+            ))
+        })
 }
 
 /// A CP partition from its leader: members in turn, following the leader each one names.
@@ -255,7 +259,11 @@ pub async fn save(ctx: &Ctx, file: &Path, max_value_bytes: usize) -> Result<Exit
             "keyspace {name:?} does not exist; `kv keyspace list` shows those that do"
         ))
     })?;
-    let mode = if ks.mode == pb::Mode::Ap as i32 { "ap" } else { "cp" };
+    let mode = if ks.mode == pb::Mode::Ap as i32 {
+        "ap"
+    } else {
+        "cp"
+    };
     let header = Header {
         keyspace: ks.name.clone(),
         mode: mode.into(),
@@ -287,7 +295,11 @@ pub async fn save(ctx: &Ctx, file: &Path, max_value_bytes: usize) -> Result<Exit
     ctx.out.result(json, || {
         format!(
             "saved {records} {} of {mode} keyspace {} ({} partitions{}) to {} in {elapsed_ms} ms",
-            if mode == "cp" { "keys" } else { "records (tombstones included)" },
+            if mode == "cp" {
+                "keys"
+            } else {
+                "records (tombstones included)"
+            },
             ks.name,
             cluster.ring.partition_count,
             if mode == "cp" {
@@ -313,7 +325,11 @@ pub async fn restore(
     let (header, count) = snapshot_file::verify(file).map_err(file_error)?;
     let cluster = Cluster::connect(ctx).await?;
     let target = into.unwrap_or(&header.keyspace).to_string();
-    let want_mode = if header.mode == "ap" { pb::Mode::Ap } else { pb::Mode::Cp };
+    let want_mode = if header.mode == "ap" {
+        pb::Mode::Ap
+    } else {
+        pb::Mode::Cp
+    };
     match cluster.keyspace(&target).await? {
         Some(ks) if ks.mode != want_mode as i32 => {
             return Err(CliError::BadInput(format!(
@@ -383,7 +399,9 @@ fn joined(
         None => Ok(0),
         Some(Ok(Ok(_))) => Ok(1),
         Some(Ok(Err(e))) => Err(CliError::client(Stage::Write)(e)),
-        Some(Err(e)) => Err(CliError::Other(anyhow::Error::new(e).context("a restore task"))),
+        Some(Err(e)) => Err(CliError::Other(
+            anyhow::Error::new(e).context("a restore task"),
+        )),
     }
 }
 
@@ -405,8 +423,15 @@ async fn restore_ap(
             if !batch.is_empty()
                 && (bytes + size > IMPORT_BATCH_BYTES || batch.len() >= IMPORT_BATCH_RECORDS)
             {
-                written += import(ctx, &nodes, &mut turn, keyspace, std::mem::take(&mut batch), max_value_bytes)
-                    .await?;
+                written += import(
+                    ctx,
+                    &nodes,
+                    &mut turn,
+                    keyspace,
+                    std::mem::take(&mut batch),
+                    max_value_bytes,
+                )
+                .await?;
                 bytes = 0;
             }
             bytes += size;

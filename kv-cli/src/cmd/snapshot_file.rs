@@ -210,7 +210,9 @@ impl Reader {
                 created_ms: 0,
             },
         };
-        let first = r.next_line()?.ok_or_else(|| r.invalid("the file is empty"))?;
+        let first = r
+            .next_line()?
+            .ok_or_else(|| r.invalid("the file is empty"))?;
         r.crc.update(&first.1);
         r.header = r.parse_header(&first.0)?;
         Ok(r)

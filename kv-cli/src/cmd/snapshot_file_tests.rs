@@ -117,10 +117,14 @@ fn truncated_altered_and_foreign_files_are_refused_naming_the_problem() {
     // One flipped digit inside a record, still valid JSON and base64.
     let text = String::from_utf8(good.clone()).unwrap();
     refused(
-        text.replacen("\"revision\":7", "\"revision\":8", 1).as_bytes(),
+        text.replacen("\"revision\":7", "\"revision\":8", 1)
+            .as_bytes(),
         "checksum mismatch",
     );
-    refused(text.replacen("AP8KDQ==", "AP8K!Q==", 1).as_bytes(), "base64");
+    refused(
+        text.replacen("AP8KDQ==", "AP8K!Q==", 1).as_bytes(),
+        "base64",
+    );
     let mut extra = good.clone();
     extra.extend_from_slice(b"{\"key\":\"YQ==\",\"value\":\"YQ==\",\"revision\":1}\n");
     refused(&extra, "after the end line");
