@@ -704,3 +704,66 @@ async fn the_metadata_group_creates_and_lists_keyspaces_consistently() {
         assert_eq!(listed, vec![orders.clone()]);
     }
 }
+
+/// The cut a backup takes (`kv snapshot save`): on the leader, after its read index, from one
+/// Raft snapshot at or past every acknowledged write; only keys under the prefix; deleted keys
+/// absent. A follower refuses with `NotLeader` naming the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_cut_holds_every_acknowledged_write_and_only_the_leader_takes_it() {
+    let cluster = Cluster::new(3, 1, test_config()).await;
+    for i in 0..20 {
+        cluster
+            .put(0, &format!("a/{i:02}"), &format!("v{i}"), &[1, 2, 3])
+            .await;
+    }
+    cluster.delete(0, "a/03").await;
+    let last = cluster.put(0, "b/other", "x", &[1, 2, 3]).await;
+    let cluster = &cluster;
+    let cut = |min: u64| async move {
+        let deadline = Instant::now() + WAIT_MAX;
+        loop {
+            let leader = cluster.leader(0, &[1, 2, 3]).await;
+            let end = Instant::now() + Duration::from_secs(5);
+            match cluster.node(leader).consistent_cut(KS, 0, b"a/", end).await {
+                Ok((revision, records)) => {
+                    assert!(revision >= min, "cut at {revision}, acknowledged {min}");
+                    return (leader, revision, records);
+                }
+                Err(e) => assert!(Instant::now() < deadline, "no cut within {WAIT_MAX:?}: {e}"),
+            }
+        }
+    };
+    let (leader, revision, records) = cut(last).await;
+    let keys: Vec<String> = records
+        .iter()
+        .map(|(k, _, _)| String::from_utf8(k.clone()).unwrap())
+        .collect();
+    let expected: Vec<String> = (0..20)
+        .filter(|i| *i != 3)
+        .map(|i| format!("a/{i:02}"))
+        .collect();
+    assert_eq!(keys, expected);
+    for (k, v, rev) in &records {
+        let i: usize = std::str::from_utf8(&k[2..]).unwrap().parse().unwrap();
+        assert_eq!(v, format!("v{i}").as_bytes());
+        assert!(*rev <= revision, "a record newer than its cut");
+    }
+
+    // A later write is in the next cut.
+    let newer = cluster.put(0, "a/new", "n", &[1, 2, 3]).await;
+    let (_, _, records) = cut(newer).await;
+    assert!(records.iter().any(|(k, _, _)| k == b"a/new"));
+
+    let follower = [1, 2, 3].into_iter().find(|n| *n != leader).unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    match cluster
+        .node(follower)
+        .consistent_cut(KS, 0, b"a/", end)
+        .await
+    {
+        Err(CpError::NotLeader {
+            leader: Some(l), ..
+        }) => assert_ne!(l, follower),
+        other => panic!("a follower answered a cut: {:?}", other.map(|(r, _)| r)),
+    }
+}
