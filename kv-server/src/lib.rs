@@ -60,7 +60,9 @@ mod layering_tests {
         "server",
     ];
     /// `service/`'s modules, lowest first (as its `//!` says).
-    const SERVICE_ORDER: &[&str] = &["convert", "forward", "status", "keyspace", "kv", "internal"];
+    const SERVICE_ORDER: &[&str] = &[
+        "convert", "forward", "status", "keyspace", "snapshot", "kv", "internal",
+    ];
 
     fn src() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

@@ -1,5 +1,6 @@
 //! Conversions the services share: request deadlines from `grpc-timeout`, engine types to
-//! protobuf, AP request options, and AP engine errors to node errors.
+//! protobuf, AP request options, AP engine errors to node errors, and the stored key of a CP
+//! keyspace's key.
 
 use crate::ap::{ApError, Consistency as ApConsistency, RequestOptions as ApOptions};
 use crate::cp::CpError;
@@ -40,6 +41,15 @@ pub fn parse_grpc_timeout(s: &str) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// The key under which a CP keyspace's key lives in the shared Raft groups: keyspace id first,
+/// so keyspaces sharing a group never collide.
+pub fn cp_key(keyspace_id: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&keyspace_id.to_be_bytes());
+    k.extend_from_slice(key);
+    k
 }
 
 /// A version in its wire form.

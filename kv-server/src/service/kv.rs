@@ -4,6 +4,7 @@
 //! delete, compare-and-swap) is routed by one function, `KvService::route`: serve here, forward
 //! to a member or to the leader, wait out a leader that cannot be reached.
 
+pub use super::convert::cp_key;
 use super::convert::{ap_options, cp_error, version_pb};
 use super::forward::{hop, pause_for_election, Client, Ctx, LEADER_RETRY_PAUSE, MAX_FORWARD_HOPS};
 use super::{keyspace, snapshot, status};
@@ -19,15 +20,6 @@ use kv_proto::v1 as pb;
 use std::future::Future;
 use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
-
-/// The key under which a CP keyspace's key lives in the shared Raft groups: keyspace id first,
-/// so keyspaces sharing a group never collide.
-pub fn cp_key(keyspace_id: u32, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + key.len());
-    k.extend_from_slice(&keyspace_id.to_be_bytes());
-    k.extend_from_slice(key);
-    k
-}
 
 /// `request` applied at most once per `id` when the client sent one (a client id of 0 means
 /// none). A forwarded request carries the same id, so the leader deduplicates it too.

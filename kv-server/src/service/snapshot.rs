@@ -5,9 +5,8 @@
 //! Chunks stay below the public response limit whatever the data: at most
 //! [`SNAPSHOT_CHUNK_BYTES`] of records, or one larger record alone.
 
-use super::convert::{cp_error, version_pb};
+use super::convert::{cp_error, cp_key, version_pb};
 use super::forward::Ctx;
-use super::kv::cp_key;
 use crate::ap::RequestOptions as ApOptions;
 use crate::error::{NodeError, NodeResult};
 use crate::node::{Node, CP_GROUP_KEYSPACE};
@@ -151,7 +150,6 @@ pub(super) async fn import_records(
         )));
     }
     let clock = node.ap.hlc();
-    let latest_ms = clock.wall_ms().saturating_add(clock.max_offset_ms());
     let mut writes = Vec::with_capacity(req.records.len());
     for (i, r) in req.records.into_iter().enumerate() {
         node.validate_key(&r.key)?;
@@ -161,19 +159,18 @@ pub(super) async fn import_records(
                 "record {i} has no timestamp (version.hlc): AP records are merged by it"
             )));
         };
-        if h.physical_ms > latest_ms {
-            return Err(NodeError::InvalidArgument(format!(
-                "record {i}'s timestamp ({} ms) is more than the maximum clock offset ({} ms) ahead of node {}'s clock: replicas would refuse it",
-                h.physical_ms,
-                clock.max_offset_ms(),
-                node.me.name
-            )));
-        }
         let hlc = Hlc {
             physical_ms: h.physical_ms,
             logical: h.logical,
             node_id: h.node_id,
         };
+        // Observed like any timestamp from elsewhere: refused beyond the maximum offset, and
+        // otherwise a later write coordinated here gets a later timestamp than the import.
+        if let Err(e) = clock.observe(hlc) {
+            return Err(NodeError::InvalidArgument(format!(
+                "record {i}: {e}; nothing was imported"
+            )));
+        }
         writes.push((r.key, (!r.tombstone).then_some(r.value), hlc));
     }
     let ks = &ks;
