@@ -142,12 +142,18 @@ async fn save_cp_partition(
     max_value_bytes: usize,
 ) -> Result<(Item, Vec<Record>), CliError> {
     let members = cluster.replicas(p, ks.replicas as usize);
+    if members.is_empty() {
+        return Err(CliError::Unavailable(format!(
+            "keyspace {} partition {p}: the ring names no replica for it",
+            ks.name
+        )));
+    }
     let mut next: Option<String> = None;
     let mut last = None;
     for attempt in 0..MAX_PARTITION_TRIES {
         let addr = next
             .take()
-            .unwrap_or_else(|| members[attempt % members.len().max(1)].1.clone());
+            .unwrap_or_else(|| members[attempt % members.len()].1.clone());
         let mut g = grpc(&addr, max_value_bytes)?;
         match read_partition(&mut g, &ks.name, p, ctx.timeout()).await {
             Ok((revision, served_by, records)) => {
@@ -249,6 +255,36 @@ async fn save_ap_partition(
     Ok((head, records))
 }
 
+/// Writes every partition of `ks` to `file`; returns the record count and, per partition, the
+/// revision it was cut at.
+async fn write_backup(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    ks: &pb::Keyspace,
+    file: &Path,
+    header: &Header,
+    max_value_bytes: usize,
+) -> Result<(u64, Vec<u64>), CliError> {
+    let mut w = Writer::create(file, header).map_err(file_error)?;
+    let mut revisions = Vec::new();
+    for p in 0..cluster.ring.partition_count {
+        let (head, records) = if header.mode == "cp" {
+            save_cp_partition(ctx, cluster, ks, p, max_value_bytes).await?
+        } else {
+            save_ap_partition(ctx, cluster, ks, p, max_value_bytes).await?
+        };
+        if let Item::Partition { revision, .. } = head {
+            revisions.push(revision);
+        }
+        w.item(&head).map_err(file_error)?;
+        for r in records {
+            w.item(&Item::Record(r)).map_err(file_error)?;
+        }
+    }
+    let records = w.finish().map_err(file_error)?;
+    Ok((records, revisions))
+}
+
 /// `kv snapshot save FILE`.
 pub async fn save(ctx: &Ctx, file: &Path, max_value_bytes: usize) -> Result<Exit, CliError> {
     let started = Instant::now();
@@ -273,23 +309,12 @@ pub async fn save(ctx: &Ctx, file: &Path, max_value_bytes: usize) -> Result<Exit
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
     };
-    let mut w = Writer::create(file, &header).map_err(file_error)?;
-    let mut revisions = Vec::new();
-    for p in 0..cluster.ring.partition_count {
-        let (head, records) = if mode == "cp" {
-            save_cp_partition(ctx, &cluster, &ks, p, max_value_bytes).await?
-        } else {
-            save_ap_partition(ctx, &cluster, &ks, p, max_value_bytes).await?
-        };
-        if let Item::Partition { revision, .. } = head {
-            revisions.push(revision);
-        }
-        w.item(&head).map_err(file_error)?;
-        for r in records {
-            w.item(&Item::Record(r)).map_err(file_error)?;
-        }
+    let written = write_backup(ctx, &cluster, &ks, file, &header, max_value_bytes).await;
+    if written.is_err() {
+        // A failed save leaves no partial file behind (a complete one was never replaced).
+        let _ = std::fs::remove_file(snapshot_file::partial_path(file));
     }
-    let records = w.finish().map_err(file_error)?;
+    let (records, revisions) = written?;
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let json = json!({"file": file.display().to_string(), "keyspace": ks.name, "mode": mode, "records": records, "partitions": cluster.ring.partition_count, "revisions": if mode == "cp" { json!(revisions) } else { json!(null) }, "elapsed_ms": elapsed_ms});
     ctx.out.result(json, || {

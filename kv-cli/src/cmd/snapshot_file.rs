@@ -97,12 +97,17 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> FileError + '_ {
     }
 }
 
+/// Where a backup to `path` is written until it is complete.
+pub fn partial_path(path: &Path) -> PathBuf {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    PathBuf::from(partial)
+}
+
 impl Writer {
     /// Starts a backup at `path` with its header.
     pub fn create(path: &Path, header: &Header) -> Result<Writer, FileError> {
-        let mut partial = path.as_os_str().to_owned();
-        partial.push(".partial");
-        let partial = PathBuf::from(partial);
+        let partial = partial_path(path);
         let file = File::create(&partial).map_err(io(&partial))?;
         let mut w = Writer {
             path: path.to_path_buf(),

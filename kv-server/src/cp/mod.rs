@@ -8,7 +8,8 @@
 //! `keys` (the trees' layout), `store` (the log store), `state_machine` (records, snapshots),
 //! `dedup` (at-most-once request ids), `network` (the `RaftTransport` seam
 //! and openraft's network on top of it), `runtime` (tokio with a seedable election RNG),
-//! `config` (`CpConfig`), `error` (`CpError`), `engine` (`CpEngine`, the multi-Raft manager).
+//! `config` (`CpConfig`), `error` (`CpError`), `engine` (`CpEngine`, the multi-Raft manager; its
+//! child `engine/backup.rs` takes the consistent cut of a partition for backups).
 
 pub mod codec;
 pub mod config;
