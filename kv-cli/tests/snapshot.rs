@@ -10,6 +10,7 @@ use common::*;
 
 use kv_client::placement::partition_for_key;
 use kv_client::{Client, ClientConfig, Options};
+use kv_proto::v1 as pb;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -234,4 +235,98 @@ async fn a_saved_keyspace_restores_into_a_fresh_cluster_key_for_key_and_bad_file
         got.value.is_some(),
         "a live key was lost by the second restore"
     );
+
+    // Bad backup RPCs are refused with INVALID_ARGUMENT naming the problem, and write nothing.
+    let mut g = pb::kv_client::KvClient::connect(format!("http://{}", addrs(dst)[0]))
+        .await
+        .unwrap();
+    let record = |key: &[u8], physical_ms: Option<u64>| pb::SnapshotRecord {
+        key: key.to_vec(),
+        value: b"v".to_vec(),
+        tombstone: false,
+        version: physical_ms.map(|physical_ms| pb::Version {
+            revision: 0,
+            hlc: Some(pb::Hlc {
+                physical_ms,
+                logical: 0,
+                node_id: 1,
+            }),
+        }),
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let import = |keyspace: &str, records: Vec<pb::SnapshotRecord>| pb::ImportRecordsRequest {
+        keyspace: keyspace.into(),
+        records,
+    };
+    for (what, req, says) in [
+        (
+            "a timestamp an hour ahead",
+            import(
+                "ap",
+                vec![
+                    record(b"fresh", Some(now_ms)),
+                    record(b"future", Some(now_ms + 3_600_000)),
+                ],
+            ),
+            "maximum clock offset",
+        ),
+        (
+            "no timestamp",
+            import("ap", vec![record(b"fresh", None)]),
+            "no timestamp",
+        ),
+        (
+            "a CP keyspace",
+            import("cp", vec![record(b"fresh", Some(now_ms))]),
+            "is CP",
+        ),
+        (
+            "too many records",
+            import("ap", vec![record(b"fresh", Some(now_ms)); 1025]),
+            "the limit is 1024",
+        ),
+    ] {
+        let status = g.import_records(req).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{what}: {status:?}"
+        );
+        assert!(
+            status.message().contains(says),
+            "{what}: {}",
+            status.message()
+        );
+    }
+    for key in [&b"fresh"[..], b"future"] {
+        let got = d.get("ap", key, Options::default()).await.unwrap();
+        assert!(got.value.is_none(), "a refused import wrote {key:?}");
+    }
+    let status = g
+        .snapshot_partition(pb::SnapshotPartitionRequest {
+            keyspace: "cp".into(),
+            partition: 32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("Q = 32"), "{}", status.message());
+
+    // With one node of three down, both keyspaces still save, whole: CP partitions from
+    // their (new) leaders, AP partitions from the two replicas that answer.
+    ok(&kv(src, &["local", "kill", "n3"]));
+    for (args, before) in [
+        // Generous: the dead node's partitions elect new leaders first.
+        (vec!["--timeout-ms", "30000", "snapshot", "save"], &cp_file),
+        (vec!["-k", "ap", "snapshot", "save"], &ap_file),
+    ] {
+        let degraded = src.join("degraded.backup");
+        let mut args = args;
+        args.push(degraded.to_str().unwrap());
+        ok(&kv(src, &args));
+        assert_eq!(keys_values(&degraded), keys_values(before), "{args:?}");
+    }
 }

@@ -17,8 +17,9 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::transport::Channel;
 
-/// Most tries per partition of a save (members in turn, then the leader they name).
-pub const MAX_PARTITION_TRIES: usize = 8;
+/// Most tries per partition of a save (members in turn, then the leader they name); the
+/// deadline (--timeout-ms) bounds them too.
+pub const MAX_PARTITION_TRIES: usize = 100;
 /// Pause between tries of one partition while its group elects a leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// Records of one AP restore call: the server's per-call limit.
@@ -148,14 +149,22 @@ async fn save_cp_partition(
             ks.name
         )));
     }
+    // Until the deadline (--timeout-ms): a leader that just died is replaced within an
+    // election timeout, and the members name the new one.
+    let deadline = Instant::now() + ctx.timeout();
     let mut next: Option<String> = None;
+    let mut unreachable = std::collections::BTreeSet::new();
     let mut last = None;
     for attempt in 0..MAX_PARTITION_TRIES {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
         let addr = next
             .take()
             .unwrap_or_else(|| members[attempt % members.len()].1.clone());
         let mut g = grpc(&addr, max_value_bytes)?;
-        match read_partition(&mut g, &ks.name, p, ctx.timeout()).await {
+        match read_partition(&mut g, &ks.name, p, remaining).await {
             Ok((revision, served_by, records)) => {
                 let records = records.into_iter().map(|r| Record {
                     key: r.key,
@@ -171,23 +180,29 @@ async fn save_cp_partition(
                 return Ok((head, records.collect()));
             }
             Err(status) => match ClientError::from_status(status, &addr) {
+                // A leader named by a member that is known to be down is stale news: ask the
+                // members again after a pause instead.
                 ClientError::NotLeader {
                     leader: Some(l), ..
-                } => next = Some(l),
+                } if !unreachable.contains(&l) => next = Some(l),
                 e @ (ClientError::InvalidArgument(_)
                 | ClientError::KeyspaceNotFound(_)
                 | ClientError::DataLoss(_)) => return Err(CliError::client(Stage::Read)(e)),
                 e => {
+                    if matches!(e, ClientError::Connect { .. }) {
+                        unreachable.insert(addr);
+                    }
                     last = Some(e);
-                    tokio::time::sleep(RETRY_PAUSE).await;
+                    tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
                 }
             },
         }
     }
     let why = last.map_or("no leader answered".to_string(), |e| e.to_string());
     Err(CliError::Unavailable(format!(
-        "keyspace {} partition {p}: no consistent copy after {MAX_PARTITION_TRIES} tries ({why}); the file was not written",
-        ks.name
+        "keyspace {} partition {p}: no consistent copy within {} ms ({why}); the file was not written. A partition without a majority of its replicas cannot be saved; raise --timeout-ms while a leader is being elected",
+        ks.name,
+        ctx.timeout().as_millis()
     )))
 }
 
