@@ -20,12 +20,12 @@ pub const MAX_LINE_BYTES: u64 = 128 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// Reading or writing failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: String,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (shown in the message, so not also a `source`).
+        error: std::io::Error,
     },
     /// The contents are not a complete, intact backup.
     #[error("{path} is not a complete kv backup: {reason}. Nothing was restored; use an intact copy of the file")]
@@ -91,9 +91,9 @@ pub struct Writer {
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> FileError + '_ {
-    move |source| FileError::Io {
+    move |error| FileError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     }
 }
 
@@ -175,7 +175,7 @@ impl Writer {
         self.out.write_all(&bytes).map_err(io(&self.partial))?;
         let file = self.out.into_inner().map_err(|e| FileError::Io {
             path: self.partial.display().to_string(),
-            source: e.into_error(),
+            error: e.into_error(),
         })?;
         file.sync_all().map_err(io(&self.partial))?;
         std::fs::rename(&self.partial, &self.path).map_err(io(&self.path))?;
@@ -236,9 +236,9 @@ impl Reader {
         let n = (&mut self.input)
             .take(MAX_LINE_BYTES + 1)
             .read_until(b'\n', &mut bytes)
-            .map_err(|source| FileError::Io {
+            .map_err(|error| FileError::Io {
                 path: self.path.clone(),
-                source,
+                error,
             })?;
         if n == 0 {
             return Ok(None);
