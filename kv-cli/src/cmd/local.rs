@@ -17,11 +17,13 @@ pub async fn run(ctx: &Ctx, command: LocalCmd) -> Result<Exit, CliError> {
             base_port,
             foreground,
             chaos,
+            secure,
         } => {
             let opts = UpOptions {
                 nodes,
                 base_port,
                 chaos,
+                secure,
             };
             let cluster = local::up(&dir.path, &opts, &progress).await?;
             let endpoints = cluster.endpoints().join(",");
