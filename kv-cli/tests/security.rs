@@ -298,6 +298,27 @@ async fn a_node_whose_certificate_another_ca_signed_is_refused_at_handshake() {
     .await;
     assert!(log.contains("certificate"), "{log}");
 
+    // A certificate binds its node's name: n1's own certificate cannot speak for n2.
+    let as_n1 = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(cluster_ca.pem()))
+        .identity(Identity::from_pem(
+            std::fs::read_to_string(&n1_cert).unwrap(),
+            std::fs::read_to_string(&n1_key).unwrap(),
+        ))
+        .domain_name("n1");
+    let mut impostor = ipb::internal_client::InternalClient::new(channel(&addrs[1], Some(as_n1)));
+    let claim = ipb::HandshakeRequest {
+        cluster_name: "sec".into(),
+        node_id: 2,
+        peers: peers.split(',').map(str::to_string).collect(),
+    };
+    let err = impostor
+        .handshake(with_token(claim, None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("names n1"), "{err:?}");
+
     // A client that presents no certificate is refused by the peer port at handshake, and a
     // plaintext client by both ports.
     let tls = ClientTlsConfig::new()
@@ -330,10 +351,16 @@ async fn a_secure_local_cluster_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let _cleanup = Cleanup(dir);
-    ok(&kv(dir, &["local", "up", "--secure", "--base-port", "0"]));
+    ok(&kv(
+        dir,
+        &["local", "up", "--secure", "--chaos", "--base-port", "0"],
+    ));
     // Every kv command finds the CA and the admin token in the folder.
     ok(&kv(dir, &["put", "greeting", "hello"]));
     assert_eq!(ok(&kv(dir, &["get", "greeting"])).trim(), "hello");
+    ok(&kv(dir, &["chaos", "heal"]));
+    let out = kv(dir, &["chaos", "heal", "--token", "x-not-a-valid-token-x"]);
+    assert!(!out.status.success(), "fault injection needs a valid token");
 
     let cluster = common::cluster(dir);
     let node = &cluster["nodes"][0];

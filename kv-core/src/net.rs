@@ -25,6 +25,16 @@ pub trait Dialer: Send + Sync + 'static {
     }
 }
 
+impl Dialer for std::sync::Arc<dyn Dialer> {
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        (**self).channel(addr)
+    }
+
+    fn peer_channel(&self, name: &str, addr: &str) -> Result<Channel, String> {
+        (**self).peer_channel(name, addr)
+    }
+}
+
 /// Applies the settings every kv connection uses, whatever carries it.
 pub fn configure(endpoint: Endpoint) -> Endpoint {
     endpoint

@@ -40,6 +40,14 @@ impl Ctx {
 
     /// A client for `--endpoints` / `KV_ENDPOINTS`, else for the local cluster's nodes.
     pub async fn client(&self) -> Result<Client, CliError> {
+        Client::connect(self.client_config()?)
+            .await
+            .map_err(CliError::client(Stage::Connect))
+    }
+
+    /// The settings of `client`: seeds, deadline, routing, and how to reach the nodes (TLS and
+    /// token from the flags, else from a `--secure` local cluster).
+    pub fn client_config(&self) -> Result<ClientConfig, CliError> {
         // A local cluster's token and CA are used only with it, never sent to --endpoints.
         let mut secure = None;
         let (seeds, seeds_only) = if !self.global.endpoints.is_empty() {
@@ -77,8 +85,6 @@ impl Ctx {
         } else if let Some(files) = secure {
             files.configure(&mut cfg)?;
         }
-        Client::connect(cfg)
-            .await
-            .map_err(CliError::client(Stage::Connect))
+        Ok(cfg)
     }
 }

@@ -156,6 +156,21 @@ pub fn authorize<T>(req: &tonic::Request<T>, action: Action<'_>) -> Result<(), S
     }
 }
 
+/// Checks that a peer request claiming to come from node `claimed` (its name, `None` for an
+/// id no member has) was sent by that node: on a peer port with TLS the certificate names the
+/// sender, and one node must not speak for another. Without peer TLS there is nothing to check.
+pub fn check_sender<T>(req: &tonic::Request<T>, claimed: Option<&str>) -> Result<(), Status> {
+    match req.extensions().get::<Caller>() {
+        Some(Caller::Node(name)) if claimed != Some(name.as_str()) => {
+            Err(Status::permission_denied(format!(
+                "the request claims to come from node {}, but the certificate presented names {name}",
+                claimed.unwrap_or("(unknown id)")
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The gate as a tower service around the node's gRPC services.
 #[derive(Debug, Clone)]
 pub struct Gate<S> {
@@ -323,5 +338,17 @@ mod tests {
         let mut node = tonic::Request::new(());
         node.extensions_mut().insert(Caller::Node("n2".into()));
         authorize(&node, Action::Write("orders")).unwrap();
+    }
+
+    #[test]
+    fn a_node_cannot_speak_for_another() {
+        let mut req = tonic::Request::new(());
+        check_sender(&req, Some("n1")).expect("no gate, nothing to check");
+        req.extensions_mut().insert(Caller::Node("n2".into()));
+        check_sender(&req, Some("n2")).unwrap();
+        let err = check_sender(&req, Some("n1")).unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert!(err.message().contains("names n2"), "{err:?}");
+        assert!(check_sender(&req, None).is_err());
     }
 }

@@ -6,7 +6,7 @@ pub mod gate;
 pub mod tls;
 
 pub use auth::{Action, AuthTable, Principal};
-pub use gate::{authorize, Api, Caller, GatePolicy};
+pub use gate::{authorize, check_sender, Api, Caller, GatePolicy};
 pub use tls::{NodeTls, TlsFiles};
 
 use std::sync::Arc;
