@@ -178,6 +178,12 @@ pub async fn up(dir: &Path, opts: &UpOptions, progress: &dyn Fn(&str)) -> Result
         None => new_cluster(opts)?,
     };
     cluster.chaos |= opts.chaos;
+    if opts.secure && !cluster.secure {
+        bail!(
+            "the cluster in {} was made without --secure and keeps its plaintext nodes; remove it first (kv local down --purge) to make a secure one",
+            dir.display()
+        );
+    }
     if cluster.secure {
         let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
         secure::SecureFiles::of(dir).create(&names)?;
