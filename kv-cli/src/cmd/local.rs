@@ -198,7 +198,9 @@ fn print_change(
 fn nodes_json(nodes: &[LocalNode]) -> Value {
     nodes
         .iter()
-        .map(|n| json!({"name": n.name, "addr": n.addr, "pid": n.pid, "running": n.running()}))
+        .map(|n| {
+            json!({"name": n.name, "addr": n.addr, "peer_addr": n.peer_addr, "pid": n.pid, "running": n.running()})
+        })
         .collect()
 }
 
