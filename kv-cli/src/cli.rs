@@ -63,6 +63,14 @@ pub struct Global {
     /// How requests pick a node.
     #[arg(long, global = true, value_enum, default_value_t = RoutingArg::TokenAware)]
     pub routing: RoutingArg,
+    /// Bearer token sent with every request. Default: $KV_TOKEN, else the local cluster's
+    /// admin token when it runs with --secure.
+    #[arg(long, global = true, env = "KV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) to verify nodes with: TLS to the client port. Default: $KV_CA_CERT,
+    /// else the local cluster's CA when it runs with --secure.
+    #[arg(long, global = true, env = "KV_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Every command.
@@ -359,7 +367,8 @@ pub enum LocalCmd {
         /// Number of nodes of a new cluster.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
-        /// First port of a new cluster (nodes use consecutive ports); 0 picks free ports.
+        /// First port of a new cluster: client ports are consecutive from it, peer ports follow
+        /// them; 0 picks free ports.
         #[arg(long, env = "KV_BASE_PORT", default_value_t = 7001)]
         base_port: u16,
         /// Stay attached; stop the cluster on Ctrl-C.
@@ -368,6 +377,11 @@ pub enum LocalCmd {
         /// Start nodes with fault injection allowed (--chaos); remembered for restarts.
         #[arg(long)]
         chaos: bool,
+        /// A new cluster with TLS on both ports and tokens: makes a throwaway CA, node and
+        /// client certificates and an admin token in the folder's secure/; every kv command
+        /// uses them.
+        #[arg(long)]
+        secure: bool,
     },
     /// Stops the local cluster (data is kept unless --purge).
     #[command(after_help = "Examples:\n  kv local down\n  kv local down --purge")]
@@ -502,12 +516,30 @@ pub struct ServerArgs {
     /// This node's name (must appear in --peers).
     #[arg(long)]
     pub name: String,
-    /// Address to listen on (defaults to this node's address in --peers).
+    /// Address of the client API (defaults to this node's client address in --peers).
     #[arg(long)]
     pub listen: Option<String>,
-    /// All nodes of the cluster: name=host:port,... (identical on every node).
+    /// Address of the peer API, node-to-node traffic (defaults to this node's peer address in
+    /// --peers; a node given one address serves both APIs on it).
+    #[arg(long)]
+    pub peer_listen: Option<String>,
+    /// All nodes of the cluster: name=client-host:port/peer-host:port,... (identical on every
+    /// node; name=host:port serves both APIs on one port).
     #[arg(long)]
     pub peers: String,
+    /// Tokens and their roles, one per line: TOKEN NAME GRANTS (see docs/security.md).
+    /// Without it every client may do everything.
+    #[arg(long)]
+    pub auth_file: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by the cluster CA, naming the node (SAN).
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA's certificate (PEM): peers must present certificates it signed.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
     /// Cluster name; nodes with another name are refused.
     #[arg(long, default_value = "kv")]
     pub cluster_name: String,

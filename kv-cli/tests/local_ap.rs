@@ -127,7 +127,11 @@ fn writes_missed_by_a_killed_node_reach_it_through_hints() {
     let c = cluster(dir);
     let addrs = addrs(dir);
     assert_eq!(addrs.len(), NODES);
-    let (dead, dead_addr) = ("n3", addrs[2].clone());
+    // Replicas are read through the internal API, which is served on the peer port.
+    let (dead, dead_addr) = (
+        "n3",
+        c["nodes"][2]["peer_addr"].as_str().unwrap().to_string(),
+    );
     let keys: Vec<String> = (0..KEYS).map(|i| format!("hinted-{i}")).collect();
     let replicas = replicas(&addrs, &keys);
     let missed: Vec<&String> = keys

@@ -95,6 +95,7 @@ impl Client {
             let mut grpc = self.grpc(&seed)?;
             let mut req = tonic::Request::new(pb::RingRequest {});
             req.set_timeout(self.inner.config.timeout);
+            self.inner.config.authorize(&mut req);
             match tokio::time::timeout(self.inner.config.timeout, grpc.ring(req)).await {
                 Ok(Ok(resp)) => {
                     let ring = resp.into_inner();
@@ -266,6 +267,7 @@ impl Client {
             let mut grpc = self.grpc(&addr)?;
             let mut req = tonic::Request::new(pb::ClusterStatusRequest {});
             req.set_timeout(self.inner.config.timeout);
+            self.inner.config.authorize(&mut req);
             match tokio::time::timeout(self.inner.config.timeout, grpc.cluster_status(req)).await {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
                 Ok(Err(s)) => last = Some(Error::from_status(s, &self.describe(&addr))),
@@ -286,6 +288,7 @@ impl Client {
         let mut grpc = self.grpc(&addr)?;
         let mut req = tonic::Request::new(pb::ListKeyspacesRequest {});
         req.set_timeout(self.inner.config.timeout);
+        self.inner.config.authorize(&mut req);
         grpc.list_keyspaces(req)
             .await
             .map(|r| r.into_inner().keyspaces)
@@ -300,6 +303,7 @@ impl Client {
             keyspace: Some(keyspace),
         });
         req.set_timeout(self.inner.config.timeout);
+        self.inner.config.authorize(&mut req);
         grpc.create_keyspace(req)
             .await
             .map(|r| r.into_inner().keyspace.unwrap_or_default())
@@ -434,6 +438,7 @@ impl Client {
             self.track(&addr, 1);
             let mut request = tonic::Request::new(req.clone());
             request.set_timeout(remaining);
+            self.inner.config.authorize(&mut request);
             let result = tokio::time::timeout(remaining, send(grpc, request)).await;
             self.track(&addr, -1);
             let err = match result {

@@ -32,8 +32,10 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// Talk only to the seeds (like `etcdctl --endpoints`), never to other discovered nodes.
     pub seeds_only: bool,
-    /// Makes connections (TCP, or simulated).
+    /// Makes connections (TCP, TLS, or simulated).
     pub dialer: Arc<dyn Dialer>,
+    /// Bearer token sent with every request (nodes run with `--auth-file` require one).
+    pub token: Option<String>,
 }
 
 impl ClientConfig {
@@ -45,9 +47,23 @@ impl ClientConfig {
             timeout: DEFAULT_TIMEOUT,
             seeds_only: false,
             dialer: Arc::new(TcpDialer),
+            token: None,
+        }
+    }
+
+    /// Adds the token, if any, to `req` as `authorization: Bearer TOKEN`. A token that is not
+    /// valid header text is left out: the node then answers UNAUTHENTICATED, naming the header.
+    pub fn authorize<T>(&self, req: &mut tonic::Request<T>) {
+        if let Some(token) = &self.token {
+            if let Ok(v) = format!("Bearer {token}").parse() {
+                req.metadata_mut().insert(AUTHORIZATION_HEADER, v);
+            }
         }
     }
 }
+
+/// Metadata carrying the bearer token.
+pub const AUTHORIZATION_HEADER: &str = "authorization";
 
 /// Per-request options.
 #[derive(Debug, Clone, Default)]

@@ -101,13 +101,18 @@ impl NodeConfig {
         }
         for p in &self.peers {
             validate_addr(&p.addr).map_err(|e| ConfigError(format!("peer {}: {e}", p.name)))?;
+            validate_addr(&p.peer_addr)
+                .map_err(|e| ConfigError(format!("peer {} (peer address): {e}", p.name)))?;
         }
         for (i, a) in self.peers.iter().enumerate() {
             for b in &self.peers[i + 1..] {
-                if a.name == b.name || a.addr == b.addr {
+                let a_addrs = [&a.addr, &a.peer_addr];
+                if a.name == b.name || a_addrs.contains(&&b.addr) || a_addrs.contains(&&b.peer_addr)
+                {
                     return Err(ConfigError(format!(
-                        "--peers lists {}={} and {}={}: names and addresses must be unique",
-                        a.name, a.addr, b.name, b.addr
+                        "--peers lists {} and {}: names and addresses must be unique",
+                        peer_string(a),
+                        peer_string(b)
                     )));
                 }
             }
@@ -148,10 +153,20 @@ impl NodeConfig {
 
     /// The peer list as "name=address" strings, in configuration order (sent at handshake).
     pub fn peer_strings(&self) -> Vec<String> {
-        self.peers
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.addr))
-            .collect()
+        self.peers.iter().map(peer_string).collect()
+    }
+}
+
+/// Separates a member's client address from its peer address in a `--peers` entry.
+pub const PEER_ADDR_SEPARATOR: char = '/';
+
+/// A member as a `--peers` entry: "name=client" when both APIs share one address, else
+/// "name=client/peer".
+pub fn peer_string(m: &Member) -> String {
+    if m.addr == m.peer_addr {
+        format!("{}={}", m.name, m.addr)
+    } else {
+        format!("{}={}{PEER_ADDR_SEPARATOR}{}", m.name, m.addr, m.peer_addr)
     }
 }
 
@@ -299,23 +314,30 @@ pub fn store_identity(dir: &Path, mine: &Identity) -> Result<(), ConfigError> {
         .map_err(|e| io("syncing", e))
 }
 
-/// Parses "n1=127.0.0.1:7001,n2=127.0.0.1:7002"; ids are 1-based positions.
+/// Parses "n1=127.0.0.1:7001/127.0.0.1:7101,n2=..." (client address, then peer address) or
+/// "n1=127.0.0.1:7001,..." (one address serving both APIs); ids are 1-based positions.
 pub fn parse_peers(spec: &str) -> Result<Vec<Member>, ConfigError> {
     let mut out = Vec::new();
     for (i, item) in spec.split(',').filter(|s| !s.trim().is_empty()).enumerate() {
-        let (name, addr) = item.trim().split_once('=').ok_or_else(|| {
+        let (name, addrs) = item.trim().split_once('=').ok_or_else(|| {
             ConfigError(format!(
-                "peer {item:?} is malformed: expected name=host:port, e.g. n1=127.0.0.1:7001"
+                "peer {item:?} is malformed: expected name=host:port/peerhost:peerport, e.g. n1=127.0.0.1:7001/127.0.0.1:7101"
             ))
         })?;
         if name.is_empty() {
             return Err(ConfigError(format!("peer {item:?} has an empty name")));
         }
+        let (addr, peer_addr) = addrs
+            .split_once(PEER_ADDR_SEPARATOR)
+            .unwrap_or((addrs, addrs));
         validate_addr(addr).map_err(|e| ConfigError(format!("peer {name}: {e}")))?;
+        validate_addr(peer_addr)
+            .map_err(|e| ConfigError(format!("peer {name} (peer address): {e}")))?;
         out.push(Member {
             id: (i + 1) as NodeId,
             name: name.to_string(),
             addr: addr.to_string(),
+            peer_addr: peer_addr.to_string(),
         });
     }
     Ok(out)
@@ -408,6 +430,30 @@ mod tests {
         let peers = parse_peers("n1=127.0.0.1:7001,n2=127.0.0.1:7002").unwrap();
         assert_eq!(peers[1].id, 2);
         assert_eq!(peers[1].name, "n2");
+        assert_eq!(
+            peers[1].peer_addr, "127.0.0.1:7002",
+            "one address serves both"
+        );
+    }
+
+    #[test]
+    fn a_peer_entry_may_give_the_peer_port_apart() {
+        let spec = "n1=127.0.0.1:7001/127.0.0.1:7101,n2=127.0.0.1:7002/127.0.0.1:7102";
+        let peers = parse_peers(spec).unwrap();
+        assert_eq!(peers[0].addr, "127.0.0.1:7001");
+        assert_eq!(peers[0].peer_addr, "127.0.0.1:7101");
+        let cfg = NodeConfig::new("n1", "c", peers);
+        cfg.validate().unwrap();
+        assert_eq!(
+            cfg.peer_strings().join(","),
+            spec,
+            "the handshake compares both"
+        );
+        let err = parse_peers("n1=127.0.0.1:7001/7101").unwrap_err();
+        assert!(err.to_string().contains("peer n1 (peer address)"), "{err}");
+        let clash = parse_peers("n1=127.0.0.1:7001/127.0.0.1:7002,n2=127.0.0.1:7002").unwrap();
+        let err = NodeConfig::new("n1", "c", clash).validate().unwrap_err();
+        assert!(err.to_string().contains("must be unique"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!    node and handed to the transports and to the node.
 //! 5. `ap`, `cp`: the engines, each behind its own transport seam.
 //! 6. `transport`: both engines' seams over gRPC and the peer links.
-//! 7. `config`, `error`: node configuration; node errors and their one conversion to a status.
+//! 7. `config`, `error`, `security`: node configuration; node errors and their one conversion
+//!    to a status; tokens, roles, the request gate and TLS.
 //! 8. `node`: owns the ring, storage, engines and peer links; the request paths.
 //! 9. `service`: the gRPC services over the node.
 //! 10. `server`: serving a listener, heartbeats.
@@ -27,6 +28,7 @@ pub mod membership;
 pub mod node;
 pub mod peers;
 pub mod ring;
+pub mod security;
 pub mod server;
 pub mod service;
 pub mod storage;
@@ -55,6 +57,7 @@ mod layering_tests {
         "transport",
         "config",
         "error",
+        "security",
         "node",
         "service",
         "server",

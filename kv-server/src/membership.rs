@@ -129,6 +129,7 @@ mod tests {
                 id: i,
                 name: format!("n{i}"),
                 addr: format!("127.0.0.1:{}", 7000 + i),
+                peer_addr: format!("127.0.0.1:{}", 7000 + i),
             })
             .collect();
         Membership::new(1, &peers)

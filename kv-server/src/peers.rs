@@ -74,7 +74,7 @@ impl PeerLink {
         }
         // Dialing is lazy (no I/O here), so holding the lock across it blocks nobody for long.
         let ch = dialer
-            .channel(&self.member.addr)
+            .peer_channel(&self.member.name, &self.member.peer_addr)
             .map_err(|reason| LinkError::Dial {
                 name: self.member.name.clone(),
                 reason,
@@ -235,6 +235,7 @@ mod tests {
                 id: i,
                 name: format!("n{i}"),
                 addr: format!("127.0.0.1:{}", 7000 + i),
+                peer_addr: format!("127.0.0.1:{}", 7000 + i),
             })
             .collect();
         let dialer = Arc::new(CountingDialer::default());

@@ -25,6 +25,7 @@ fn member(id: NodeId, name: &str) -> Member {
         id,
         name: name.to_string(),
         addr: format!("127.0.0.1:{}", 7000 + id),
+        peer_addr: format!("127.0.0.1:{}", 7000 + id),
     }
 }
 

@@ -10,6 +10,9 @@
 
 use crate::error::truncate;
 use crate::node::Node;
+use crate::security::gate::Gate;
+use crate::security::tls::tls_incoming;
+use crate::security::{Api, GatePolicy, Security};
 use crate::service::{parse_grpc_timeout, InternalService, KvService};
 use kv_core::headers::NODE_HEADER;
 use kv_core::limits::{max_peer_message_bytes, max_request_bytes, max_response_bytes};
@@ -25,7 +28,8 @@ use tonic::transport::server::{Connected, TcpIncoming};
 use tonic::transport::Server;
 use tonic::{Code, Status};
 
-/// Serves the public and internal APIs (plus reflection) on `incoming` until `shutdown` fires.
+/// Serves the public and internal APIs (plus reflection) on one listener, open to anyone,
+/// until `shutdown` fires: for a node whose peer address is its client address (simulations).
 pub async fn serve<I, IO, IE>(
     node: Arc<Node>,
     incoming: I,
@@ -36,10 +40,43 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kv_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the embedded descriptor set is valid");
+    let policy = gate_policy(&node, Api::Both, &Security::default());
+    serve_api(node, policy, incoming, shutdown).await
+}
+
+/// The gate of `node`'s listener for `api` under `security`.
+pub fn gate_policy(node: &Node, api: Api, security: &Security) -> GatePolicy {
+    GatePolicy {
+        api,
+        auth: security.auth.clone(),
+        peer_tls: security.tls.is_some(),
+        members: node.config.peers.iter().map(|m| m.name.clone()).collect(),
+    }
+}
+
+/// Serves the API `policy.api` names on `incoming` until `shutdown` fires: the client port has
+/// the public API, reflection (listing the public API only) and the admin Chaos call; the peer
+/// port has the internal API and the public one (requests forwarded between nodes arrive
+/// there). Every request passes `policy`'s gate first.
+pub async fn serve_api<I, IO, IE>(
+    node: Arc<Node>,
+    policy: GatePolicy,
+    incoming: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let api = policy.api;
+    let reflection = (api != Api::Peer).then(|| {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kv_proto::FILE_DESCRIPTOR_SET)
+            .with_service_name(PUBLIC_SERVICE)
+            .build_v1()
+            .expect("the embedded descriptor set is valid")
+    });
     let max_value = node.config.max_value_bytes;
     let name = node.me.name.clone();
     // A request up to one value plus headroom decodes, so a value just over the limit is
@@ -48,11 +85,13 @@ where
         .max_decoding_message_size(max_request_bytes(max_value))
         .max_encoding_message_size(max_response_bytes(max_value));
     let peer_limit = max_peer_message_bytes(max_value);
+    // On the client port the gate answers every internal method but Chaos itself.
     let internal = ipb::internal_server::InternalServer::new(InternalService::new(node))
         .max_decoding_message_size(peer_limit)
         .max_encoding_message_size(peer_limit);
     let public = StatusPolicy::new(&name, max_value, max_request_bytes(max_value));
     let peer = StatusPolicy::new(&name, max_value, peer_limit);
+    let policy = Arc::new(policy);
     Server::builder()
         .http2_keepalive_interval(Some(kv_core::net::KEEP_ALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(kv_core::net::KEEP_ALIVE_TIMEOUT))
@@ -63,12 +102,18 @@ where
             public: Arc::new(public.clone()),
             peer: Arc::new(peer.clone()),
         }))
+        .layer(tower::layer::layer_fn(move |inner| {
+            Gate::new(inner, policy.clone(), &name)
+        }))
         .add_service(kv)
         .add_service(internal)
-        .add_service(reflection)
+        .add_optional_service(reflection)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
+
+/// The public gRPC service's full name (the one reflection lists).
+pub const PUBLIC_SERVICE: &str = "kv.v1.Kv";
 
 /// How a node words the statuses tonic makes by itself: its name and its message limits.
 #[derive(Debug, Clone)]
@@ -220,6 +265,75 @@ pub async fn serve_tcp(
     serve(node, tcp_incoming(listener), shutdown).await
 }
 
+/// Serves `node` on real TCP until `shutdown` fires: the client API on `client`, the peer API
+/// on `peer` (both on `client` when `peer` is `None`), each with TLS when `security` has it.
+pub async fn serve_node(
+    node: Arc<Node>,
+    security: Security,
+    client: TcpListener,
+    peer: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let client_api = if peer.is_some() {
+        Api::Client
+    } else {
+        Api::Both
+    };
+    let client_tls = security.tls.as_ref().map(|t| match client_api {
+        Api::Both => t.peer.clone(),
+        _ => t.client.clone(),
+    });
+    let client_policy = gate_policy(&node, client_api, &security);
+    let serving_client = serve_listener(
+        node.clone(),
+        client_policy,
+        client,
+        client_tls,
+        signal(stopped.clone()),
+    );
+    let serving_peer = async {
+        match peer {
+            Some(listener) => {
+                let policy = gate_policy(&node, Api::Peer, &security);
+                let tls = security.tls.as_ref().map(|t| t.peer.clone());
+                serve_listener(node.clone(), policy, listener, tls, signal(stopped.clone())).await
+            }
+            None => Ok(()),
+        }
+    };
+    let stopping = async {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let (client, peer, ()) = tokio::join!(serving_client, serving_peer, stopping);
+    client.and(peer)
+}
+
+async fn serve_listener(
+    node: Arc<Node>,
+    policy: GatePolicy,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let port = if policy.api == Api::Client {
+        "client"
+    } else {
+        "peer"
+    };
+    match tls {
+        Some(config) => {
+            let incoming = tls_incoming(tcp_incoming(listener), config, port);
+            serve_api(node, policy, incoming, shutdown).await
+        }
+        None => serve_api(node, policy, tcp_incoming(listener), shutdown).await,
+    }
+}
+
 /// The connections `listener` accepts, with Nagle's algorithm off. tonic sets TCP_NODELAY only
 /// on listeners it binds itself; without it a lone request waits for the peer's delayed ACK
 /// (p99 of 40 ms where p50 is 1 ms, see NOTES.md). A failure to set it is logged by tonic and
@@ -234,6 +348,7 @@ pub async fn heartbeat_loop(node: Arc<Node>) -> Result<(), String> {
     use crate::membership::{HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT};
     let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let failures = Arc::new(HeartbeatFailures::default());
     loop {
         interval.tick().await;
         let peers: Vec<_> = node
@@ -245,6 +360,7 @@ pub async fn heartbeat_loop(node: Arc<Node>) -> Result<(), String> {
             .collect();
         let calls = peers.into_iter().map(|id| {
             let node = node.clone();
+            let failures = failures.clone();
             async move {
                 // Heartbeats are never delayed by fault injection (only dropped, above), so
                 // they take the channel directly rather than through `PeerLinks::open`.
@@ -259,6 +375,7 @@ pub async fn heartbeat_loop(node: Arc<Node>) -> Result<(), String> {
                 match tokio::time::timeout(HEARTBEAT_TIMEOUT, client.handshake(req)).await {
                     Ok(Ok(_)) => {
                         node.links.membership().heard_from(id);
+                        failures.clear(id);
                         Ok(())
                     }
                     Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => Err(format!(
@@ -266,7 +383,11 @@ pub async fn heartbeat_loop(node: Arc<Node>) -> Result<(), String> {
                         node.describe(id),
                         s.message()
                     )),
-                    _ => Ok(()),
+                    Ok(Err(s)) => {
+                        failures.note(&node, id, &cause(&s));
+                        Ok(())
+                    }
+                    Err(_) => Ok(()),
                 }
             }
         });
@@ -276,138 +397,48 @@ pub async fn heartbeat_loop(node: Arc<Node>) -> Result<(), String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::SystemClock;
-    use crate::config::NodeConfig;
-    use crate::storage::memory::MemoryEngine;
-    use crate::types::Member;
-    use kv_core::net::{Dialer, TcpDialer};
-    use kv_proto::v1::kv_client::KvClient;
-    use std::time::Duration;
-    use tokio_stream::StreamExt;
+/// Why each peer's last heartbeat failed, so a lasting failure (a refused certificate, a
+/// refused connection) is logged once when it starts or changes, not every interval.
+#[derive(Default)]
+struct HeartbeatFailures {
+    last: std::sync::Mutex<std::collections::BTreeMap<crate::types::NodeId, String>>,
+}
 
-    /// Generous bound on anything these tests wait for on loopback.
-    const WAIT: Duration = Duration::from_secs(10);
-
-    fn answer(status: Status) -> http::Response<tonic::body::Body> {
-        status.into_http()
+impl HeartbeatFailures {
+    fn note(&self, node: &Node, id: crate::types::NodeId, why: &str) {
+        let mut last = self.last.lock().expect("heartbeat failures lock");
+        if last.get(&id).map(String::as_str) != Some(why) {
+            let peer = node.links.member(id).map_or(String::new(), |m| {
+                format!("{} (peer address {})", m.name, m.peer_addr)
+            });
+            tracing::warn!(peer = %peer, "heartbeat to node {peer} failed: {why}");
+            last.insert(id, why.to_string());
+        }
     }
 
-    fn status_of(response: &http::Response<tonic::body::Body>) -> Status {
-        Status::from_header_map(response.headers()).expect("a status")
-    }
-
-    #[test]
-    fn tonics_own_statuses_get_kv_codes_and_the_node_header() {
-        let policy = StatusPolicy::new("n1", 1000, 66_536);
-        let too_large = policy.rewrite(answer(Status::out_of_range(
-            "Error, decoded message length too large: found 5242890 bytes, the limit is: 66536 bytes",
-        )));
-        let s = status_of(&too_large);
-        assert_eq!(s.code(), Code::InvalidArgument);
-        assert_eq!(
-            s.message(),
-            "[n1] the message of 5242890 bytes is over this node's limit of 66536 bytes: values are at most 1000 bytes (--max-value-bytes, raised on every node together)"
-        );
-        assert_eq!(s.metadata().get(NODE_HEADER).unwrap(), "n1");
-
-        let missing =
-            status_of(&policy.rewrite(answer(Status::internal("Missing request message."))));
-        assert_eq!(missing.code(), Code::InvalidArgument);
-        assert!(
-            missing.message().contains("Missing request message"),
-            "{missing:?}"
-        );
-        let late = status_of(&policy.rewrite(answer(Status::cancelled("Timeout expired"))));
-        assert_eq!(late.code(), Code::DeadlineExceeded);
-        let unknown = status_of(&policy.rewrite(answer(Status::unimplemented(""))));
-        assert_eq!(unknown.code(), Code::Unimplemented);
-        assert!(unknown.metadata().get(NODE_HEADER).is_some());
-    }
-
-    #[test]
-    fn the_nodes_own_statuses_and_ok_answers_pass_unchanged() {
-        let policy = StatusPolicy::new("n1", 1000, 66_536);
-        let mine = crate::error::NodeError::Internal("a bug".into()).into_status("n2");
-        let passed = status_of(&policy.rewrite(answer(mine)));
-        assert_eq!(
-            passed.code(),
-            Code::Internal,
-            "kv's own INTERNAL is a bug, kept"
-        );
-        assert_eq!(passed.message(), "[n2] a bug");
-        let ok = http::Response::new(tonic::body::Body::empty());
-        assert!(Status::from_header_map(policy.rewrite(ok).headers()).is_none());
-    }
-
-    #[test]
-    fn the_node_answers_before_tonics_timer() {
-        assert_eq!(
-            answer_within(Duration::from_millis(1)),
-            Duration::from_micros(900)
-        );
-        assert_eq!(
-            answer_within(Duration::from_secs(5)),
-            Duration::from_millis(4999)
-        );
-        assert_eq!(answer_within(Duration::ZERO), Duration::ZERO);
-    }
-
-    #[tokio::test]
-    async fn accepted_connections_have_nagle_off() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut incoming = tcp_incoming(listener);
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let accepted = tokio::time::timeout(WAIT, incoming.next())
-            .await
-            .expect("a connection is accepted")
-            .expect("the stream is open")
-            .expect("accept succeeds");
-        assert!(
-            accepted.nodelay().unwrap(),
-            "TCP_NODELAY on accepted sockets"
-        );
-    }
-
-    #[tokio::test]
-    async fn serve_tcp_answers_on_the_listener_until_shutdown() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let peers = vec![Member {
-            id: 1,
-            name: "n1".into(),
-            addr: addr.clone(),
-        }];
-        let node = Node::new(
-            NodeConfig::new("n1", "c", peers),
-            Arc::new(MemoryEngine::new()),
-            Arc::new(TcpDialer),
-            Arc::new(SystemClock::default()),
-        )
-        .unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_tcp(node, listener, async {
-            let _ = stopped.await;
-        }));
-        let mut client = KvClient::new(TcpDialer.channel(&addr).unwrap());
-        let mut req = tonic::Request::new(kv_proto::v1::RingRequest {});
-        req.set_timeout(WAIT);
-        let ring = client
-            .ring(req)
-            .await
-            .expect("the node answers")
-            .into_inner();
-        assert_eq!(ring.cluster_name, "c");
-        assert_eq!(ring.members.len(), 1);
-        drop(client);
-        stop.send(()).unwrap();
-        tokio::time::timeout(WAIT, server)
-            .await
-            .expect("the server stops on shutdown")
-            .unwrap()
-            .unwrap();
+    fn clear(&self, id: crate::types::NodeId) {
+        self.last
+            .lock()
+            .expect("heartbeat failures lock")
+            .remove(&id);
     }
 }
+
+/// Longest failure text logged for a heartbeat.
+const MAX_HEARTBEAT_CAUSE_BYTES: usize = 400;
+
+/// A status's message with its error sources (where TLS failures are told).
+fn cause(status: &Status) -> String {
+    let mut text = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    truncate(&text, MAX_HEARTBEAT_CAUSE_BYTES)
+}
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

@@ -17,8 +17,11 @@ pub struct Member {
     pub id: NodeId,
     /// Human name, unique in the cluster (e.g. "n1").
     pub name: String,
-    /// Address its gRPC server listens on ("host:port").
+    /// Address of its client API ("host:port"): what clients and the `Ring` call see.
     pub addr: String,
+    /// Address of its peer API (node-to-node traffic); equal to `addr` for a node that serves
+    /// both APIs on one port (simulations, or a one-address `--peers` entry).
+    pub peer_addr: String,
 }
 
 /// Replication mode of a keyspace.

@@ -57,6 +57,7 @@ async fn listeners(n: usize) -> (Vec<TcpListener>, Vec<Member>) {
             id: i as u64,
             name: format!("n{i}"),
             addr: l.local_addr().unwrap().to_string(),
+            peer_addr: l.local_addr().unwrap().to_string(),
         });
         listeners.push(l);
     }

@@ -104,6 +104,7 @@ pub fn members(n: usize) -> Vec<Member> {
             id: i as u64,
             name: format!("n{i}"),
             addr: format!("n{i}:{SIM_PORT}"),
+            peer_addr: format!("n{i}:{SIM_PORT}"),
         })
         .collect()
 }

@@ -31,6 +31,8 @@ pub struct FaultClient {
     /// What each node accepted.
     faults: ClusterFaults,
     timeout: Duration,
+    /// Bearer token for nodes run with `--auth-file` (`Chaos` needs an admin token).
+    token: Option<String>,
 }
 
 impl FaultClient {
@@ -60,7 +62,14 @@ impl FaultClient {
             channels: BTreeMap::new(),
             faults,
             timeout: DEFAULT_CALL_TIMEOUT,
+            token: None,
         })
+    }
+
+    /// The same client sending `token` (`authorization: Bearer TOKEN`) with every call.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     /// The same client with another bound on each node's answer.
@@ -163,6 +172,7 @@ impl FaultClient {
                 channel,
                 next.request(node),
                 self.timeout,
+                self.token.clone(),
             ));
         }
         let results = futures::future::join_all(calls).await;
@@ -206,10 +216,14 @@ async fn call(
     channel: Channel,
     request: ChaosRequest,
     timeout: Duration,
+    token: Option<String>,
 ) -> Result<(), FaultError> {
     let mut client = InternalClient::new(channel);
     let mut request = tonic::Request::new(request);
     request.set_timeout(timeout);
+    if let Some(v) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+        request.metadata_mut().insert("authorization", v);
+    }
     let status = match tokio::time::timeout(timeout, client.chaos(request)).await {
         Ok(Ok(_)) => return Ok(()),
         Ok(Err(status)) => status,

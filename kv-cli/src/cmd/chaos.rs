@@ -321,6 +321,8 @@ async fn wait_answers(
         let mut cfg = ClientConfig::new([addr.to_string()]);
         cfg.seeds_only = true;
         cfg.timeout = ANSWER_PROBE_TIMEOUT;
+        cfg.dialer = target.connection.dialer.clone();
+        cfg.token = target.connection.token.clone();
         if let Ok(c) = Client::connect(cfg).await {
             if c.status(Some(addr)).await.is_ok() {
                 return Ok(());

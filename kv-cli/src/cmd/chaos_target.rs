@@ -9,7 +9,7 @@ use crate::local::{ClusterDir, LocalCluster};
 use crate::output::{CliError, Stage};
 use anyhow::{anyhow, Context};
 use chaos::faults::{ClusterFaults, FaultClient, FaultError, NodeFaults};
-use kv_client::net::TcpDialer;
+use kv_client::ClientConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -22,6 +22,8 @@ pub(super) struct Target {
     pub(super) local: Option<(ClusterDir, LocalCluster)>,
     /// Where the faults are recorded.
     pub(super) record_path: PathBuf,
+    /// How the nodes are reached (TLS, token), as for every other command.
+    pub(super) connection: ClientConfig,
 }
 
 impl Target {
@@ -52,6 +54,7 @@ impl Target {
                 nodes,
                 local: None,
                 record_path,
+                connection: ctx.client_config()?,
             });
         }
         let dir = ctx.dir();
@@ -68,6 +71,7 @@ impl Target {
                 .collect(),
             record_path: dir.path.join(FAULTS_FILE),
             local: Some((dir, cluster)),
+            connection: ctx.client_config()?,
         })
     }
 
@@ -205,7 +209,8 @@ impl Target {
 
     /// A fault client that knows what the nodes hold.
     pub(super) fn client(&self, held: ClusterFaults) -> Result<FaultClient, CliError> {
-        FaultClient::new(self.nodes.clone(), TcpDialer)
+        FaultClient::new(self.nodes.clone(), self.connection.dialer.clone())
+            .map(|c| c.with_token(self.connection.token.clone()))
             .and_then(|c| c.with_known_faults(held))
             .map_err(|e| fault_error(self, e))
     }

@@ -121,6 +121,7 @@ async fn demo(ctx: &Ctx, args: &DemoArgs, dir: &Path, started: Instant) -> Resul
         nodes: NODES,
         base_port: 0,
         chaos: true,
+        secure: false,
     };
     let cluster = local::up(dir, &opts, &|_: &str| {}).await?;
     let nodes: Vec<(String, String)> = cluster

@@ -17,11 +17,13 @@ pub async fn run(ctx: &Ctx, command: LocalCmd) -> Result<Exit, CliError> {
             base_port,
             foreground,
             chaos,
+            secure,
         } => {
             let opts = UpOptions {
                 nodes,
                 base_port,
                 chaos,
+                secure,
             };
             let cluster = local::up(&dir.path, &opts, &progress).await?;
             let endpoints = cluster.endpoints().join(",");
@@ -196,7 +198,9 @@ fn print_change(
 fn nodes_json(nodes: &[LocalNode]) -> Value {
     nodes
         .iter()
-        .map(|n| json!({"name": n.name, "addr": n.addr, "pid": n.pid, "running": n.running()}))
+        .map(|n| {
+            json!({"name": n.name, "addr": n.addr, "peer_addr": n.peer_addr, "pid": n.pid, "running": n.running()})
+        })
         .collect()
 }
 

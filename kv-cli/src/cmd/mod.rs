@@ -15,9 +15,11 @@ pub mod snapshot;
 pub mod snapshot_file;
 
 use crate::cli::{Global, RoutingArg};
+use crate::local::secure::SecureFiles;
 use crate::local::{ClusterDir, LocalCluster};
 use crate::output::{CliError, Printer, Stage};
 use kv_client::{Client, ClientConfig, Routing};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What every command gets: the global flags and the printer.
@@ -41,12 +43,27 @@ impl Ctx {
 
     /// A client for `--endpoints` / `KV_ENDPOINTS`, else for the local cluster's nodes.
     pub async fn client(&self) -> Result<Client, CliError> {
+        Client::connect(self.client_config()?)
+            .await
+            .map_err(CliError::client(Stage::Connect))
+    }
+
+    /// The settings of `client`: seeds, deadline, routing, and how to reach the nodes (TLS and
+    /// token from the flags, else from a `--secure` local cluster).
+    pub fn client_config(&self) -> Result<ClientConfig, CliError> {
+        // A local cluster's token and CA are used only with it, never sent to --endpoints.
+        let mut secure = None;
         let (seeds, seeds_only) = if !self.global.endpoints.is_empty() {
             (self.global.endpoints.clone(), true)
         } else {
             let dir = self.dir();
             match LocalCluster::load(&dir.path)? {
-                Some(c) => (c.endpoints(), false),
+                Some(c) => {
+                    if c.secure {
+                        secure = Some(SecureFiles::of(&dir.path));
+                    }
+                    (c.endpoints(), false)
+                }
                 None => {
                     return Err(CliError::BadInput(format!(
                         "no cluster to talk to: pass --endpoints host:port, set KV_ENDPOINTS, or start one with `kv local up` (no local cluster in {dir})"
@@ -62,8 +79,15 @@ impl Ctx {
             RoutingArg::RoundRobin => Routing::RoundRobin,
             RoutingArg::LeastOutstanding => Routing::LeastOutstanding,
         };
-        Client::connect(cfg)
-            .await
-            .map_err(CliError::client(Stage::Connect))
+        cfg.token = self.global.token.clone();
+        if let Some(path) = &self.global.ca_cert {
+            let ca = std::fs::read_to_string(path).map_err(|e| {
+                CliError::BadInput(format!("cannot read --ca-cert {}: {e}", path.display()))
+            })?;
+            cfg.dialer = Arc::new(kv_core::net::TlsDialer::new(&ca, None));
+        } else if let Some(files) = secure {
+            files.configure(&mut cfg)?;
+        }
+        Ok(cfg)
     }
 }

@@ -10,6 +10,7 @@
 pub mod dir;
 mod process;
 pub mod ready;
+pub mod secure;
 
 pub use dir::ClusterDir;
 pub use process::ProcessId;
@@ -37,8 +38,12 @@ pub const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct LocalNode {
     /// Node name.
     pub name: String,
-    /// Listen address.
+    /// Address of the client API.
     pub addr: String,
+    /// Address of the peer API (node-to-node traffic). `None` in a cluster made by an older
+    /// `kv`, whose nodes serve both APIs on `addr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_addr: Option<String>,
     /// Process id when started.
     pub pid: Option<u32>,
     /// The process's start time (clock ticks after boot), recorded with the pid: together
@@ -54,6 +59,20 @@ impl LocalNode {
             pid,
             start_ticks: self.start_ticks,
         })
+    }
+
+    /// Every address the node listens on (client, then peer).
+    pub fn listen_addrs(&self) -> Vec<&str> {
+        std::iter::once(self.addr.as_str())
+            .chain(self.peer_addr.as_deref())
+            .collect()
+    }
+
+    /// The first of its addresses that another process holds, if any.
+    fn busy_addr(&self) -> Option<&str> {
+        self.listen_addrs()
+            .into_iter()
+            .find(|a| !process::port_free(a))
     }
 
     /// True when its recorded process runs.
@@ -75,6 +94,9 @@ pub struct LocalCluster {
     /// Nodes run with `--chaos` (fault injection allowed); kept for restarts.
     #[serde(default)]
     pub chaos: bool,
+    /// Nodes run with TLS and tokens (`kv local up --secure`; material in `secure/`).
+    #[serde(default)]
+    pub secure: bool,
 }
 
 impl LocalCluster {
@@ -123,7 +145,10 @@ impl LocalCluster {
     fn peers_arg(&self) -> String {
         self.nodes
             .iter()
-            .map(|n| format!("{}={}", n.name, n.addr))
+            .map(|n| match &n.peer_addr {
+                Some(peer) => format!("{}={}/{peer}", n.name, n.addr),
+                None => format!("{}={}", n.name, n.addr),
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -138,6 +163,9 @@ pub struct UpOptions {
     pub base_port: u16,
     /// Run the nodes with fault injection allowed (and remember it).
     pub chaos: bool,
+    /// Make a throwaway CA, certificates and an admin token, and run the nodes with TLS and
+    /// tokens (for a new cluster).
+    pub secure: bool,
 }
 
 /// Starts (or restarts the missing nodes of) the local cluster in `dir` and waits until it is
@@ -150,17 +178,26 @@ pub async fn up(dir: &Path, opts: &UpOptions, progress: &dyn Fn(&str)) -> Result
         None => new_cluster(opts)?,
     };
     cluster.chaos |= opts.chaos;
+    if opts.secure && !cluster.secure {
+        bail!(
+            "the cluster in {} was made without --secure and keeps its plaintext nodes; remove it first (kv local down --purge) to make a secure one",
+            dir.display()
+        );
+    }
+    if cluster.secure {
+        let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+        secure::SecureFiles::of(dir).create(&names)?;
+    }
     let missing: Vec<usize> = (0..cluster.nodes.len())
         .filter(|i| !cluster.nodes[*i].running())
         .collect();
     // Check every port first, so a busy port starts nothing.
     for &i in &missing {
         let node = &cluster.nodes[i];
-        if !process::port_free(&node.addr) {
+        if let Some(addr) = node.busy_addr() {
             bail!(
-                "port of node {} ({}) is in use by another process; stop it (see `ss -ltnp`), or remove {} and run `kv local up --base-port PORT` to use other ports",
+                "port of node {} ({addr}) is in use by another process; stop it (see `ss -ltnp`), or remove {} and run `kv local up --base-port PORT` to use other ports",
                 node.name,
-                node.addr,
                 dir.join(CLUSTER_FILE).display()
             );
         }
@@ -179,20 +216,32 @@ pub async fn up(dir: &Path, opts: &UpOptions, progress: &dyn Fn(&str)) -> Result
     Ok(cluster)
 }
 
+/// A new cluster's nodes, each with a client and a peer port: free ports picked now, or with
+/// `--base-port P` the client ports P, P+1, ... and then the peer ports right after them.
 fn new_cluster(opts: &UpOptions) -> Result<LocalCluster> {
     let mut nodes = Vec::new();
+    let port = |offset: usize| -> Result<u16> {
+        if opts.base_port == 0 {
+            return process::pick_free_port();
+        }
+        u16::try_from(offset)
+            .ok()
+            .and_then(|o| opts.base_port.checked_add(o))
+            .ok_or_else(|| anyhow!("--base-port {} too high", opts.base_port))
+    };
+    let mut taken = Vec::new();
     for i in 0..opts.nodes {
-        let port = if opts.base_port == 0 {
-            process::pick_free_port()?
-        } else {
-            u16::try_from(i)
-                .ok()
-                .and_then(|i| opts.base_port.checked_add(i))
-                .ok_or_else(|| anyhow!("--base-port {} too high", opts.base_port))?
-        };
+        let client = port(i)?;
+        let mut peer = port(opts.nodes + i)?;
+        // Two free ports picked one after the other may be the same one.
+        while opts.base_port == 0 && (peer == client || taken.contains(&peer)) {
+            peer = process::pick_free_port()?;
+        }
+        taken.extend([client, peer]);
         nodes.push(LocalNode {
             name: format!("n{}", i + 1),
-            addr: format!("127.0.0.1:{port}"),
+            addr: format!("127.0.0.1:{client}"),
+            peer_addr: Some(format!("127.0.0.1:{peer}")),
             pid: None,
             start_ticks: None,
         });
@@ -200,6 +249,7 @@ fn new_cluster(opts: &UpOptions) -> Result<LocalCluster> {
     Ok(LocalCluster {
         nodes,
         chaos: opts.chaos,
+        secure: opts.secure,
     })
 }
 
@@ -395,11 +445,10 @@ pub async fn start_node(
         .map(|p| p.pid);
     let which = if pid_before.is_none() {
         let node = &cluster.nodes[i];
-        if !process::port_free(&node.addr) {
+        if let Some(addr) = node.busy_addr() {
             bail!(
-                "port of node {} ({}) is in use by another process; stop it (see `ss -ltnp`)",
+                "port of node {} ({addr}) is in use by another process; stop it (see `ss -ltnp`)",
                 node.name,
-                node.addr
             );
         }
         vec![i]
@@ -431,12 +480,11 @@ pub fn spawn_node(
         let node = &cluster.nodes[i];
         // A node killed a moment ago holds its port until its last thread has exited.
         let start = std::time::Instant::now();
-        while !process::port_free(&node.addr) {
+        while let Some(addr) = node.busy_addr() {
             if start.elapsed() > KILL_TIMEOUT {
                 bail!(
-                    "port of node {} ({}) is in use by another process; stop it (see `ss -ltnp`)",
+                    "port of node {} ({addr}) is in use by another process; stop it (see `ss -ltnp`)",
                     node.name,
-                    node.addr
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -459,7 +507,14 @@ fn spawn_recorded(
     peers: &str,
     progress: &dyn Fn(&str),
 ) -> Result<Spawned> {
-    let spawned = process::spawn_server(dir, &cluster.nodes[i], peers, cluster.chaos)?;
+    let secure = cluster.secure.then(|| secure::SecureFiles::of(dir));
+    let spawned = process::spawn_server(
+        dir,
+        &cluster.nodes[i],
+        peers,
+        cluster.chaos,
+        secure.as_ref(),
+    )?;
     let node = &mut cluster.nodes[i];
     node.record(Some(spawned.id));
     progress(&format!(

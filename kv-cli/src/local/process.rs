@@ -150,7 +150,13 @@ impl Spawned {
 
 /// Spawns `kv server` for `node` in its own process group, logging to `dir/NAME.log`, with its
 /// data in `dir/NAME`.
-pub fn spawn_server(dir: &Path, node: &LocalNode, peers: &str, chaos: bool) -> Result<Spawned> {
+pub fn spawn_server(
+    dir: &Path,
+    node: &LocalNode,
+    peers: &str,
+    chaos: bool,
+    secure: Option<&super::secure::SecureFiles>,
+) -> Result<Spawned> {
     let exe = std::env::current_exe().context("finding the kv binary")?;
     let data = dir.join(&node.name);
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
@@ -177,6 +183,19 @@ pub fn spawn_server(dir: &Path, node: &LocalNode, peers: &str, chaos: bool) -> R
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
+    if let Some(peer) = &node.peer_addr {
+        cmd.arg("--peer-listen").arg(peer);
+    }
+    if let Some(files) = secure {
+        cmd.arg("--auth-file")
+            .arg(files.auth_file())
+            .arg("--tls-cert")
+            .arg(files.node_cert(&node.name))
+            .arg("--tls-key")
+            .arg(files.node_key(&node.name))
+            .arg("--tls-ca")
+            .arg(files.ca());
+    }
     if chaos {
         cmd.arg("--chaos");
     }

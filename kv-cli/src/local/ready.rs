@@ -281,6 +281,11 @@ pub async fn wait_ready(
     let start = Instant::now();
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     let mut clients: BTreeMap<String, Client> = BTreeMap::new();
+    let secure = super::LocalCluster::load(dir)
+        .ok()
+        .flatten()
+        .filter(|c| c.secure)
+        .map(|_| super::secure::SecureFiles::of(dir));
     let mut ring: Option<Layout> = None;
     let mut reported: Option<(String, Instant)> = None;
     loop {
@@ -289,7 +294,7 @@ pub async fn wait_ready(
         }
         let mut answers = Vec::with_capacity(targets.len());
         for t in targets {
-            answers.push(status_of(t, &mut clients).await);
+            answers.push(status_of(t, &mut clients, secure.as_ref()).await);
         }
         if ring.is_none() {
             for c in clients.values() {
@@ -354,11 +359,15 @@ pub async fn wait_ready(
 async fn status_of(
     t: &Target,
     clients: &mut BTreeMap<String, Client>,
+    secure: Option<&super::secure::SecureFiles>,
 ) -> Result<pb::ClusterStatusResponse, String> {
     if !clients.contains_key(&t.name) {
         let mut cfg = ClientConfig::new([t.addr.clone()]);
         cfg.seeds_only = true;
         cfg.timeout = STATUS_PROBE_TIMEOUT;
+        if let Some(files) = secure {
+            files.configure(&mut cfg).map_err(|e| format!("{e:#}"))?;
+        }
         let c = Client::connect(cfg).await.map_err(|e| e.to_string())?;
         clients.insert(t.name.clone(), c);
     }

@@ -5,7 +5,7 @@ use crate::cp::CpError;
 use crate::error::{NodeError, NodeResult};
 use crate::node::Node;
 use crate::transport::{record_from_pb, record_to_pb};
-use crate::types::Mode;
+use crate::types::{Mode, NodeId};
 use kv_proto::internal as ipb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -23,6 +23,12 @@ impl InternalService {
 
     fn status(&self, e: NodeError) -> Status {
         e.into_status(&self.node.me.name)
+    }
+
+    /// Refuses a request whose claimed sender `from` is not the node its certificate names.
+    fn check_sender<T>(&self, req: &Request<T>, from: NodeId) -> Result<(), Status> {
+        let claimed = self.node.member(from).map(|m| m.name.as_str());
+        crate::security::check_sender(req, claimed)
     }
 
     /// Parses the keyspace id an internal AP request carries, checking it is an AP keyspace.
@@ -83,6 +89,7 @@ impl ipb::internal_server::Internal for InternalService {
         &self,
         req: Request<ipb::HandshakeRequest>,
     ) -> Result<Response<ipb::HandshakeResponse>, Status> {
+        self.check_sender(&req, req.get_ref().node_id)?;
         let req = req.into_inner();
         if self.node.links.faults().drops(req.node_id) {
             // Fault injection cuts the link both ways as far as liveness goes: a peer we drop
@@ -132,6 +139,7 @@ impl ipb::internal_server::Internal for InternalService {
         &self,
         req: Request<ipb::ApWriteRequest>,
     ) -> Result<Response<ipb::ApWriteResponse>, Status> {
+        self.check_sender(&req, req.get_ref().from)?;
         let req = req.into_inner();
         let result = async {
             let ks = self.keyspace_id(&req.keyspace)?;

@@ -15,6 +15,7 @@ use crate::cp::{
 };
 use crate::error::{NodeError, NodeResult};
 use crate::node::{Node, CP_GROUP_KEYSPACE};
+use crate::security::{authorize, Action};
 use crate::types::{Mode, NodeId, Version};
 use kv_proto::v1 as pb;
 use std::future::Future;
@@ -231,6 +232,7 @@ impl KvService {
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        authorize(&req, Action::Read(&req.get_ref().keyspace))?;
         let ctx = Ctx::of(&self.node, &req);
         let body = req.into_inner();
         let result = async {
@@ -285,6 +287,7 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        authorize(&req, Action::Write(&req.get_ref().keyspace))?;
         let _permit = self.node.admit_write().map_err(|e| self.status(e))?;
         let ctx = Ctx::of(&self.node, &req);
         let body = req.into_inner();
@@ -313,6 +316,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        authorize(&req, Action::Write(&req.get_ref().keyspace))?;
         let _permit = self.node.admit_write().map_err(|e| self.status(e))?;
         let ctx = Ctx::of(&self.node, &req);
         let body = req.into_inner();
@@ -340,6 +344,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+        authorize(&req, Action::Write(&req.get_ref().keyspace))?;
         let _permit = self.node.admit_write().map_err(|e| self.status(e))?;
         let ctx = Ctx::of(&self.node, &req);
         let body = req.into_inner();
