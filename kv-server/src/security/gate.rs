@@ -21,8 +21,14 @@ const INTERNAL_PREFIX: &str = "/kv.internal.v1.Internal/";
 const CHAOS_PATH: &str = "/kv.internal.v1.Internal/Chaos";
 /// Path prefix of the public API's methods.
 const PUBLIC_PREFIX: &str = "/kv.v1.Kv/";
-/// Public methods that change the cluster: admin only.
-const ADMIN_PATHS: [&str; 1] = ["/kv.v1.Kv/CreateKeyspace"];
+/// Public methods that change the cluster or read a whole keyspace past the grants: admin only
+/// (as etcd keeps its snapshot call to root). A backup reads every record of a keyspace, and an
+/// import writes records with timestamps of the caller's choosing.
+const ADMIN_PATHS: [&str; 3] = [
+    "/kv.v1.Kv/CreateKeyspace",
+    "/kv.v1.Kv/SnapshotPartition",
+    "/kv.v1.Kv/ImportRecords",
+];
 
 /// Which API a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +291,11 @@ mod tests {
         assert!(create.message().contains("needs admin"), "{create:?}");
         p.admit("/kv.v1.Kv/CreateKeyspace", &headers(Some(ADMIN)), None)
             .unwrap();
+        for backup in ["/kv.v1.Kv/SnapshotPartition", "/kv.v1.Kv/ImportRecords"] {
+            let refused = p.admit(backup, &headers(Some(READER)), None).unwrap_err();
+            assert_eq!(refused.code(), Code::PermissionDenied, "{backup}");
+            p.admit(backup, &headers(Some(ADMIN)), None).unwrap();
+        }
         let reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
         p.admit(reflection, &headers(None), None).unwrap();
     }
