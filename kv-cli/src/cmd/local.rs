@@ -57,14 +57,15 @@ pub async fn run(ctx: &Ctx, command: LocalCmd) -> Result<Exit, CliError> {
                 || {
                     let mut text = format!("local cluster in {dir}\n");
                     text.push_str(&format!(
-                        "{:<6} {:<22} {:<8} PROCESS",
-                        "NODE", "ADDRESS", "PID"
+                        "{:<6} {:<22} {:<22} {:<8} PROCESS",
+                        "NODE", "ADDRESS", "HTTP", "PID"
                     ));
                     for n in &cluster.nodes {
                         text.push_str(&format!(
-                            "\n{:<6} {:<22} {:<8} {}",
+                            "\n{:<6} {:<22} {:<22} {:<8} {}",
                             n.name,
                             n.addr,
+                            n.http_addr.as_deref().unwrap_or("-"),
                             n.pid.map_or("-".into(), |p| p.to_string()),
                             if n.running() { "running" } else { "stopped" }
                         ));
@@ -196,7 +197,9 @@ fn print_change(
 fn nodes_json(nodes: &[LocalNode]) -> Value {
     nodes
         .iter()
-        .map(|n| json!({"name": n.name, "addr": n.addr, "pid": n.pid, "running": n.running()}))
+        .map(|n| {
+            json!({"name": n.name, "addr": n.addr, "http": n.http_addr, "pid": n.pid, "running": n.running()})
+        })
         .collect()
 }
 

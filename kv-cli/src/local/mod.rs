@@ -8,6 +8,7 @@
 //! Process control (spawning, signals, liveness) lives in `process`.
 
 pub mod dir;
+mod http;
 mod process;
 pub mod ready;
 
@@ -45,6 +46,10 @@ pub struct LocalNode {
     /// they name the process exactly, even once the pid is reused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_ticks: Option<u64>,
+    /// The HTTP address (`--http-listen`: metrics, status page, JSON API), chosen when the
+    /// node starts; absent in folders made before nodes had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<String>,
 }
 
 impl LocalNode {
@@ -195,6 +200,7 @@ fn new_cluster(opts: &UpOptions) -> Result<LocalCluster> {
             addr: format!("127.0.0.1:{port}"),
             pid: None,
             start_ticks: None,
+            http_addr: None,
         });
     }
     Ok(LocalCluster {
@@ -459,13 +465,15 @@ fn spawn_recorded(
     peers: &str,
     progress: &dyn Fn(&str),
 ) -> Result<Spawned> {
+    http::ensure_http_port(&mut cluster.nodes[i], progress)?;
     let spawned = process::spawn_server(dir, &cluster.nodes[i], peers, cluster.chaos)?;
     let node = &mut cluster.nodes[i];
     node.record(Some(spawned.id));
     progress(&format!(
-        "started {} on {} (pid {}, log {})",
+        "started {} on {} (HTTP {}, pid {}, log {})",
         node.name,
         node.addr,
+        node.http_addr.as_deref().unwrap_or("-"),
         spawned.id.pid,
         spawned.log.display()
     ));

@@ -180,6 +180,9 @@ pub fn spawn_server(dir: &Path, node: &LocalNode, peers: &str, chaos: bool) -> R
     if chaos {
         cmd.arg("--chaos");
     }
+    if let Some(http) = &node.http_addr {
+        cmd.arg("--http-listen").arg(http);
+    }
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
