@@ -112,11 +112,7 @@ impl Metrics {
     /// `kv_` prefix the registry was made with.
     pub fn register(&self, r: &mut Registry) {
         let c = self.clone();
-        r.register(
-            "requests",
-            "Requests served by the public API",
-            c.requests,
-        );
+        r.register("requests", "Requests served by the public API", c.requests);
         r.register(
             "request_duration_seconds",
             "Time to answer a request, forwarding included",

@@ -90,8 +90,7 @@ impl Visit for JsonVisitor<'_> {
         self.0.insert(field.name().into(), value.into());
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.0
-            .insert(field.name().into(), value.to_string().into());
+        self.0.insert(field.name().into(), value.to_string().into());
     }
 }
 
@@ -111,7 +110,12 @@ where
         line.insert("timestamp".into(), ts.into());
         line.insert(
             "level".into(),
-            event.metadata().level().as_str().to_ascii_lowercase().into(),
+            event
+                .metadata()
+                .level()
+                .as_str()
+                .to_ascii_lowercase()
+                .into(),
         );
         line.insert("node".into(), self.node.clone().into());
         line.insert("target".into(), event.metadata().target().into());
@@ -152,8 +156,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
     let listen = args.listen.unwrap_or(me.addr.clone());
     kv_client::net::validate_addr(&listen).map_err(anyhow::Error::msg)?;
     if let Some(http) = &args.http_listen {
-        kv_client::net::validate_addr(http)
-            .map_err(|e| anyhow!("--http-listen: {e}"))?;
+        kv_client::net::validate_addr(http).map_err(|e| anyhow!("--http-listen: {e}"))?;
     }
     let engine = node::open_engine(&cfg)?;
     let clock = Arc::new(kv_server::clock::SystemClock::default());

@@ -42,7 +42,11 @@ mod tests {
         let first = n.http_addr.clone().unwrap();
         assert!(process::port_free(&first), "{first}");
         ensure_http_port(&mut n, &|_| {}).unwrap();
-        assert_eq!(n.http_addr.as_deref(), Some(first.as_str()), "kept when free");
+        assert_eq!(
+            n.http_addr.as_deref(),
+            Some(first.as_str()),
+            "kept when free"
+        );
         let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut n = node(Some(busy.local_addr().unwrap().to_string()));
         ensure_http_port(&mut n, &|_| {}).unwrap();

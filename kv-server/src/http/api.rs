@@ -289,7 +289,10 @@ fn version_json(v: &Option<pb::Version>) -> Value {
     }
 }
 
-fn answer<T>(r: Result<tonic::Response<T>, tonic::Status>, to_json: impl Fn(T) -> Value) -> Response {
+fn answer<T>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+    to_json: impl Fn(T) -> Value,
+) -> Response {
     match r {
         Ok(resp) => ok_json(to_json(resp.into_inner())),
         Err(status) => error_response(status.code(), status.message()),
@@ -310,7 +313,9 @@ pub(super) async fn get(State(node): State<Arc<Node>>, headers: HeaderMap, body:
         key: req.key.0,
         options,
     };
-    let r = KvService::new(node).get(grpc_request(&headers, pb_req)).await;
+    let r = KvService::new(node)
+        .get(grpc_request(&headers, pb_req))
+        .await;
     answer(r, |g| {
         json!({
             "found": g.found,
@@ -338,10 +343,13 @@ pub(super) async fn put(State(node): State<Arc<Node>>, headers: HeaderMap, body:
         options,
         request_id: request_id_pb(&req.request_id),
     };
-    let r = KvService::new(node).put(grpc_request(&headers, pb_req)).await;
-    answer(r, |p| {
-        json!({ "version": version_json(&p.version), "servedBy": p.served_by })
-    })
+    let r = KvService::new(node)
+        .put(grpc_request(&headers, pb_req))
+        .await;
+    answer(
+        r,
+        |p| json!({ "version": version_json(&p.version), "servedBy": p.served_by }),
+    )
 }
 
 pub(super) async fn delete(
@@ -363,10 +371,13 @@ pub(super) async fn delete(
         options,
         request_id: request_id_pb(&req.request_id),
     };
-    let r = KvService::new(node).delete(grpc_request(&headers, pb_req)).await;
-    answer(r, |d| {
-        json!({ "version": version_json(&d.version), "servedBy": d.served_by })
-    })
+    let r = KvService::new(node)
+        .delete(grpc_request(&headers, pb_req))
+        .await;
+    answer(
+        r,
+        |d| json!({ "version": version_json(&d.version), "servedBy": d.served_by }),
+    )
 }
 
 pub(super) async fn cas(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
@@ -420,10 +431,19 @@ mod tests {
         assert_eq!(http_status(Code::Ok), StatusCode::OK);
         assert_eq!(http_status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
         assert_eq!(http_status(Code::NotFound), StatusCode::NOT_FOUND);
-        assert_eq!(http_status(Code::FailedPrecondition), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            http_status(Code::FailedPrecondition),
+            StatusCode::BAD_REQUEST
+        );
         assert_eq!(http_status(Code::Aborted), StatusCode::CONFLICT);
-        assert_eq!(http_status(Code::Unavailable), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(http_status(Code::DeadlineExceeded), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            http_status(Code::Unavailable),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            http_status(Code::DeadlineExceeded),
+            StatusCode::GATEWAY_TIMEOUT
+        );
         assert_eq!(http_status(Code::Cancelled).as_u16(), 499);
     }
 
@@ -435,8 +455,8 @@ mod tests {
         let e = serde_json::from_str::<PutJson>(r#"{"keyspace":"cp","key":"%%","value":""}"#)
             .unwrap_err();
         assert!(e.to_string().contains("not base64"), "{e}");
-        let e = serde_json::from_str::<PutJson>(r#"{"keyspace":"cp","key":"","valu":""}"#)
-            .unwrap_err();
+        let e =
+            serde_json::from_str::<PutJson>(r#"{"keyspace":"cp","key":"","valu":""}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
         let c: CasJson = serde_json::from_str(
             r#"{"keyspace":"cp","key":"aw==","expectedVersion":"42","newValue":""}"#,

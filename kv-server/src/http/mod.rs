@@ -86,11 +86,7 @@ async fn healthz() -> Response {
 async fn readyz(axum::extract::State(node): NodeState) -> Response {
     match node.cp() {
         Ok(_) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {e}\n"),
-        )
-            .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
     }
 }
 

@@ -37,11 +37,7 @@ fn node_state(node: &Node, r: &mut Registry) {
         ("cluster".into(), node.config.cluster_name.clone()),
     ])
     .set(1);
-    r.register(
-        "node_info",
-        "This node's name and cluster (always 1)",
-        info,
-    );
+    r.register("node_info", "This node's name and cluster (always 1)", info);
 
     let peers: Family<Vec<(String, String)>, Gauge> = Family::default();
     for m in &node.config.peers {

@@ -71,7 +71,13 @@ impl KvService {
     }
 
     /// Counts the answer to one `op` on `keyspace` started at `started` in the metrics.
-    fn observe<T>(&self, op: &'static str, keyspace: &str, started: Instant, r: &Result<T, Status>) {
+    fn observe<T>(
+        &self,
+        op: &'static str,
+        keyspace: &str,
+        started: Instant,
+        r: &Result<T, Status>,
+    ) {
         let mode = self
             .node
             .keyspaces
