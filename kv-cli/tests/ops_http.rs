@@ -253,9 +253,11 @@ fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
     Ok(samples)
 }
 
+/// A histogram series: its base name and labels (without `le`).
+type Series = (String, BTreeMap<String, String>);
+
 fn check_histograms(samples: &[Sample]) -> Result<(), String> {
-    let mut buckets: BTreeMap<(String, BTreeMap<String, String>), Vec<(f64, f64)>> =
-        BTreeMap::new();
+    let mut buckets: BTreeMap<Series, Vec<(f64, f64)>> = BTreeMap::new();
     for s in samples.iter().filter(|s| s.name.ends_with("_bucket")) {
         let mut labels = s.labels.clone();
         let le = parse_value(&labels.remove("le").unwrap_or_default())?;

@@ -168,11 +168,8 @@ struct RequestIdJson {
     seq: U64,
 }
 
-fn options_pb(o: &Option<Options>) -> Result<Option<pb::RequestOptions>, Response> {
-    o.as_ref()
-        .map(|o| o.to_pb())
-        .transpose()
-        .map_err(bad_request)
+fn options_pb(o: &Option<Options>) -> Result<Option<pb::RequestOptions>, String> {
+    o.as_ref().map(|o| o.to_pb()).transpose()
 }
 
 fn request_id_pb(id: &Option<RequestIdJson>) -> Option<pb::RequestId> {
@@ -233,24 +230,25 @@ pub(super) struct CasJson {
     request_id: Option<RequestIdJson>,
 }
 
-/// Reads and parses a JSON body no larger than the node's limit for `values` values.
+/// Reads and parses a JSON body no larger than the node's limit for `values` values; the error
+/// is the message of an `INVALID_ARGUMENT` answer.
 async fn read_json<T: DeserializeOwned>(
     node: &Node,
     body: Body,
     values: usize,
-) -> Result<T, Response> {
+) -> Result<T, String> {
     let limit = node.config.max_value_bytes.div_ceil(3) * 4 * values + MAX_HTTP_BODY_SLACK_BYTES;
     let bytes = to_bytes(body, limit).await.map_err(|_| {
-        bad_request(format!(
+        format!(
             "the request body is over this endpoint's limit of {limit} bytes: values are at most {} bytes before base64 (--max-value-bytes)",
             node.config.max_value_bytes
-        ))
+        )
     })?;
     serde_json::from_slice(&bytes).map_err(|e| {
-        bad_request(format!(
+        format!(
             "the request body is not the JSON this endpoint takes: {} (see docs/http-api.md)",
             crate::error::truncate(&e.to_string(), 300)
-        ))
+        )
     })
 }
 
@@ -302,11 +300,11 @@ fn answer<T>(
 pub(super) async fn get(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
     let req: GetJson = match read_json(&node, body, 0).await {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(msg) => return bad_request(msg),
     };
     let options = match options_pb(&req.options) {
         Ok(o) => o,
-        Err(resp) => return resp,
+        Err(msg) => return bad_request(msg),
     };
     let pb_req = pb::GetRequest {
         keyspace: req.keyspace,
@@ -330,11 +328,11 @@ pub(super) async fn get(State(node): State<Arc<Node>>, headers: HeaderMap, body:
 pub(super) async fn put(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
     let req: PutJson = match read_json(&node, body, 1).await {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(msg) => return bad_request(msg),
     };
     let options = match options_pb(&req.options) {
         Ok(o) => o,
-        Err(resp) => return resp,
+        Err(msg) => return bad_request(msg),
     };
     let pb_req = pb::PutRequest {
         keyspace: req.keyspace,
@@ -359,11 +357,11 @@ pub(super) async fn delete(
 ) -> Response {
     let req: DeleteJson = match read_json(&node, body, 0).await {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(msg) => return bad_request(msg),
     };
     let options = match options_pb(&req.options) {
         Ok(o) => o,
-        Err(resp) => return resp,
+        Err(msg) => return bad_request(msg),
     };
     let pb_req = pb::DeleteRequest {
         keyspace: req.keyspace,
@@ -383,7 +381,7 @@ pub(super) async fn delete(
 pub(super) async fn cas(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
     let req: CasJson = match read_json(&node, body, 2).await {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(msg) => return bad_request(msg),
     };
     use pb::compare_and_swap_request::Expected as E;
     let expected = match (&req.expected_version, &req.expected_value, req.expect_absent) {
@@ -398,7 +396,7 @@ pub(super) async fn cas(State(node): State<Arc<Node>>, headers: HeaderMap, body:
     };
     let options = match options_pb(&req.options) {
         Ok(o) => o,
-        Err(resp) => return resp,
+        Err(msg) => return bad_request(msg),
     };
     let pb_req = pb::CompareAndSwapRequest {
         keyspace: req.keyspace,
