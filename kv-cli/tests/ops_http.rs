@@ -726,3 +726,72 @@ fn http_port_metrics_json_api_and_status_page() {
             && sum_all(live, "kv_ap_hint_replays_total", &[]) >= 10.0
     });
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_naming_the_node_and_the_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (grpc, http_port) = (free_port(), free_port());
+    let http_addr = format!("127.0.0.1:{http_port}");
+    let log_path = tmp.path().join("n1.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut node = Command::new(kv_bin())
+        .args(["server", "--name", "solo", "--log-format", "json"])
+        .arg("--peers")
+        .arg(format!("solo=127.0.0.1:{grpc}"))
+        .arg("--http-listen")
+        .arg(&http_addr)
+        .env("RUST_LOG", "info,kv_server::service=debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("starting kv server");
+    let result = std::panic::catch_unwind(|| {
+        wait_until("the node is ready", || {
+            TcpStream::connect(&http_addr).is_ok()
+                && http(&http_addr, "GET", "/readyz", None).status == 200
+        });
+        let put = json!({"keyspace": "cp", "key": b64(b"k"), "value": b64(b"v"),
+            "requestId": {"clientId": "255", "seq": "7"}});
+        wait_until("a put succeeds", || {
+            post(&http_addr, "/v1/kv/put", put.clone()).status == 200
+        });
+        wait_until("the request's line is written", || {
+            std::fs::read_to_string(&log_path).is_ok_and(|t| t.contains("\"answered\""))
+        });
+    });
+    let _ = node.kill();
+    let _ = node.wait();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    if let Err(e) = result {
+        eprintln!("{text}");
+        std::panic::resume_unwind(e);
+    }
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object ({e}): {l}"))
+        })
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["node"] == "solo" && l["level"].is_string() && l["timestamp"].is_string()),
+        "{text}"
+    );
+    let answered = lines
+        .iter()
+        .find(|l| l["message"] == "answered" && l["op"] == "put" && l["code"] == "OK")
+        .unwrap_or_else(|| panic!("no line for the put:\n{text}"));
+    assert_eq!(answered["request_id"], "ff:7", "{answered}");
+    assert!(answered["partition"].is_u64(), "{answered}");
+    // No user values in logs.
+    assert!(!text.contains(&b64(b"k")), "{text}");
+}
