@@ -34,6 +34,9 @@ pub async fn run(ctx: &Ctx, command: LocalCmd) -> Result<Exit, CliError> {
                     let mut text = format!("local cluster ready in {dir}");
                     for n in &cluster.nodes {
                         text.push_str(&format!("\n  {}  {}", n.name, n.addr));
+                        if let Some(http) = &n.http_addr {
+                            text.push_str(&format!("  (HTTP {http})"));
+                        }
                     }
                     text.push_str(&format!("\nendpoints: {endpoints}"));
                     if foreground {
