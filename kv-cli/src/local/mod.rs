@@ -470,11 +470,11 @@ fn spawn_recorded(
     let node = &mut cluster.nodes[i];
     node.record(Some(spawned.id));
     progress(&format!(
-        "started {} on {} (HTTP {}, pid {}, log {})",
+        "started {} on {} (pid {}, HTTP {}, log {})",
         node.name,
         node.addr,
-        node.http_addr.as_deref().unwrap_or("-"),
         spawned.id.pid,
+        node.http_addr.as_deref().unwrap_or("-"),
         spawned.log.display()
     ));
     Ok(spawned)
