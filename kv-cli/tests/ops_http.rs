@@ -661,6 +661,12 @@ fn http_port_metrics_json_api_and_status_page() {
         );
     }
 
+    // Each node's anti-entropy loop ran its first round at start-up.
+    for (n, samples) in nodes.iter().zip(&after) {
+        let rounds = sum(samples, "kv_ap_anti_entropy_rounds_total", &[]);
+        assert!(rounds >= 1.0, "{n}: {rounds} anti-entropy rounds");
+    }
+
     // The Grafana dashboard in the repository graphs only series a node exports.
     let dashboard = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/kv-dashboard.json"),
