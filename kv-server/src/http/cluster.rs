@@ -35,6 +35,8 @@ async fn member_status(node: &Arc<Node>, id: NodeId) -> Result<pb::ClusterStatus
             .map(|r| r.into_inner())
             .map_err(|s| s.message().to_string());
     }
+    // Through the peer link, like forwarded requests: the member's public `ClusterStatus` on
+    // the address the links dial (if peers get a port of their own, it must serve this too).
     let call = async {
         let mut client = node.links.kv_client(id).await.map_err(|e| e.to_string())?;
         client
