@@ -24,3 +24,12 @@ pub enum RoutingArg {
     /// To the node with the fewest requests in flight.
     LeastOutstanding,
 }
+
+/// Format of `kv server`'s log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `TIME LEVEL node=NAME span{fields}: target: message fields`.
+    Text,
+    /// One JSON object per line: timestamp, level, node, target, message, fields, span fields.
+    Json,
+}

@@ -558,6 +558,13 @@ pub struct ServerArgs {
     /// AP anti-entropy period (Merkle tree exchange between replicas), in milliseconds.
     #[arg(long, default_value_t = kv_server::ap::engine::DEFAULT_ANTI_ENTROPY_INTERVAL_MS)]
     pub anti_entropy_interval_ms: u64,
+    /// HTTP address for /metrics, /healthz, /readyz, the status page (/) and the JSON API
+    /// (/v1/kv/...); off when not given. See docs/operations.md.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_listen: Option<String>,
+    /// Log line format: text for people, json for log collectors (one object per line).
+    #[arg(long, value_enum, default_value_t = crate::arg_enums::LogFormat::Text)]
+    pub log_format: crate::arg_enums::LogFormat,
 }
 
 #[cfg(test)]

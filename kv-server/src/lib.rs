@@ -5,7 +5,8 @@
 //! **Architecture invariant:** the modules form layers; each uses only modules listed before
 //! it, so no module imports one that imports it back (`layering_tests` below checks every
 //! `crate::` path against this list):
-//! 1. `types`, `clock`: ids, keyspace definitions, versions, limits; the wall-clock seam.
+//! 1. `types`, `clock`, `metrics`: ids, keyspace definitions, versions, limits; the wall-clock
+//!    seam; the process's event counters.
 //! 2. `storage`: the `Engine` seam (sled, memory).
 //! 3. `ring`, `faults`, `membership`: placement; injected faults; peers' liveness.
 //! 4. `peers`: the peer links (dialer, per-peer channels, faults, liveness), built before the
@@ -17,6 +18,8 @@
 //! 8. `node`: owns the ring, storage, engines and peer links; the request paths.
 //! 9. `service`: the gRPC services over the node.
 //! 10. `server`: serving a listener, heartbeats.
+//! 11. `http`: the HTTP port (metrics, health, status page, JSON API) over the node and the
+//!     gRPC service.
 
 pub mod ap;
 pub mod clock;
@@ -24,7 +27,9 @@ pub mod config;
 pub mod cp;
 pub mod error;
 pub mod faults;
+pub mod http;
 pub mod membership;
+pub mod metrics;
 pub mod node;
 pub mod peers;
 pub mod ring;
@@ -47,6 +52,7 @@ mod layering_tests {
     const ORDER: &[&str] = &[
         "types",
         "clock",
+        "metrics",
         "storage",
         "ring",
         "faults",
@@ -61,6 +67,7 @@ mod layering_tests {
         "node",
         "service",
         "server",
+        "http",
     ];
     /// `service/`'s modules, lowest first (as its `//!` says).
     const SERVICE_ORDER: &[&str] = &[

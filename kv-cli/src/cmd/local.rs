@@ -36,6 +36,9 @@ pub async fn run(ctx: &Ctx, command: LocalCmd) -> Result<Exit, CliError> {
                     let mut text = format!("local cluster ready in {dir}");
                     for n in &cluster.nodes {
                         text.push_str(&format!("\n  {}  {}", n.name, n.addr));
+                        if let Some(http) = &n.http_addr {
+                            text.push_str(&format!("  (HTTP {http})"));
+                        }
                     }
                     text.push_str(&format!("\nendpoints: {endpoints}"));
                     if foreground {
@@ -59,14 +62,15 @@ pub async fn run(ctx: &Ctx, command: LocalCmd) -> Result<Exit, CliError> {
                 || {
                     let mut text = format!("local cluster in {dir}\n");
                     text.push_str(&format!(
-                        "{:<6} {:<22} {:<8} PROCESS",
-                        "NODE", "ADDRESS", "PID"
+                        "{:<6} {:<22} {:<22} {:<8} PROCESS",
+                        "NODE", "ADDRESS", "HTTP", "PID"
                     ));
                     for n in &cluster.nodes {
                         text.push_str(&format!(
-                            "\n{:<6} {:<22} {:<8} {}",
+                            "\n{:<6} {:<22} {:<22} {:<8} {}",
                             n.name,
                             n.addr,
+                            n.http_addr.as_deref().unwrap_or("-"),
                             n.pid.map_or("-".into(), |p| p.to_string()),
                             if n.running() { "running" } else { "stopped" }
                         ));
@@ -199,7 +203,7 @@ fn nodes_json(nodes: &[LocalNode]) -> Value {
     nodes
         .iter()
         .map(|n| {
-            json!({"name": n.name, "addr": n.addr, "peer_addr": n.peer_addr, "pid": n.pid, "running": n.running()})
+            json!({"name": n.name, "addr": n.addr, "peer_addr": n.peer_addr, "http": n.http_addr, "pid": n.pid, "running": n.running()})
         })
         .collect()
 }

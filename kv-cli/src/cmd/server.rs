@@ -1,22 +1,150 @@
-//! `kv server`: runs one node until SIGTERM or Ctrl-C, then flushes its data.
+//! `kv server`: runs one node until SIGTERM or Ctrl-C, then flushes its data; serves its HTTP
+//! port when `--http-listen` is given; writes one log line per event, naming the node (and,
+//! through the request's span, the operation, partition and request id), as text or JSON.
 
+use crate::arg_enums::LogFormat;
 use crate::cli::ServerArgs;
 use crate::output::{CliError, Exit};
 use anyhow::{anyhow, bail, Context, Result};
-use kv_server::security::{AuthTable, Security, TlsFiles};
+use kv_server::security::{Api, AuthTable, Security, TlsFiles};
 use kv_server::{config, node, server};
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{Format, JsonFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
 
-fn init_tracing() {
+fn init_tracing(node: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Colours only for a person at a terminal: `kv local` sends the output to a log file.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    match format {
+        LogFormat::Text => builder
+            .event_format(TextWithNode {
+                node: node.to_string(),
+                inner: Format::default(),
+            })
+            .init(),
+        LogFormat::Json => builder
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLine {
+                node: node.to_string(),
+            })
+            .init(),
+    }
+}
+
+/// The default text line with `node=NAME` after the timestamp's place: one process runs one
+/// node, so every line (from any task, spawned or not) names it.
+struct TextWithNode {
+    node: String,
+    inner: Format,
+}
+
+impl<S, N> FormatEvent<S, N> for TextWithNode
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "node={} ", self.node)?;
+        self.inner.format_event(ctx, writer, event)
+    }
+}
+
+/// One JSON object per event: `timestamp`, `level`, `node`, `target`, `message`, the event's
+/// fields, and the fields of its spans (innermost wins), all at the top level so a log
+/// collector can filter on `partition` or `request_id` directly.
+struct JsonLine {
+    node: String,
+}
+
+/// Collects an event's fields as JSON values.
+struct JsonVisitor<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0.insert(field.name().into(), value.to_string().into());
+    }
+}
+
+impl<S> FormatEvent<S, JsonFields> for JsonLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, JsonFields>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = serde_json::Map::new();
+        let mut ts = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut ts))?;
+        line.insert("timestamp".into(), ts.into());
+        line.insert(
+            "level".into(),
+            event
+                .metadata()
+                .level()
+                .as_str()
+                .to_ascii_lowercase()
+                .into(),
+        );
+        line.insert("node".into(), self.node.clone().into());
+        line.insert("target".into(), event.metadata().target().into());
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let ext = span.extensions();
+                let Some(fields) = ext.get::<FormattedFields<JsonFields>>() else {
+                    continue;
+                };
+                if let Ok(serde_json::Value::Object(map)) =
+                    serde_json::from_str::<serde_json::Value>(fields)
+                {
+                    line.extend(map);
+                }
+            }
+        }
+        event.record(&mut JsonVisitor(&mut line));
+        writeln!(writer, "{}", serde_json::Value::Object(line))
+    }
 }
 
 /// Runs the node; returns when it has stopped (its start-up errors are the command's errors).
 pub async fn run(args: ServerArgs) -> Result<Exit, CliError> {
-    init_tracing();
+    init_tracing(&args.name, args.log_format);
     serve(args).await?;
     Ok(Exit::Ok)
 }
@@ -43,9 +171,34 @@ async fn serve(args: ServerArgs) -> Result<()> {
         )),
         None => Arc::new(kv_client::net::TcpDialer),
     };
+    if let Some(http) = &args.http_listen {
+        kv_client::net::validate_addr(http).map_err(|e| anyhow!("--http-listen: {e}"))?;
+    }
     let engine = node::open_engine(&cfg)?;
     let clock = Arc::new(kv_server::clock::SystemClock::default());
     let node = node::Node::new(cfg, engine, dialer, clock)?;
+    // The HTTP port opens before the Raft groups start, so /healthz answers (and /readyz says
+    // "not ready") while they do.
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = match &args.http_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("listening for HTTP on {addr} (is another process using the port?)")
+            })?;
+            tracing::info!(http = %addr, "serving HTTP (metrics, status page, JSON API)");
+            let gate = Arc::new(server::gate_policy(&node, Api::Client, &security));
+            let node = node.clone();
+            Some(tokio::spawn(kv_server::http::serve_http(
+                node,
+                gate,
+                listener,
+                async move {
+                    let _ = http_stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
     let cp_config = kv_server::cp::CpConfig {
         cluster_name: node.config.cluster_name.clone(),
         ..Default::default()
@@ -82,6 +235,11 @@ async fn serve(args: ServerArgs) -> Result<()> {
                 bail!("{msg}");
             }
         }
+    }
+    let _ = stop_http.send(());
+    if let Some(http) = http {
+        // An HTTP client holding a connection open must not delay the flush below.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), http).await;
     }
     engine.flush()?;
     Ok(())

@@ -8,6 +8,7 @@
 //! Process control (spawning, signals, liveness) lives in `process`.
 
 pub mod dir;
+mod http;
 mod process;
 pub mod ready;
 pub mod secure;
@@ -50,6 +51,10 @@ pub struct LocalNode {
     /// they name the process exactly, even once the pid is reused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_ticks: Option<u64>,
+    /// The HTTP address (`--http-listen`: metrics, status page, JSON API), chosen when the
+    /// node starts; absent in folders made before nodes had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<String>,
 }
 
 impl LocalNode {
@@ -244,6 +249,7 @@ fn new_cluster(opts: &UpOptions) -> Result<LocalCluster> {
             peer_addr: Some(format!("127.0.0.1:{peer}")),
             pid: None,
             start_ticks: None,
+            http_addr: None,
         });
     }
     Ok(LocalCluster {
@@ -507,6 +513,7 @@ fn spawn_recorded(
     peers: &str,
     progress: &dyn Fn(&str),
 ) -> Result<Spawned> {
+    http::ensure_http_port(&mut cluster.nodes[i], progress)?;
     let secure = cluster.secure.then(|| secure::SecureFiles::of(dir));
     let spawned = process::spawn_server(
         dir,
@@ -518,10 +525,11 @@ fn spawn_recorded(
     let node = &mut cluster.nodes[i];
     node.record(Some(spawned.id));
     progress(&format!(
-        "started {} on {} (pid {}, log {})",
+        "started {} on {} (pid {}, HTTP {}, log {})",
         node.name,
         node.addr,
         spawned.id.pid,
+        node.http_addr.as_deref().unwrap_or("-"),
         spawned.log.display()
     ));
     Ok(spawned)

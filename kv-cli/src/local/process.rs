@@ -199,6 +199,9 @@ pub fn spawn_server(
     if chaos {
         cmd.arg("--chaos");
     }
+    if let Some(http) = &node.http_addr {
+        cmd.arg("--http-listen").arg(http);
+    }
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;

@@ -122,6 +122,9 @@ impl ApEngine {
                 }
             }
         }
+        let m = crate::metrics::metrics();
+        m.hint_replays.inc_by(stats.delivered as u64);
+        m.hints_expired.inc_by(stats.expired as u64);
         Ok(stats)
     }
 
@@ -231,12 +234,17 @@ impl ApEngine {
                 tombstone_purgeable(t.written.physical_ms, t.arrival, now_ms, grace_ms, horizon)
             })?;
         }
+        crate::metrics::metrics()
+            .tombstones_purged
+            .inc_by(purged as u64);
         Ok(purged)
     }
 
     /// One anti-entropy round: every partition of every AP keyspace that this node replicates,
     /// against one live co-replica chosen by `round` (so rounds rotate through peers).
     pub async fn anti_entropy_round(&self, keyspaces: &[KeyspaceDef], round: usize) {
+        let m = crate::metrics::metrics();
+        m.anti_entropy_rounds.inc();
         for ks in keyspaces.iter().filter(|k| k.mode == Mode::Ap) {
             for partition in 0..self.inner.ring.partition_count() {
                 let pref = self.inner.ring.preference_list(partition);
@@ -247,8 +255,15 @@ impl ApEngine {
                 else {
                     continue;
                 };
-                if let Err(e) = self.anti_entropy_once(ks.id, partition, peer).await {
-                    tracing::warn!(node_id = self.node_id(), keyspace_id = ks.id, partition, peer, error = %e, "anti-entropy failed");
+                match self.anti_entropy_once(ks.id, partition, peer).await {
+                    Ok(stats) => {
+                        m.anti_entropy_exchanges.inc();
+                        m.anti_entropy_keys_repaired
+                            .inc_by((stats.records_applied + stats.records_pushed) as u64);
+                    }
+                    Err(e) => {
+                        tracing::warn!(node_id = self.node_id(), keyspace_id = ks.id, partition, peer, error = %e, "anti-entropy failed");
+                    }
                 }
             }
         }

@@ -60,7 +60,11 @@ impl ApEngine {
         key: &[u8],
         opts: RequestOptions,
     ) -> Result<Hlc, ApError> {
-        self.write(ks, preference, key, None, opts).await
+        let written = self.write(ks, preference, key, None, opts).await;
+        if written.is_ok() {
+            crate::metrics::metrics().tombstones_written.inc();
+        }
+        written
     }
 
     /// Writes a record restored from a backup with its own timestamp (a tombstone when `value`
@@ -338,6 +342,7 @@ impl ApEngine {
             match result {
                 Ok(()) => {
                     self.inner.read_repairs.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::metrics().read_repairs.inc();
                 }
                 // Best effort: anti-entropy repairs what read repair could not.
                 Err(e) => {

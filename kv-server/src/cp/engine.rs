@@ -325,7 +325,15 @@ impl CpEngine {
         let group = self.group(keyspace, partition)?;
         let budget = deadline.saturating_duration_since(Instant::now());
         for _ in 0..=MAX_LEADER_WAITS {
+            let proposed = std::time::Instant::now();
             let res = tokio::time::timeout_at(deadline, group.raft.client_write(req.clone())).await;
+            if matches!(res, Ok(Ok(_))) {
+                crate::metrics::metrics()
+                    .raft_commit_seconds
+                    .observe(proposed.elapsed().as_secs_f64());
+            } else {
+                crate::metrics::metrics().raft_proposals_failed.inc();
+            }
             match res {
                 Err(_) => {
                     return Err(self.expired(

@@ -463,6 +463,7 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        crate::metrics::metrics().raft_snapshots.inc();
         let records = std::mem::replace(&mut self.records, Ok(Vec::new())).map_err(io_read)?;
         // The log may be purged up to this snapshot: the state machine must be durable first.
         self.sm.flush().map_err(io_write)?;

@@ -14,13 +14,16 @@ use crate::cp::{
     Response as CpResponse,
 };
 use crate::error::{NodeError, NodeResult};
+use crate::metrics::metrics;
 use crate::node::{Node, CP_GROUP_KEYSPACE};
 use crate::security::{authorize, Action};
 use crate::types::{Mode, NodeId, Version};
 use kv_proto::v1 as pb;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 /// `request` applied at most once per `id` when the client sent one (a client id of 0 means
 /// none). A forwarded request carries the same id, so the leader deduplicates it too.
@@ -58,6 +61,45 @@ impl KvService {
 
     fn status(&self, e: NodeError) -> Status {
         e.into_status(&self.node.me.name)
+    }
+
+    /// Counts the answer to one `op` on `keyspace` started at `started` in the metrics.
+    fn observe<T>(
+        &self,
+        op: &'static str,
+        keyspace: &str,
+        started: Instant,
+        r: &Result<T, Status>,
+    ) {
+        let mode = self
+            .node
+            .keyspaces
+            .read()
+            .expect("keyspace lock")
+            .get(keyspace)
+            .map(|k| match k.mode {
+                Mode::Cp => "cp",
+                Mode::Ap => "ap",
+            });
+        let code = r.as_ref().err().map_or(Code::Ok, |s| s.code());
+        let took = started.elapsed();
+        metrics().request(op, mode.map(|m| (keyspace, m)), code, took);
+        tracing::debug!(
+            code = crate::metrics::code_name(code),
+            took_ms = took.as_millis() as u64,
+            "answered"
+        );
+    }
+
+    /// The span of one request: its log lines name the operation, the key's partition and
+    /// the client's request id (never the key itself: no user values in logs).
+    fn span(&self, op: &'static str, key: &[u8], id: &Option<pb::RequestId>) -> tracing::Span {
+        let partition = self.node.ring.partition_for_key(key);
+        let request_id = match id {
+            Some(id) if id.client_id != 0 => format!("{:x}:{}", id.client_id, id.seq),
+            _ => String::new(),
+        };
+        tracing::info_span!("request", op, partition, request_id)
     }
 
     /// The key's full preference list (replicas first, then fallbacks).
@@ -229,64 +271,12 @@ impl KvService {
     }
 }
 
-#[tonic::async_trait]
-impl pb::kv_server::Kv for KvService {
-    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        authorize(&req, Action::Read(&req.get_ref().keyspace))?;
-        let ctx = Ctx::of(&self.node, &req);
-        let body = req.into_inner();
-        let result = async {
-            self.node.validate_key(&body.key)?;
-            let ks = self.node.keyspace(&body.keyspace).await?;
-            let me = self.node.me.name.clone();
-            let found = |value, version, maybe_stale| pb::GetResponse {
-                found: true,
-                value,
-                version: Some(version_pb(version)),
-                served_by: me.clone(),
-                maybe_stale,
-            };
-            let missing = |maybe_stale| pb::GetResponse {
-                served_by: me.clone(),
-                maybe_stale,
-                ..Default::default()
-            };
-            if ks.mode == Mode::Ap {
-                let opts = ap_options(&body.options)?;
-                let pref = self.preference(&body.key);
-                return Ok(match self.node.ap.get(&ks, &pref, &body.key, opts).await? {
-                    Some((value, hlc)) => found(value, Version::Hlc(hlc), false),
-                    None => missing(false),
-                });
-            }
-            let stale = body.options.as_ref().is_some_and(|o| o.stale);
-            let partition = self.node.ring.partition_for_key(&body.key);
-            let key = cp_key(ks.id, &body.key);
-            let send = |mut c: Client, r| async move { c.get(r).await };
-            Ok(
-                match self
-                    .route(
-                        &ks.name,
-                        partition,
-                        ctx,
-                        body,
-                        true,
-                        |cp| cp.read(CP_GROUP_KEYSPACE, partition, &key, stale, ctx.deadline),
-                        send,
-                    )
-                    .await?
-                {
-                    Routed::Here(Some((value, rev))) => found(value, Version::Revision(rev), stale),
-                    Routed::Here(None) => missing(stale),
-                    Routed::Forwarded(answer) => answer,
-                },
-            )
-        }
-        .await;
-        result.map(Response::new).map_err(|e| self.status(e))
-    }
-
-    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+/// The write handlers; `Kv`'s methods wrap them to count every answer in the metrics.
+impl KvService {
+    async fn put_inner(
+        &self,
+        req: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
         authorize(&req, Action::Write(&req.get_ref().keyspace))?;
         let _permit = self.node.admit_write().map_err(|e| self.status(e))?;
         let ctx = Ctx::of(&self.node, &req);
@@ -312,7 +302,7 @@ impl pb::kv_server::Kv for KvService {
         result.map(Response::new).map_err(|e| self.status(e))
     }
 
-    async fn delete(
+    async fn delete_inner(
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
@@ -340,7 +330,7 @@ impl pb::kv_server::Kv for KvService {
         result.map(Response::new).map_err(|e| self.status(e))
     }
 
-    async fn compare_and_swap(
+    async fn cas_inner(
         &self,
         req: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
@@ -410,6 +400,103 @@ impl pb::kv_server::Kv for KvService {
         }
         .await;
         result.map(Response::new).map_err(|e| self.status(e))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        authorize(&req, Action::Read(&req.get_ref().keyspace))?;
+        let span = self.span("get", &req.get_ref().key, &None);
+        let started = Instant::now();
+        let ctx = Ctx::of(&self.node, &req);
+        let body = req.into_inner();
+        let keyspace = body.keyspace.clone();
+        let result = async {
+            self.node.validate_key(&body.key)?;
+            let ks = self.node.keyspace(&body.keyspace).await?;
+            let me = self.node.me.name.clone();
+            let found = |value, version, maybe_stale| pb::GetResponse {
+                found: true,
+                value,
+                version: Some(version_pb(version)),
+                served_by: me.clone(),
+                maybe_stale,
+            };
+            let missing = |maybe_stale| pb::GetResponse {
+                served_by: me.clone(),
+                maybe_stale,
+                ..Default::default()
+            };
+            if ks.mode == Mode::Ap {
+                let opts = ap_options(&body.options)?;
+                let pref = self.preference(&body.key);
+                return Ok(match self.node.ap.get(&ks, &pref, &body.key, opts).await? {
+                    Some((value, hlc)) => found(value, Version::Hlc(hlc), false),
+                    None => missing(false),
+                });
+            }
+            let stale = body.options.as_ref().is_some_and(|o| o.stale);
+            let partition = self.node.ring.partition_for_key(&body.key);
+            let key = cp_key(ks.id, &body.key);
+            let send = |mut c: Client, r| async move { c.get(r).await };
+            Ok(
+                match self
+                    .route(
+                        &ks.name,
+                        partition,
+                        ctx,
+                        body,
+                        true,
+                        |cp| cp.read(CP_GROUP_KEYSPACE, partition, &key, stale, ctx.deadline),
+                        send,
+                    )
+                    .await?
+                {
+                    Routed::Here(Some((value, rev))) => found(value, Version::Revision(rev), stale),
+                    Routed::Here(None) => missing(stale),
+                    Routed::Forwarded(answer) => answer,
+                },
+            )
+        }
+        .instrument(span.clone())
+        .await;
+        let result = result.map(Response::new).map_err(|e| self.status(e));
+        span.in_scope(|| self.observe("get", &keyspace, started, &result));
+        result
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let span = self.span("put", &req.get_ref().key, &req.get_ref().request_id);
+        let started = Instant::now();
+        let keyspace = req.get_ref().keyspace.clone();
+        let result = self.put_inner(req).instrument(span.clone()).await;
+        span.in_scope(|| self.observe("put", &keyspace, started, &result));
+        result
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let span = self.span("delete", &req.get_ref().key, &req.get_ref().request_id);
+        let started = Instant::now();
+        let keyspace = req.get_ref().keyspace.clone();
+        let result = self.delete_inner(req).instrument(span.clone()).await;
+        span.in_scope(|| self.observe("delete", &keyspace, started, &result));
+        result
+    }
+
+    async fn compare_and_swap(
+        &self,
+        req: Request<pb::CompareAndSwapRequest>,
+    ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+        let span = self.span("cas", &req.get_ref().key, &req.get_ref().request_id);
+        let started = Instant::now();
+        let keyspace = req.get_ref().keyspace.clone();
+        let result = self.cas_inner(req).instrument(span.clone()).await;
+        span.in_scope(|| self.observe("cas", &keyspace, started, &result));
+        result
     }
 
     async fn create_keyspace(

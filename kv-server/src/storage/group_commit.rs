@@ -91,7 +91,12 @@ fn run(rx: mpsc::Receiver<Completion>, flush: impl Fn() -> Result<()>) {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = flush();
+        let m = crate::metrics::metrics();
+        m.storage_flushes.inc();
+        m.storage_flush_seconds
+            .observe(started.elapsed().as_secs_f64());
         for done in batch {
             done(result.clone());
         }
