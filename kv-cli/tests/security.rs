@@ -413,4 +413,51 @@ async fn a_secure_local_cluster_end_to_end() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown token"), "{err}");
+
+    // The HTTP/JSON API asks for the same token and applies the same grants as gRPC; the
+    // health and metrics routes stay open.
+    let http = node["http_addr"]
+        .as_str()
+        .expect("kv local records the HTTP port");
+    let put = r#"{"keyspace":"cp","key":"aHR0cA==","value":"eWVz"}"#;
+    let (status, body) = http_post(http, "/v1/kv/put", put, None);
+    assert_eq!(status, 401, "no token: {body}");
+    assert!(body.contains("UNAUTHENTICATED"), "{body}");
+    let (status, body) = http_post(http, "/v1/kv/put", put, Some("x-not-a-valid-token-x"));
+    assert_eq!(status, 401, "unknown token: {body}");
+    let (status, body) = http_post(http, "/v1/kv/put", put, Some(token.trim()));
+    assert_eq!(status, 200, "admin token: {body}");
+    let get = r#"{"keyspace":"cp","key":"aHR0cA=="}"#;
+    let (status, body) = http_post(http, "/v1/kv/get", get, Some(token.trim()));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("eWVz"), "{body}");
+    let (status, _) = http_post(http, "/healthz", "", None);
+    assert_ne!(status, 401, "health stays open");
+}
+
+/// One HTTP/1.1 request on its own connection: the status and the body.
+fn http_post(addr: &str, path: &str, body: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let method = if body.is_empty() { "GET" } else { "POST" };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad answer: {text}"));
+    (status, text)
 }

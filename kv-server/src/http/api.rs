@@ -308,8 +308,12 @@ fn answer<T>(
     }
 }
 
-pub(super) async fn get(State(node): State<Arc<Node>>, Extension(gate): Extension<Arc<GatePolicy>>,
-    headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn get(
+    State(node): State<Arc<Node>>,
+    Extension(gate): Extension<Arc<GatePolicy>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let caller = match admit(&gate, "Get", &headers) {
         Ok(c) => c,
         Err(refused) => return refused,
@@ -341,8 +345,12 @@ pub(super) async fn get(State(node): State<Arc<Node>>, Extension(gate): Extensio
     })
 }
 
-pub(super) async fn put(State(node): State<Arc<Node>>, Extension(gate): Extension<Arc<GatePolicy>>,
-    headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn put(
+    State(node): State<Arc<Node>>,
+    Extension(gate): Extension<Arc<GatePolicy>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let caller = match admit(&gate, "Put", &headers) {
         Ok(c) => c,
         Err(refused) => return refused,
@@ -404,8 +412,12 @@ pub(super) async fn delete(
     )
 }
 
-pub(super) async fn cas(State(node): State<Arc<Node>>, Extension(gate): Extension<Arc<GatePolicy>>,
-    headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn cas(
+    State(node): State<Arc<Node>>,
+    Extension(gate): Extension<Arc<GatePolicy>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let caller = match admit(&gate, "CompareAndSwap", &headers) {
         Ok(c) => c,
         Err(refused) => return refused,
