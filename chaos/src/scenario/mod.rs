@@ -38,10 +38,11 @@ mod sim_kv;
 mod workload_host;
 
 pub use checks::{
-    history_dir, lost_to_lww, render_sides, summarize, Call, MinorityCheck, Outcome, Window,
+    history_dir, lost_set_elements, lost_to_lww, render_sides, side_at, summarize, Call,
+    MinorityCheck, Outcome, Window,
 };
-pub use runner::{run, run_with};
-pub use sim_kv::SimKv;
+pub use runner::{merge, run, run_with};
+pub use sim_kv::{text, versions, write_error, SimKv};
 
 use jepsen::nemesis::Schedule;
 use kv_testkit::sim::SIM_PORT;
