@@ -34,6 +34,10 @@ pub struct ClientConfig {
     pub seeds_only: bool,
     /// Makes connections (TCP, or simulated).
     pub dialer: Arc<dyn Dialer>,
+    /// The id every write carries, with a sequence number, so a retry is applied at most once.
+    /// `None` (or 0) draws a random one; a simulation sets it from its seed so runs repeat.
+    /// Two live clients must never share one.
+    pub client_id: Option<u64>,
 }
 
 impl ClientConfig {
@@ -45,6 +49,7 @@ impl ClientConfig {
             timeout: DEFAULT_TIMEOUT,
             seeds_only: false,
             dialer: Arc::new(TcpDialer),
+            client_id: None,
         }
     }
 }

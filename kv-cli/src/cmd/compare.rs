@@ -97,10 +97,18 @@ pub async fn run(ctx: &Ctx, args: CompareArgs) -> Result<Exit, CliError> {
             args.seed,
             secs(args.duration)
         ));
-        // The simulations build their own runtimes: run them off this one's threads.
-        tokio::task::spawn_blocking(move || sim::run(&plan))
-            .await
-            .map_err(|e| anyhow!("the simulation thread failed: {e}"))??
+        // The simulations build their own runtimes and must see no other: a thread of this
+        // runtime (even a blocking one) carries its context, and anything that reaches it
+        // runs on real threads and real time, which made runs of one seed differ.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("kv-compare-sim".into())
+            .spawn(move || {
+                let _ = tx.send(sim::run(&plan));
+            })
+            .context("starting the simulation thread")?;
+        rx.await
+            .map_err(|_| anyhow!("the simulation thread panicked"))??
     } else {
         real_run(ctx, &args, at, length).await?
     };
