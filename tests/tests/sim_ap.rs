@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The seed used when `KV_SIM_SEED` is not set.
+/// The seed used when `KV_SEED` is not set.
 const DEFAULT_SEED: u64 = 7;
 /// The AP keyspace and its id (what the internal API names it by).
 const AP: &str = "ap";
