@@ -170,3 +170,30 @@ fn a_short_compare_writes_a_report_whose_table_matches_its_json() {
         "the report lacks the command {command}"
     );
 }
+
+#[test]
+fn a_partition_that_cannot_heal_in_time_is_refused_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = kv(
+        tmp.path(),
+        &[
+            "compare",
+            "--duration",
+            "4s",
+            "--partition-at",
+            "2s",
+            "--partition-for",
+            "3s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--partition-for") && err.contains("--duration"),
+        "{err}"
+    );
+    let out = kv(tmp.path(), &["compare", "--duration", "0s"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // Nothing was started: no cluster folder anywhere under the test's folder.
+    assert!(!tmp.path().join(".kv-local").exists());
+}
