@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Offset added to append-set event and process ids when merged into one history.
-const SET_ID_OFFSET: u64 = 1 << 32;
+pub const SET_ID_OFFSET: u64 = 1 << 32;
 /// Latency bounds turmoil uses by default; a healed slow link goes back to them.
 const DEFAULT_LINK_LATENCY_MAX: Duration = Duration::from_millis(100);
 

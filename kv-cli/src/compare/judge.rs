@@ -4,7 +4,7 @@
 //! (`jepsen`'s linearizability checker for CP, its AP checker for AP, through the same
 //! functions the partition suite uses); then the table, as text and as JSON.
 
-use chaos::scenario::{lost_set_elements, lost_to_lww, Mode, Side, FINAL_READ_PROCESS_BASE};
+use chaos::scenario::{is_final_read, lost_set_elements, lost_to_lww, Mode, Side};
 use jepsen::ap::{ApInput, ApReport};
 use jepsen::history::{History, Op, Operation, Outcome};
 use jepsen::linearizability::{self, Verdict};
@@ -71,14 +71,14 @@ pub struct ModeReport {
     pub checked: Checked,
 }
 
-/// The workload's operations of `mode`: final reads and AP compare-and-swaps (refused by
-/// design before sending) left out.
+/// The workload's operations of `mode`: final reads (CP and append-set read-backs) and AP
+/// compare-and-swaps (refused by design before sending) left out.
 pub fn workload_ops(history: &History, mode: Mode) -> Vec<Operation> {
     history
         .operations()
         .unwrap_or_default()
         .into_iter()
-        .filter(|o| o.process < FINAL_READ_PROCESS_BASE)
+        .filter(|o| !is_final_read(o.process))
         .filter(|o| !(mode == Mode::Ap && matches!(o.op, Op::Cas { .. })))
         .collect()
 }

@@ -1,4 +1,5 @@
 use super::*;
+use chaos::scenario::FINAL_READ_PROCESS_BASE;
 use jepsen::ap::{Record, ReplicaRead};
 use jepsen::history::Recorder;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -279,7 +279,8 @@ pub async fn run(
             .collect();
         all_keys.extend(set_keys);
         let calls = side.calls.lock().expect("calls lock").clone();
-        let served_sides = availability(&calls, &windows, workload_end_ns);
+        // Requests sent after the workload's time are the append set's read-back.
+        let served_sides = availability(&calls, &windows, origin_ns(plan.duration));
         let run = match side.mode {
             Mode::Cp => {
                 final_cp_reads(&per_node, &all_keys, &side.register).await;
@@ -327,6 +328,10 @@ pub async fn run(
                 .join(", ")
         ),
     })
+}
+
+fn origin_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Workload requests per side at send time: (sent, served).
