@@ -100,6 +100,16 @@ pub enum Cmd {
         kv demo --skew-ms -3000      # n3's clock 3 s behind: last-write-wins loses newer writes\n\n\
         See docs/cli.md (kv demo) and docs/cap-modes.md.")]
     Demo(DemoArgs),
+    /// Runs one workload against the cp and ap keyspaces at once under the same fault (a node
+    /// cut off, then healed), checks both histories and prints one table.
+    #[command(after_help = "Examples:\n  \
+        kv compare                                # a 3-node cluster in a temporary folder, 20 s\n  \
+        kv compare --duration 60s --clients 8 --seed 7\n  \
+        kv compare --report out/                  # out/index.html, out/cp.jsonl, out/ap.jsonl\n  \
+        kv --dir .kv-local compare                # the running local cluster (kv local up --chaos)\n  \
+        kv compare --sim --seed 7                 # in the turmoil simulation: same seed, same histories\n\n\
+        See docs/compare.md.")]
+    Compare(CompareArgs),
     /// Injects faults into a running cluster: kill, pause, partition, slow links, clock skew.
     #[command(after_help = "Examples:\n  \
         kv local up --chaos                      # network faults need nodes run with --chaos\n  \
@@ -437,6 +447,65 @@ pub struct DemoArgs {
     /// negative skew makes last-write-wins discard its newer writes).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub skew_ms: i64,
+}
+
+/// `kv compare` flags.
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// How long the workload runs: `20s`, `1500ms` or seconds (`20`).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub duration: std::time::Duration,
+    /// Register-workload clients per keyspace, spread over the nodes.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub clients: u32,
+    /// Seeds the workload's choices (and, with --sim, the whole simulation).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Hot keys of the register workload.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub keys: u32,
+    /// Operations per second of each register client.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rate: u32,
+    /// When the last node is cut off, from the start. Default: a quarter of --duration.
+    #[arg(long, value_parser = parse_duration)]
+    pub partition_at: Option<std::time::Duration>,
+    /// How long it stays cut off. Default: half of --duration.
+    #[arg(long, value_parser = parse_duration)]
+    pub partition_for: Option<std::time::Duration>,
+    /// Writes DIR/index.html (self-contained) and the histories beside it.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Where the histories go without --report. Default: a new folder under the system's
+    /// temporary directory.
+    #[arg(long, value_name = "DIR", conflicts_with = "report")]
+    pub histories: Option<PathBuf>,
+    /// Runs inside the turmoil simulation instead of on real processes: deterministic, the
+    /// same seed gives byte-identical histories.
+    #[arg(long)]
+    pub sim: bool,
+}
+
+/// A duration: `20s`, `1500ms`, `2m` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (like 20s, 1500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs <= 24.0 * 3600.0) {
+        return Err(format!("{s:?}: must be more than 0 and at most 24 h"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// `kv chaos ...`.

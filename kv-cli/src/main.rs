@@ -5,6 +5,7 @@ mod arg_enums;
 mod bench;
 mod cli;
 mod cmd;
+mod compare;
 mod demo;
 mod local;
 mod output;
@@ -27,6 +28,7 @@ async fn run(cli: Cli) -> Result<Exit, CliError> {
         Cmd::Server(args) => cmd::server::run(args).await,
         Cmd::Local { command } => cmd::local::run(&ctx, command).await,
         Cmd::Demo(args) => cmd::demo::run(&ctx, args).await,
+        Cmd::Compare(args) => cmd::compare::run(&ctx, args).await,
         Cmd::Chaos { command } => cmd::chaos::run(&ctx, command).await,
         Cmd::Put {
             key,

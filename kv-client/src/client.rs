@@ -72,6 +72,10 @@ impl Client {
         for seed in &config.seeds {
             validate_addr(seed).map_err(Error::Config)?;
         }
+        let client_id = config
+            .client_id
+            .filter(|&id| id != 0)
+            .unwrap_or_else(|| rand::random::<u64>().max(1));
         let client = Client {
             inner: Arc::new(Inner {
                 config,
@@ -80,7 +84,7 @@ impl Client {
                 outstanding: Mutex::new(BTreeMap::new()),
                 leaders: Mutex::new(BTreeMap::new()),
                 next: AtomicUsize::new(0),
-                client_id: rand::random::<u64>().max(1),
+                client_id,
                 next_seq: AtomicU64::new(1),
             }),
         };

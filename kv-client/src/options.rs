@@ -36,6 +36,10 @@ pub struct ClientConfig {
     pub dialer: Arc<dyn Dialer>,
     /// Bearer token sent with every request (nodes run with `--auth-file` require one).
     pub token: Option<String>,
+    /// The id every write carries, with a sequence number, so a retry is applied at most once.
+    /// `None` (or 0) draws a random one; a simulation sets it from its seed so runs repeat.
+    /// Two live clients must never share one.
+    pub client_id: Option<u64>,
 }
 
 impl ClientConfig {
@@ -48,6 +52,7 @@ impl ClientConfig {
             seeds_only: false,
             dialer: Arc::new(TcpDialer),
             token: None,
+            client_id: None,
         }
     }
 

@@ -150,7 +150,33 @@ pub fn add_seeded_nodes(
         cp_rng_seed: Some(cp_rng_seed),
         ..opts.clone()
     };
+    seed_client_ids(cp_rng_seed);
     add_nodes_on(sim, &opts, &SimDisks::default())
+}
+
+thread_local! {
+    /// State of the generator of client ids ([`client`]): the simulation runs its hosts on
+    /// the thread that builds it, so a thread-local seeded per simulation repeats per seed.
+    static CLIENT_IDS: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes [`client`] draw client ids from `seed` on this thread (until the next call): without
+/// it each client draws a random id, and its varint-encoded size changes message sizes, so
+/// runs of one seed drift apart.
+pub fn seed_client_ids(seed: u64) {
+    CLIENT_IDS.with(|c| c.set(Some(seed ^ 0x6b76_5f63_6c69_656e)));
+}
+
+/// The next client id of this thread's seeded sequence (splitmix64), if seeded.
+fn next_client_id() -> Option<u64> {
+    CLIENT_IDS.with(|c| {
+        let state = c.get()?.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        c.set(Some(state));
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Some((z ^ (z >> 31)).max(1))
+    })
 }
 
 /// A client inside the simulation that talks only to `seeds`.
@@ -159,6 +185,7 @@ pub async fn client(seeds: &[&str], timeout: Duration) -> Result<Client, kv_clie
     cfg.seeds_only = true;
     cfg.timeout = timeout;
     cfg.dialer = Arc::new(TurmoilDialer);
+    cfg.client_id = next_client_id();
     Client::connect(cfg).await
 }
 

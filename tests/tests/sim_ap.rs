@@ -5,7 +5,7 @@
 //! anti-entropy repairing a wiped replica, and replica writes from far in the future (or for a
 //! node that does not exist) refused through the internal API.
 //!
-//! Every test is seeded (`KV_SIM_SEED`, default `DEFAULT_SEED`) and prints the exact command
+//! Every test is seeded (`KV_SEED`, default `DEFAULT_SEED`) and prints the exact command
 //! that replays it when it fails. Replicas are read directly through the internal `ApRead`
 //! call, which repairs nothing, so convergence is observed rather than caused by the checker.
 
@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The seed used when `KV_SIM_SEED` is not set.
+/// The seed used when `KV_SEED` is not set.
 const DEFAULT_SEED: u64 = 7;
 /// The AP keyspace and its id (what the internal API names it by).
 const AP: &str = "ap";
@@ -74,9 +74,9 @@ fn no_hint_replay(cfg: &mut NodeConfig) {
 const POLL: Duration = Duration::from_millis(500);
 
 fn seed() -> u64 {
-    std::env::var("KV_SIM_SEED")
+    std::env::var("KV_SEED")
         .ok()
-        .map(|s| s.parse().expect("KV_SIM_SEED must be an integer"))
+        .map(|s| s.parse().expect("KV_SEED must be an integer"))
         .unwrap_or(DEFAULT_SEED)
 }
 
@@ -90,7 +90,7 @@ impl Drop for Reproduce {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "\nsimulation failed with seed {seed}; rerun it with:\n  KV_SIM_SEED={seed} cargo test -p tests --test sim_ap -- --exact {test}\n",
+                "\nsimulation failed with seed {seed}; rerun it with:\n  KV_SEED={seed} cargo test -p tests --test sim_ap -- --exact {test}\n",
                 seed = self.seed,
                 test = self.test,
             );

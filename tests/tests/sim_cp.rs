@@ -11,7 +11,7 @@
 //! (c) reads never went back in time: per client and key, a read's revision is never lower
 //!     than one the client wrote or read before.
 //!
-//! The seed comes from `SIM_SEED` (default `DEFAULT_SEED`); a failure prints it and the command
+//! The seed comes from `KV_SEED` (default `DEFAULT_SEED`); a failure prints it and the command
 //! that reruns it.
 
 use kv_client::placement::partition_for_key;
@@ -40,7 +40,7 @@ const PACE: Duration = Duration::from_millis(20);
 const EVENTUALLY: Duration = Duration::from_secs(60);
 
 fn seed() -> u64 {
-    std::env::var("SIM_SEED")
+    std::env::var("KV_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_SEED)
@@ -49,7 +49,7 @@ fn seed() -> u64 {
 /// Panics with the seed and the exact command that reruns this test.
 fn fail(test: &str, seed: u64, msg: &str) -> ! {
     panic!(
-        "{msg}\n\nseed {seed}; rerun with:\n  SIM_SEED={seed} cargo test -p tests --test sim_cp -- --exact {test}"
+        "{msg}\n\nseed {seed}; rerun with:\n  KV_SEED={seed} cargo test -p tests --test sim_cp -- --exact {test}"
     )
 }
 

@@ -60,6 +60,9 @@ pub struct Outcome {
     pub lin: Option<LinReport>,
     /// AP: the AP checker's report.
     pub ap: Option<ApReport>,
+    /// AP: what the AP checker was given besides the history (final replica reads,
+    /// convergence polls), to save with it.
+    pub ap_input: Option<ApInput>,
     /// Requests per side: (issued, served).
     pub availability: BTreeMap<Side, (usize, usize)>,
     /// CP minority-side check (None when no minority side existed).
@@ -78,6 +81,8 @@ pub struct Outcome {
     pub violation_after_ms: Option<u64>,
     /// Fault windows as applied.
     pub windows: Vec<Window>,
+    /// Every workload request as the harness saw it (final reads excluded), in send order.
+    pub calls: Vec<Call>,
     /// Why the case failed; empty = passed.
     pub failures: Vec<String>,
     /// Simulated time the case took.
@@ -218,7 +223,8 @@ pub fn history_dir() -> PathBuf {
     target.join("partition-matrix")
 }
 
-pub(super) fn side_at(windows: &[Window], node: usize, t_ns: u64) -> Side {
+/// The side `node` stood on at `t_ns`, from the windows applied.
+pub fn side_at(windows: &[Window], node: usize, t_ns: u64) -> Side {
     windows
         .iter()
         .rev()
@@ -283,38 +289,14 @@ pub(super) fn check_cp(outcome: &mut Outcome, calls: &[Call], settings: &Setting
     outcome.lin = Some(lin);
 
     // No acknowledged write lost: every acknowledged set element is read back by a final read.
-    if let Ok(ops) = outcome.history.operations() {
-        let mut acked: BTreeMap<&str, &str> = BTreeMap::new();
-        let mut found: BTreeMap<&str, BTreeSet<Option<&str>>> = BTreeMap::new();
-        for op in &ops {
-            match &op.op {
-                Op::Write(v) if op.outcome == OpOutcome::Ok && op.key.contains("/set/") => {
-                    acked.insert(op.key.as_str(), v.as_str());
-                }
-                Op::Read
-                    if op.outcome == OpOutcome::Ok && op.process >= FINAL_READ_PROCESS_BASE =>
-                {
-                    found
-                        .entry(op.key.as_str())
-                        .or_default()
-                        .insert(op.read.as_deref());
-                }
-                _ => {}
-            }
-        }
-        let lost: Vec<&str> = acked
-            .iter()
-            .filter(|(k, v)| found.get(*k).is_some_and(|f| !f.contains(&Some(**v))))
-            .map(|(k, _)| *k)
-            .collect();
-        outcome.lost_writes = lost.len();
-        if !lost.is_empty() {
-            outcome.failures.push(format!(
-                "{} acknowledged writes lost, e.g. {:?}",
-                lost.len(),
-                &lost[..lost.len().min(5)]
-            ));
-        }
+    let lost = lost_set_elements(&outcome.history);
+    outcome.lost_writes = lost.len();
+    if !lost.is_empty() {
+        outcome.failures.push(format!(
+            "{} acknowledged writes lost, e.g. {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        ));
     }
 
     // The minority side refuses: judge requests invoked after a minority window's start plus
@@ -422,6 +404,7 @@ pub(super) fn check_ap(outcome: &mut Outcome, shared: &Shared, settings: &Settin
         outcome.lost_to_lww = lost_to_lww(&ops);
     }
     outcome.ap = Some(report);
+    outcome.ap_input = Some(input);
 }
 
 /// Acknowledged register writes (puts and deletes) discarded by an acknowledged write with a
@@ -447,4 +430,34 @@ pub fn lost_to_lww(ops: &[jepsen::Operation]) -> usize {
         }
     }
     lost
+}
+
+/// CP: acknowledged append-set elements (keys containing `/set/`) that a final read (process
+/// at or above [`FINAL_READ_PROCESS_BASE`]) found without their value. Keys no final read
+/// reached are not judged.
+pub fn lost_set_elements(history: &History) -> Vec<String> {
+    let Ok(ops) = history.operations() else {
+        return Vec::new();
+    };
+    let mut acked: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut found: BTreeMap<&str, BTreeSet<Option<&str>>> = BTreeMap::new();
+    for op in &ops {
+        match &op.op {
+            Op::Write(v) if op.outcome == OpOutcome::Ok && op.key.contains("/set/") => {
+                acked.insert(op.key.as_str(), v.as_str());
+            }
+            Op::Read if op.outcome == OpOutcome::Ok && op.process >= FINAL_READ_PROCESS_BASE => {
+                found
+                    .entry(op.key.as_str())
+                    .or_default()
+                    .insert(op.read.as_deref());
+            }
+            _ => {}
+        }
+    }
+    acked
+        .iter()
+        .filter(|(k, v)| found.get(*k).is_some_and(|f| !f.contains(&Some(**v))))
+        .map(|(k, _)| k.to_string())
+        .collect()
 }

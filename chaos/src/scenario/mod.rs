@@ -38,10 +38,11 @@ mod sim_kv;
 mod workload_host;
 
 pub use checks::{
-    history_dir, lost_to_lww, render_sides, summarize, Call, MinorityCheck, Outcome, Window,
+    history_dir, lost_set_elements, lost_to_lww, render_sides, side_at, summarize, Call,
+    MinorityCheck, Outcome, Window,
 };
-pub use runner::{run, run_with};
-pub use sim_kv::SimKv;
+pub use runner::{merge, run, run_with, SET_ID_OFFSET};
+pub use sim_kv::{text, versions, write_error, SimKv};
 
 use jepsen::nemesis::Schedule;
 use kv_testkit::sim::SIM_PORT;
@@ -61,6 +62,13 @@ pub const MAX_FINAL_READ_ATTEMPTS: usize = 20;
 pub const FINAL_READ_CONCURRENCY: usize = 16;
 /// Process ids of final CP reads start here (above any workload process id).
 pub const FINAL_READ_PROCESS_BASE: u64 = 1 << 40;
+
+/// True for the process of a final read in a merged history: the final CP reads, and the
+/// append-set workload's read-back of its elements (its reader process, offset as merged).
+pub fn is_final_read(process: u64) -> bool {
+    process >= FINAL_READ_PROCESS_BASE
+        || process == SET_ID_OFFSET + jepsen::workload::MAX_PROCESSES as u64 * 1_000_000
+}
 
 /// Which side of CAP the case exercises (the keyspace of the same name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Offset added to append-set event and process ids when merged into one history.
-const SET_ID_OFFSET: u64 = 1 << 32;
+pub const SET_ID_OFFSET: u64 = 1 << 32;
 /// Latency bounds turmoil uses by default; a healed slow link goes back to them.
 const DEFAULT_LINK_LATENCY_MAX: Duration = Duration::from_millis(100);
 
@@ -214,6 +214,7 @@ pub fn run_with(case: &Case, settings: &Settings) -> Outcome {
         history,
         lin: None,
         ap: None,
+        ap_input: None,
         availability: availability(&calls, &windows, shared.t0_ns.unwrap_or(0), &shared),
         minority: None,
         lost_writes: 0,
@@ -222,6 +223,7 @@ pub fn run_with(case: &Case, settings: &Settings) -> Outcome {
         anomalies: 0,
         violation_after_ms: None,
         windows,
+        calls: Vec::new(),
         failures,
         sim_ms,
         wall: Duration::ZERO,
@@ -230,12 +232,13 @@ pub fn run_with(case: &Case, settings: &Settings) -> Outcome {
         Mode::Cp => check_cp(&mut outcome, &calls, settings),
         Mode::Ap => check_ap(&mut outcome, &shared, settings),
     }
+    outcome.calls = calls;
     outcome.wall = wall_start.elapsed();
     outcome
 }
 
 /// Merges the register and append-set histories (set ids and processes offset), by time.
-fn merge(register: History, set: History) -> History {
+pub fn merge(register: History, set: History) -> History {
     let mut set = set;
     for e in &mut set.events {
         e.id += SET_ID_OFFSET;

@@ -54,7 +54,8 @@ impl SimKv {
     }
 }
 
-pub(super) fn versions(v: Option<&kv_proto::v1::Version>) -> (Option<u64>, Option<jepsen::Hlc>) {
+/// A kv version as the history's revision (CP) and timestamp (AP).
+pub fn versions(v: Option<&kv_proto::v1::Version>) -> (Option<u64>, Option<jepsen::Hlc>) {
     match v {
         None => (None, None),
         Some(v) => (
@@ -67,7 +68,7 @@ pub(super) fn versions(v: Option<&kv_proto::v1::Version>) -> (Option<u64>, Optio
 }
 
 /// A write's error: definite failure only when the request certainly had no effect.
-fn write_error(e: kv_client::Error) -> ClientError {
+pub fn write_error(e: kv_client::Error) -> ClientError {
     use kv_client::Error as E;
     match e {
         E::InvalidArgument(_)
@@ -80,7 +81,8 @@ fn write_error(e: kv_client::Error) -> ClientError {
     }
 }
 
-pub(super) fn text(bytes: Option<Vec<u8>>) -> Option<String> {
+/// Bytes as the history's text (lossy UTF-8).
+pub fn text(bytes: Option<Vec<u8>>) -> Option<String> {
     bytes.map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 

@@ -1,12 +1,13 @@
 //! The commands, one file per group: `server` (run a node), `local` (local clusters), `data`
 //! (put, get, delete, cas), `admin` (ring, status, keyspaces, completion), `check` (history
 //! files), `chaos` (faults on a running cluster), `demo` (CP and AP side by side), `snapshot` (backups;
-//! their file format in `snapshot_file`). Each returns
-//! the exit code of its answer or a `CliError`; `output` prints and ends.
+//! their file format in `snapshot_file`), `compare` (one workload and fault schedule on both
+//! modes, checked). Each returns the exit code of its answer or a `CliError`; `output` prints and ends.
 
 pub mod admin;
 pub mod chaos;
 pub mod check;
+pub mod compare;
 pub mod data;
 pub mod demo;
 pub mod local;
