@@ -254,13 +254,18 @@ async fn real_run(
             .iter()
             .map(|n| (n.name.clone(), n.addr.clone()))
             .collect();
+        let peer_addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| n.peer_addr.clone().unwrap_or_else(|| n.addr.clone()))
+            .collect();
         ctx.out.note(&format!(
             "kv compare on the cluster in {} ({}), seed {} ...",
             dir.display(),
             cluster.names(),
             args.seed
         ));
-        return Ok(real::run(&nodes, &plan, &progress).await?);
+        return Ok(real::run(&nodes, &peer_addrs, &plan, &progress).await?);
     }
     let folder = DemoFolder::create()?;
     ctx.out.note(&format!(
@@ -280,6 +285,11 @@ async fn real_run(
             .iter()
             .map(|n| (n.name.clone(), n.addr.clone()))
             .collect();
+        let peer_addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| n.peer_addr.clone().unwrap_or_else(|| n.addr.clone()))
+            .collect();
         ctx.out.note(&format!(
             "  ready: {}; workload for {} on cp and ap at once, seed {} ...",
             nodes
@@ -290,7 +300,7 @@ async fn real_run(
             secs(args.duration),
             args.seed
         ));
-        real::run(&nodes, &plan, &progress).await
+        real::run(&nodes, &peer_addrs, &plan, &progress).await
     };
     let outcome = tokio::select! {
         r = outcome => r,

@@ -105,10 +105,12 @@ fn counts(mode: Mode, recs: [&Recorder; 2]) -> (Mode, usize, usize, usize) {
     c
 }
 
-/// Runs the comparison on the cluster of `nodes` (name, address; started with `--chaos`).
-/// The last node is the one cut off. `progress` is called about every second.
+/// Runs the comparison on the cluster of `nodes` (name, address; started with `--chaos`),
+/// whose peer ports are `peer_addrs` (in the same order: the replicas are read there). The last
+/// node is the one cut off. `progress` is called about every second.
 pub async fn run(
     nodes: &[(String, String)],
+    peer_addrs: &[String],
     plan: &Plan,
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> anyhow::Result<Comparison> {
@@ -300,7 +302,9 @@ pub async fn run(
                 }
             }
             Mode::Ap => {
-                let input = converge_ap(nodes, &all_keys, clock.clone(), workload_end_ns).await?;
+                let input =
+                    converge_ap(nodes, peer_addrs, &all_keys, clock.clone(), workload_end_ns)
+                        .await?;
                 let history = merge(side.register.history(), side.set.history());
                 let checked = check_ap(&history, &input);
                 ModeRun {
@@ -440,12 +444,13 @@ fn state(r: &Option<Record>) -> Option<(jepsen::Hlc, String)> {
 /// the final per-replica reads: the AP checker's input.
 async fn converge_ap(
     nodes: &[(String, String)],
+    peer_addrs: &[String],
     keys: &[String],
     clock: Clock,
     quiet_ns: u64,
 ) -> anyhow::Result<ApInput> {
     let mut replicas = Vec::new();
-    for (name, addr) in nodes {
+    for ((name, _), addr) in nodes.iter().zip(peer_addrs) {
         let ch = TcpDialer
             .channel(addr)
             .map_err(|e| anyhow!("no channel to {name} at {addr}: {e}"))?;
