@@ -29,6 +29,7 @@ mod tests {
         LocalNode {
             name: "n1".into(),
             addr: "127.0.0.1:1".into(),
+            peer_addr: None,
             pid: None,
             start_ticks: None,
             http_addr,
