@@ -19,6 +19,7 @@ use crate::cp::types::{CasOutcome, Expected, KeyspaceOutcome, Raft, Request, Res
 use crate::storage::Engine;
 use crate::types::{KeyspaceDef, NodeId};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, ServerState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,6 +96,12 @@ struct Group {
     spec: GroupSpec,
     raft: Raft,
     reader: SmReader,
+    /// Last log index on this node's disk when the group started. Applies and the committed
+    /// index are not flushed, so after a restart they may be behind writes that were
+    /// acknowledged; linearizable reads wait until this index is applied (see `read_index`).
+    boot_last_log: Option<u64>,
+    /// Set once `boot_last_log` has been applied, so later reads skip the check.
+    caught_up: AtomicBool,
 }
 
 /// The multi-Raft manager of one node.
@@ -104,6 +111,10 @@ pub struct CpEngine {
     groups: BTreeMap<u64, Group>,
     unsafe_skip_read_index: AtomicBool,
 }
+
+/// How many maximal election timeouts a member that is not a group's owner waits before
+/// initializing the group itself (in case the owner is down).
+const INITIALIZE_DELAY_ELECTION_TIMEOUTS: u64 = 2;
 
 /// Initializes a pristine group member; one that already has state is left as it is.
 async fn initialize(raft: &Raft, members: BTreeMap<NodeId, BasicNode>) -> Result<(), String> {
@@ -139,6 +150,13 @@ impl CpEngine {
             };
             let (log, sm) = open_group(&engine, group).map_err(|e| raft_err(&e))?;
             let reader = sm.reader();
+            let boot_last_log = log
+                .clone()
+                .get_log_state()
+                .await
+                .map_err(|e| raft_err(&e))?
+                .last_log_id
+                .map(|l| l.index);
             let factory = NetworkFactory {
                 from: node_id,
                 group,
@@ -158,15 +176,36 @@ impl CpEngine {
                 .iter()
                 .map(|id| (*id, BasicNode::default()))
                 .collect();
-            // Every member initializes with the same membership, so the group forms even when
-            // one member is down; a member with any state refuses (NotAllowed), which is fine.
-            // FIXME(leader balance): letting only the group's owner initialize at once (the
-            // others later) balanced a fresh cluster's leaders, but made
-            // `restarting_every_node_over_the_same_disks_keeps_acknowledged_writes` (cp_engine,
-            // snapshots every 8 entries) lose the write at the snapshot's index after every node
-            // restarts; reverted until that interaction of snapshot, purge and restart is found.
-            initialize(&raft, members).await.map_err(|e| raft_err(&e))?;
-            map.insert(group, Group { spec, raft, reader });
+            // The group's owner (first of its preference list, which the ring spreads over
+            // the nodes) initializes at once, and initializing starts its election: a fresh
+            // cluster's leaders are spread like the owners. The other members initialize
+            // later, with the same membership, so the group still forms when the owner is
+            // down; a member that has any state by then refuses (NotAllowed), which is fine.
+            if spec.members.first() == Some(&node_id) {
+                initialize(&raft, members).await.map_err(|e| raft_err(&e))?;
+            } else {
+                let raft = raft.clone();
+                let delay = Duration::from_millis(
+                    config.election_timeout_max_ms * INITIALIZE_DELAY_ELECTION_TIMEOUTS,
+                );
+                let partition = spec.partition;
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Err(e) = initialize(&raft, members).await {
+                        tracing::warn!(partition, error = %e, "initializing a cp group failed");
+                    }
+                });
+            }
+            map.insert(
+                group,
+                Group {
+                    spec,
+                    raft,
+                    reader,
+                    caught_up: AtomicBool::new(boot_last_log.is_none()),
+                    boot_last_log,
+                },
+            );
         }
         tracing::info!(node_id, groups = map.len(), "cp engine started");
         Ok(CpEngine {
@@ -386,7 +425,7 @@ impl CpEngine {
                         "no quorum confirmed the read index before the deadline",
                     ))
                 }
-                Ok(Ok(_)) => return Ok(()),
+                Ok(Ok(_)) => return self.caught_up_since_boot(group, deadline, budget).await,
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                     self.not_leader_or_wait(group, f.leader_id, deadline, budget)
                         .await?;
@@ -403,6 +442,58 @@ impl CpEngine {
             }
         }
         Err(self.unavailable(group, "leadership kept changing"))
+    }
+
+    /// Waits (by `deadline`) until the log this node had at start-up is applied.
+    ///
+    /// Why: applies and the committed index are not flushed (the log is, and replays them), so
+    /// a restarted node's state machine and `committed` can be behind writes it acknowledged.
+    /// A leader restored at start-up in its old term (openraft does this when its vote was
+    /// committed) takes max(its first entry of that term, committed) as the read index, which
+    /// can then lie below acknowledged writes: the read would miss them (found as a write lost
+    /// "at the snapshot index" by the all-nodes restart test, where the snapshot is what the
+    /// state machine falls back to). Every acknowledged write is in a leader's log, so once a
+    /// leader applied its whole boot-time log a read index covers them. openraft's
+    /// `save_committed` documents this duty: "do not serve reads until a new commit".
+    async fn caught_up_since_boot(
+        &self,
+        group: &Group,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Result<(), CpError> {
+        let Some(boot) = group.boot_last_log else {
+            return Ok(());
+        };
+        if group.caught_up.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut rx = group.raft.metrics();
+        let applied = tokio::time::timeout_at(deadline, async {
+            loop {
+                if rx.borrow_and_update().last_applied.map(|l| l.index) >= Some(boot) {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        match applied {
+            Ok(true) => {
+                group.caught_up.store(true, Ordering::Release);
+                Ok(())
+            }
+            Ok(false) => Err(CpError::Raft {
+                partition: group.spec.partition,
+                message: "raft stopped".into(),
+            }),
+            Err(_) => Err(self.expired(
+                group,
+                budget,
+                "the log this node had at start-up was not applied before the deadline",
+            )),
+        }
     }
 
     /// A known other leader is a `NotLeader`; no known leader means waiting (until the
