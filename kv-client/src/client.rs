@@ -8,7 +8,7 @@ use kv_proto::v1 as pb;
 use kv_proto::v1::kv_client::KvClient;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -22,13 +22,52 @@ pub const BACKOFF_START: Duration = Duration::from_millis(20);
 /// Longest backoff between attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
-/// What the client knows of the ring.
-#[derive(Debug, Clone, Default)]
+/// Marks a partition whose leader is not known (in `RingView::leaders`).
+const NO_LEADER: usize = usize::MAX;
+
+/// One node this client may send to.
+struct NodeSlot {
+    addr: String,
+    /// Its name from the ring; `None` for a seed before the ring is known.
+    name: Option<String>,
+    channel: Channel,
+    /// Requests in flight to it (least-outstanding routing).
+    outstanding: AtomicUsize,
+}
+
+/// What the client knows of the ring, built once per ring read and shared by every request
+/// (one `Arc` clone each): requests take no lock on it and copy no node list.
+#[derive(Default)]
 struct RingView {
     partition_count: u32,
-    addr_of: BTreeMap<u64, String>,
-    name_of: BTreeMap<String, String>,
-    preference: Vec<Vec<u64>>,
+    /// The nodes requests may go to, in ring order (the seeds, with `seeds_only` or before
+    /// the ring is known).
+    nodes: Vec<NodeSlot>,
+    /// Per partition, its preference list as indices into `nodes` (members not allowed left out).
+    preference: Vec<Vec<usize>>,
+    /// Per partition, the index in `nodes` of its CP leader as last learned, or `NO_LEADER`.
+    /// CP keyspaces share the partitions' Raft groups, so one leader per partition serves all.
+    leaders: Vec<AtomicUsize>,
+}
+
+impl RingView {
+    fn index_of(&self, addr: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.addr == addr)
+    }
+
+    fn leader(&self, partition: u32) -> Option<usize> {
+        let i = self
+            .leaders
+            .get(partition as usize)?
+            .load(Ordering::Relaxed);
+        (i != NO_LEADER).then_some(i)
+    }
+
+    fn set_leader(&self, partition: u32, node: usize) {
+        if let Some(slot) = self.leaders.get(partition as usize) {
+            slot.store(node, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Whether a request may be retried after an error of unknown outcome.
@@ -50,10 +89,10 @@ pub struct Client {
 
 struct Inner {
     config: ClientConfig,
-    ring: Mutex<RingView>,
+    /// Replaced whole on each ring read; a request clones the `Arc` once.
+    ring: RwLock<Arc<RingView>>,
+    /// Channels by address, kept across ring reads (touched only when a view is built).
     channels: Mutex<BTreeMap<String, Channel>>,
-    outstanding: Mutex<BTreeMap<String, usize>>,
-    leaders: Mutex<BTreeMap<(String, u32), String>>,
     next: AtomicUsize,
     /// This client's id in every write's `RequestId` (random, never 0).
     client_id: u64,
@@ -75,15 +114,17 @@ impl Client {
         let client = Client {
             inner: Arc::new(Inner {
                 config,
-                ring: Mutex::new(RingView::default()),
+                ring: RwLock::new(Arc::default()),
                 channels: Mutex::new(BTreeMap::new()),
-                outstanding: Mutex::new(BTreeMap::new()),
-                leaders: Mutex::new(BTreeMap::new()),
                 next: AtomicUsize::new(0),
                 client_id: rand::random::<u64>().max(1),
                 next_seq: AtomicU64::new(1),
             }),
         };
+        let seeds = client.inner.config.seeds.clone();
+        let seed_view =
+            client.build_view(0, seeds.iter().map(|a| (a.clone(), None)), Vec::new())?;
+        client.set_view(seed_view);
         client.refresh_ring().await?;
         Ok(client)
     }
@@ -98,24 +139,7 @@ impl Client {
             match tokio::time::timeout(self.inner.config.timeout, grpc.ring(req)).await {
                 Ok(Ok(resp)) => {
                     let ring = resp.into_inner();
-                    *self.inner.ring.lock().expect("ring lock") = RingView {
-                        partition_count: ring.partition_count,
-                        addr_of: ring
-                            .members
-                            .iter()
-                            .map(|m| (m.id, m.address.clone()))
-                            .collect(),
-                        name_of: ring
-                            .members
-                            .iter()
-                            .map(|m| (m.address.clone(), m.name.clone()))
-                            .collect(),
-                        preference: ring
-                            .partitions
-                            .iter()
-                            .map(|p| p.preference.clone())
-                            .collect(),
-                    };
+                    self.set_view(self.view_of(&ring)?);
                     return Ok(ring);
                 }
                 Ok(Err(status)) => last = Some(Error::from_status(status, &seed)),
@@ -130,6 +154,80 @@ impl Client {
         Err(last.unwrap_or_else(|| Error::Config("no seeds".into())))
     }
 
+    /// The view of `ring`: its members (or the seeds, with `seeds_only`) as nodes to send to.
+    fn view_of(&self, ring: &pb::RingResponse) -> Result<RingView, Error> {
+        let seeds = &self.inner.config.seeds;
+        let name_of = |addr: &str| {
+            ring.members
+                .iter()
+                .find(|m| m.address == addr)
+                .map(|m| m.name.clone())
+        };
+        let nodes: Vec<(String, Option<String>)> = if self.inner.config.seeds_only {
+            seeds.iter().map(|a| (a.clone(), name_of(a))).collect()
+        } else {
+            // Ring order is member id order, as before.
+            let mut members: Vec<&pb::Member> = ring.members.iter().collect();
+            members.sort_by_key(|m| m.id);
+            members
+                .into_iter()
+                .map(|m| (m.address.clone(), Some(m.name.clone())))
+                .collect()
+        };
+        let addrs: Vec<String> = nodes.iter().map(|(a, _)| a.clone()).collect();
+        let preference = ring
+            .partitions
+            .iter()
+            .map(|p| {
+                p.preference
+                    .iter()
+                    .filter_map(|id| ring.members.iter().find(|m| m.id == *id))
+                    .filter_map(|m| addrs.iter().position(|a| *a == m.address))
+                    .collect()
+            })
+            .collect();
+        self.build_view(ring.partition_count, nodes, preference)
+    }
+
+    fn build_view(
+        &self,
+        partition_count: u32,
+        nodes: impl IntoIterator<Item = (String, Option<String>)>,
+        preference: Vec<Vec<usize>>,
+    ) -> Result<RingView, Error> {
+        let nodes = nodes
+            .into_iter()
+            .map(|(addr, name)| {
+                Ok(NodeSlot {
+                    channel: self.channel(&addr)?,
+                    addr,
+                    name,
+                    outstanding: AtomicUsize::new(0),
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(RingView {
+            partition_count,
+            nodes,
+            preference,
+            leaders: (0..partition_count)
+                .map(|_| AtomicUsize::new(NO_LEADER))
+                .collect(),
+        })
+    }
+
+    fn set_view(&self, view: RingView) {
+        *self.inner.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+    }
+
+    fn view(&self) -> Arc<RingView> {
+        self.inner
+            .ring
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Reads a key.
     pub async fn get(&self, keyspace: &str, key: &[u8], opts: Options) -> Result<GetResult, Error> {
         let req = pb::GetRequest {
@@ -137,21 +235,17 @@ impl Client {
             key: key.to_vec(),
             options: Some(opts.to_pb()),
         };
-        let resp = self
-            .call(
-                keyspace,
-                key,
-                &opts,
-                Idempotence::Safe,
-                req,
-                |mut c, r| async move { c.get(r).await },
-            )
+        let (resp, sent_to) = self
+            .call(key, &opts, Idempotence::Safe, req, |mut c, r| async move {
+                c.get(r).await
+            })
             .await?;
         Ok(GetResult {
             value: resp.found.then_some(resp.value),
             version: if resp.found { resp.version } else { None },
             served_by: resp.served_by,
             maybe_stale: resp.maybe_stale,
+            sent_to,
         })
     }
 
@@ -170,9 +264,8 @@ impl Client {
             options: Some(opts.to_pb()),
             request_id: Some(self.request_id()),
         };
-        let resp = self
+        let (resp, sent_to) = self
             .call(
-                keyspace,
                 key,
                 &opts,
                 Idempotence::Deduplicated,
@@ -183,6 +276,7 @@ impl Client {
         Ok(WriteResult {
             version: resp.version,
             served_by: resp.served_by,
+            sent_to,
         })
     }
 
@@ -199,9 +293,8 @@ impl Client {
             options: Some(opts.to_pb()),
             request_id: Some(self.request_id()),
         };
-        let resp = self
+        let (resp, sent_to) = self
             .call(
-                keyspace,
                 key,
                 &opts,
                 Idempotence::Deduplicated,
@@ -212,6 +305,7 @@ impl Client {
         Ok(WriteResult {
             version: resp.version,
             served_by: resp.served_by,
+            sent_to,
         })
     }
 
@@ -237,9 +331,8 @@ impl Client {
             options: Some(opts.to_pb()),
             request_id: Some(self.request_id()),
         };
-        let resp = self
+        let (resp, sent_to) = self
             .call(
-                keyspace,
                 key,
                 &opts,
                 Idempotence::Deduplicated,
@@ -252,6 +345,7 @@ impl Client {
             version: resp.version,
             current_value: resp.found.then_some(resp.current_value),
             served_by: resp.served_by,
+            sent_to,
         })
     }
 
@@ -308,73 +402,63 @@ impl Client {
 
     /// The nodes this client may send requests to, in ring order.
     fn allowed_nodes(&self) -> Vec<String> {
-        if self.inner.config.seeds_only {
-            return self.inner.config.seeds.clone();
-        }
-        let ring = self.inner.ring.lock().expect("ring lock");
-        if ring.addr_of.is_empty() {
-            self.inner.config.seeds.clone()
-        } else {
-            ring.addr_of.values().cloned().collect()
-        }
+        self.view().nodes.iter().map(|n| n.addr.clone()).collect()
     }
 
-    /// Picks the node for attempt `attempt` of a request on `key`.
-    fn pick(&self, keyspace: &str, key: &[u8], attempt: u32, avoid: &[String]) -> String {
-        let allowed = self.allowed_nodes();
-        let candidates: Vec<&String> = allowed.iter().filter(|a| !avoid.contains(a)).collect();
-        let candidates = if candidates.is_empty() {
-            allowed.iter().collect()
-        } else {
-            candidates
-        };
+    /// Picks the node (index into `view.nodes`) for attempt `attempt` of a request on
+    /// partition `partition`, avoiding the nodes in `avoid` while others remain.
+    fn pick(
+        &self,
+        view: &RingView,
+        partition: Option<u32>,
+        attempt: u32,
+        avoid: &[usize],
+    ) -> usize {
+        let n = view.nodes.len();
+        let usable = |i: &usize| !avoid.contains(i);
+        let any_usable = (0..n).any(|i| usable(&i));
+        let ok = |i: &usize| !any_usable || usable(i);
+        // The k-th usable node, counting round the ring from `start`.
+        let nth = |start: usize| (0..n).map(|k| (start + k) % n).find(|i| ok(i)).unwrap_or(0);
         match self.inner.config.routing {
             Routing::TokenAware => {
-                let ring = self.inner.ring.lock().expect("ring lock");
-                if ring.partition_count > 0 {
-                    let partition = partition_for_key(key, ring.partition_count);
-                    let leader = self
-                        .inner
-                        .leaders
-                        .lock()
-                        .expect("leader lock")
-                        .get(&(keyspace.to_string(), partition))
-                        .cloned();
-                    let preferred = leader.into_iter().chain(
-                        ring.preference
-                            .get(partition as usize)
+                if let Some(p) = partition {
+                    let preferred = view.leader(p).into_iter().chain(
+                        view.preference
+                            .get(p as usize)
                             .into_iter()
                             .flatten()
-                            .filter_map(|id| ring.addr_of.get(id).cloned()),
+                            .copied(),
                     );
-                    for addr in preferred {
-                        if candidates.contains(&&addr) {
-                            return addr;
+                    for i in preferred {
+                        if ok(&i) {
+                            return i;
                         }
                     }
                 }
                 let i = self.inner.next.fetch_add(1, Ordering::Relaxed) + attempt as usize;
-                candidates[i % candidates.len()].clone()
+                nth(i % n)
             }
             Routing::RoundRobin => {
                 let i = self.inner.next.fetch_add(1, Ordering::Relaxed);
-                candidates[i % candidates.len()].clone()
+                nth(i % n)
             }
-            Routing::LeastOutstanding => {
-                let outstanding = self.inner.outstanding.lock().expect("outstanding lock");
-                candidates
-                    .iter()
-                    .min_by_key(|a| outstanding.get(a.as_str()).copied().unwrap_or(0))
-                    .map(|a| a.to_string())
-                    .unwrap_or_default()
-            }
+            Routing::LeastOutstanding => (0..n)
+                .filter(|i| ok(i))
+                .min_by_key(|i| view.nodes[*i].outstanding.load(Ordering::Relaxed))
+                .unwrap_or(0),
         }
     }
 
-    fn grpc(&self, addr: &str) -> Result<KvClient<Channel>, Error> {
-        let mut channels = self.inner.channels.lock().expect("channel lock");
+    /// The channel to `addr`, made once and kept.
+    fn channel(&self, addr: &str) -> Result<Channel, Error> {
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(ch) = channels.get(addr) {
-            return Ok(KvClient::new(ch.clone()));
+            return Ok(ch.clone());
         }
         let ch = self
             .inner
@@ -383,21 +467,25 @@ impl Client {
             .channel(addr)
             .map_err(Error::Config)?;
         channels.insert(addr.to_string(), ch.clone());
-        Ok(KvClient::new(ch))
+        Ok(ch)
     }
 
-    /// Runs one request with routing, deadline and retries.
+    fn grpc(&self, addr: &str) -> Result<KvClient<Channel>, Error> {
+        Ok(KvClient::new(self.channel(addr)?))
+    }
+
+    /// Runs one request with routing, deadline and retries; returns the answer and the node
+    /// (name, else address) the answering attempt was sent to.
     /// `send` is the one RPC (e.g. `|mut c, r| async move { c.get(r).await }`); each attempt
     /// sends a copy of `req` carrying the remaining deadline as `grpc-timeout`.
     async fn call<Req, Resp, F, Fut>(
         &self,
-        keyspace: &str,
         key: &[u8],
         opts: &Options,
         idempotence: Idempotence,
         req: Req,
         send: F,
-    ) -> Result<Resp, Error>
+    ) -> Result<(Resp, String), Error>
     where
         Req: Clone,
         F: Fn(KvClient<Channel>, tonic::Request<Req>) -> Fut,
@@ -407,17 +495,25 @@ impl Client {
         let start = Instant::now();
         let deadline = start + timeout;
         let mut backoff = BACKOFF_START;
-        let mut avoid: Vec<String> = Vec::new();
-        let mut leader_hint: Option<String> = None;
+        let view = self.view();
+        if view.nodes.is_empty() {
+            return Err(Error::Config("no endpoints".into()));
+        }
+        let partition =
+            (view.partition_count > 0).then(|| partition_for_key(key, view.partition_count));
+        let mut avoid: Vec<usize> = Vec::new();
+        let mut leader_hint: Option<usize> = None;
         // The error to report if every attempt fails: a node's own answer says more (which
         // node owns the key and is down) than a transport failure does.
         let mut reported: Option<Error> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let addr = leader_hint
+            let node_ix = leader_hint
                 .take()
-                .unwrap_or_else(|| self.pick(keyspace, key, attempt, &avoid));
+                .unwrap_or_else(|| self.pick(&view, partition, attempt, &avoid));
+            let node = &view.nodes[node_ix];
+            let addr = &node.addr;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining < MIN_ATTEMPT_TIME {
                 // Too little time for another try: a node's definite answer (e.g. Unavailable)
@@ -430,18 +526,21 @@ impl Client {
                     message: format!("{attempt} attempt(s), last to {addr}"),
                 });
             }
-            let grpc = self.grpc(&addr)?;
-            self.track(&addr, 1);
+            let grpc = KvClient::new(node.channel.clone());
+            node.outstanding.fetch_add(1, Ordering::Relaxed);
             let mut request = tonic::Request::new(req.clone());
             request.set_timeout(remaining);
             let result = tokio::time::timeout(remaining, send(grpc, request)).await;
-            self.track(&addr, -1);
+            node.outstanding.fetch_sub(1, Ordering::Relaxed);
             let err = match result {
                 Ok(Ok(resp)) => {
-                    self.learn_leader(keyspace, key, resp.metadata());
-                    return Ok(resp.into_inner());
+                    if let Some(p) = partition {
+                        learn_leader(&view, p, resp.metadata());
+                    }
+                    let sent_to = node.name.clone().unwrap_or_else(|| addr.clone());
+                    return Ok((resp.into_inner(), sent_to));
                 }
-                Ok(Err(status)) => Error::from_status(status, &self.describe(&addr)),
+                Ok(Err(status)) => Error::from_status(status, &describe(node)),
                 Err(_) => Error::DeadlineExceeded {
                     elapsed_ms: start.elapsed().as_millis() as u64,
                     message: format!("no answer from {addr} within the deadline"),
@@ -480,49 +579,31 @@ impl Client {
                 ..
             } = &err
             {
-                let ring = self.inner.ring.lock().expect("ring lock");
-                if ring.partition_count > 0 {
-                    let p = partition_for_key(key, ring.partition_count);
-                    self.inner
-                        .leaders
-                        .lock()
-                        .expect("leader lock")
-                        .insert((keyspace.to_string(), p), leader.clone());
+                // Only a node this client may use is followed; else the next pick decides.
+                if let Some(i) = view.index_of(leader) {
+                    if let Some(p) = partition {
+                        view.set_leader(p, i);
+                    }
+                    leader_hint = Some(i);
+                    continue;
                 }
-                leader_hint = Some(leader.clone());
-                continue;
             }
             if matches!(err, Error::Connect { .. } | Error::Transport { .. }) {
                 // A leader we cannot reach is no leader to prefer any more.
-                self.inner
-                    .leaders
-                    .lock()
-                    .expect("leader lock")
-                    .retain(|_, leader| leader != &addr);
+                for slot in &view.leaders {
+                    let _ = slot.compare_exchange(
+                        node_ix,
+                        NO_LEADER,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
             }
             tracing::debug!(%addr, error = %err, attempt, "retrying");
-            avoid.push(addr);
+            avoid.push(node_ix);
             let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
-    }
-
-    /// Remembers the leader a CP answer names (the `kv-leader` header), so the next request
-    /// for this partition goes straight to it, with no server-side hop.
-    fn learn_leader(&self, keyspace: &str, key: &[u8], metadata: &tonic::metadata::MetadataMap) {
-        let Some(leader) = metadata.get(LEADER_HEADER).and_then(|v| v.to_str().ok()) else {
-            return;
-        };
-        let ring = self.inner.ring.lock().expect("ring lock");
-        if ring.partition_count == 0 || !ring.name_of.contains_key(leader) {
-            return;
-        }
-        let p = partition_for_key(key, ring.partition_count);
-        let mut leaders = self.inner.leaders.lock().expect("leader lock");
-        let slot = (keyspace.to_string(), p);
-        if leaders.get(&slot).map(String::as_str) != Some(leader) {
-            leaders.insert(slot, leader.to_string());
         }
     }
 
@@ -536,15 +617,30 @@ impl Client {
 
     /// "n2 (127.0.0.1:7002)" when the ring names the address, else the address.
     fn describe(&self, addr: &str) -> String {
-        match self.inner.ring.lock().expect("ring lock").name_of.get(addr) {
-            Some(name) => format!("{name} ({addr})"),
+        let view = self.view();
+        match view.index_of(addr) {
+            Some(i) => describe(&view.nodes[i]),
             None => addr.to_string(),
         }
     }
+}
 
-    fn track(&self, addr: &str, delta: isize) {
-        let mut map = self.inner.outstanding.lock().expect("outstanding lock");
-        let entry = map.entry(addr.to_string()).or_insert(0);
-        *entry = entry.saturating_add_signed(delta);
+/// "n2 (127.0.0.1:7002)", or the address alone when the ring has not named it.
+fn describe(node: &NodeSlot) -> String {
+    match &node.name {
+        Some(name) => format!("{name} ({})", node.addr),
+        None => node.addr.clone(),
+    }
+}
+
+/// Remembers the leader a CP answer names (the `kv-leader` header), so the next request for
+/// this partition goes straight to it, with no server-side hop. Only addresses of nodes this
+/// client may use are believed.
+fn learn_leader(view: &RingView, partition: u32, metadata: &tonic::metadata::MetadataMap) {
+    let Some(leader) = metadata.get(LEADER_HEADER).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    if let Some(i) = view.index_of(leader) {
+        view.set_leader(partition, i);
     }
 }
