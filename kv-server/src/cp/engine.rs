@@ -100,6 +100,9 @@ struct Group {
     /// index are not flushed, so after a restart they may be behind writes that were
     /// acknowledged; linearizable reads wait until this index is applied (see `read_index`).
     boot_last_log: Option<u64>,
+    /// Term of this node's vote when the group started: a leader of a later term was elected
+    /// since, and its first entry (which its read index covers) follows every earlier write.
+    boot_term: u64,
     /// Set once `boot_last_log` has been applied, so later reads skip the check.
     caught_up: AtomicBool,
 }
@@ -150,13 +153,18 @@ impl CpEngine {
             };
             let (log, sm) = open_group(&engine, group).map_err(|e| raft_err(&e))?;
             let reader = sm.reader();
-            let boot_last_log = log
-                .clone()
+            let mut boot_log = log.clone();
+            let boot_last_log = boot_log
                 .get_log_state()
                 .await
                 .map_err(|e| raft_err(&e))?
                 .last_log_id
                 .map(|l| l.index);
+            let boot_term = boot_log
+                .read_vote()
+                .await
+                .map_err(|e| raft_err(&e))?
+                .map_or(0, |v| v.leader_id().term);
             let factory = NetworkFactory {
                 from: node_id,
                 group,
@@ -210,6 +218,7 @@ impl CpEngine {
                     reader,
                     caught_up: AtomicBool::new(boot_last_log.is_none()),
                     boot_last_log,
+                    boot_term,
                 },
             );
         }
@@ -476,7 +485,14 @@ impl CpEngine {
         let mut rx = group.raft.metrics();
         let applied = tokio::time::timeout_at(deadline, async {
             loop {
-                if rx.borrow_and_update().last_applied.map(|l| l.index) >= Some(boot) {
+                // Elected after start-up: a log entry the boot-time log may hold that never
+                // committed can be gone, so the index alone could wait for a later write.
+                let done = {
+                    let m = rx.borrow_and_update();
+                    m.last_applied.map(|l| l.index) >= Some(boot)
+                        || m.current_term > group.boot_term
+                };
+                if done {
                     return true;
                 }
                 if rx.changed().await.is_err() {
