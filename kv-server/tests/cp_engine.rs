@@ -726,3 +726,34 @@ async fn a_fresh_clusters_leaders_are_spread_like_the_group_owners() {
     .await;
     assert_eq!(led, BTreeMap::from([(1, 2), (2, 2), (3, 2)]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_returns_to_the_owners_when_a_node_comes_back() {
+    // Node 1 is killed: the groups it owns elect other leaders. When it is back, each node
+    // must lead its two groups again (the owners campaign once caught up), not keep the
+    // failover's placement.
+    let mut cluster = Cluster::new(3, 6, test_config()).await;
+    let all_led = |c: &Cluster, ids: &[NodeId]| {
+        let led: BTreeMap<NodeId, usize> = ids
+            .iter()
+            .map(|id| (*id, c.node(*id).groups_led().len()))
+            .collect();
+        (led.values().sum::<usize>() == 6).then_some(led)
+    };
+    wait_until("every group to have a leader", || {
+        all_led(&cluster, &[1, 2, 3])
+    })
+    .await;
+    cluster.kill(1).await;
+    let led = wait_until("groups to fail over", || all_led(&cluster, &[2, 3])).await;
+    assert_eq!(led.values().sum::<usize>(), 6, "{led:?}");
+    cluster.start(1).await;
+    let even = BTreeMap::from([(1, 2), (2, 2), (3, 2)]);
+    wait_until("node 1 to lead its share again", || {
+        all_led(&cluster, &[1, 2, 3]).filter(|led| *led == even)
+    })
+    .await;
+    // The data written before is all there, through the new leaders.
+    let rev = cluster.put(0, "after", "x", &[1, 2, 3]).await;
+    assert_eq!(cluster.get(0, "after", 1).await, value("x", rev));
+}

@@ -7,6 +7,7 @@
 //! - a read is linearizable (leader read index, no log write) unless the caller asks for `stale`;
 //! - groups are fixed at construction; the map is never mutated, so lookups take no lock.
 
+use crate::cp::balance;
 use crate::cp::codec;
 pub use crate::cp::config::{CpConfig, DEFAULT_MAX_PAYLOAD_ENTRIES};
 pub use crate::cp::error::CpError;
@@ -113,6 +114,8 @@ pub struct CpEngine {
     config: CpConfig,
     groups: BTreeMap<u64, Group>,
     unsafe_skip_read_index: AtomicBool,
+    /// The leader-balance task (`cp::balance`), stopped at shutdown.
+    balancer: tokio::task::AbortHandle,
 }
 
 /// How many maximal election timeouts a member that is not a group's owner waits before
@@ -189,12 +192,7 @@ impl CpEngine {
             // cluster's leaders are spread like the owners. The other members initialize
             // later, with the same membership, so the group still forms when the owner is
             // down; a member that has any state by then refuses (NotAllowed), which is fine.
-            // FIXME(leader balance): nothing moves leadership back when a node returns, so
-            // after a failover the survivors keep leading its groups. openraft 0.9 has no
-            // leader transfer, and its leader lease makes followers refuse a campaign while
-            // the leader heartbeats (`trigger().elect()` on the owner is refused); a handoff
-            // needs the leader to pause heartbeats and writes for a lease (about one election
-            // timeout of write stall per group) or openraft 0.10's `transfer_leader`.
+            // After a failover `cp::balance` moves leadership back to the owners.
             if spec.members.first() == Some(&node_id) {
                 initialize(&raft, members).await.map_err(|e| raft_err(&e))?;
             } else {
@@ -223,11 +221,18 @@ impl CpEngine {
             );
         }
         tracing::info!(node_id, groups = map.len(), "cp engine started");
+        let owned = map
+            .iter()
+            .filter(|(_, g)| g.spec.members.first() == Some(&node_id))
+            .map(|(id, g)| (*id, g.raft.clone()))
+            .collect();
+        let balancer = tokio::spawn(balance::run(node_id, owned, config.election_timeout_max_ms));
         Ok(CpEngine {
             node_id,
             config,
             groups: map,
             unsafe_skip_read_index: AtomicBool::new(false),
+            balancer: balancer.abort_handle(),
         })
     }
 
@@ -661,11 +666,18 @@ impl CpEngine {
 
     /// Stops every group; later calls fail with `CpError::Raft`.
     pub async fn shutdown(&self) {
+        self.balancer.abort();
         for (id, g) in &self.groups {
             if let Err(e) = g.raft.shutdown().await {
                 tracing::warn!(group = id, error = %e, "raft shutdown failed");
             }
         }
+    }
+}
+
+impl Drop for CpEngine {
+    fn drop(&mut self) {
+        self.balancer.abort();
     }
 }
 

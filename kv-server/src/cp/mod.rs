@@ -8,8 +8,10 @@
 //! `keys` (the trees' layout), `store` (the log store), `state_machine` (records, snapshots),
 //! `dedup` (at-most-once request ids), `network` (the `RaftTransport` seam
 //! and openraft's network on top of it), `runtime` (tokio with a seedable election RNG),
-//! `config` (`CpConfig`), `error` (`CpError`), `engine` (`CpEngine`, the multi-Raft manager).
+//! `config` (`CpConfig`), `error` (`CpError`), `engine` (`CpEngine`, the multi-Raft manager),
+//! `balance` (owners take back the lead of their groups).
 
+pub mod balance;
 pub mod codec;
 pub mod config;
 pub mod dedup;
