@@ -1,9 +1,10 @@
 //! The `Client`: ring discovery, routing, deadlines and safe retries.
 
-use crate::error::{Error, LEADER_HEADER};
+use crate::error::Error;
 use crate::net::validate_addr;
 use crate::options::{CasResult, ClientConfig, Expected, GetResult, Options, Routing, WriteResult};
 use crate::placement::partition_for_key;
+use crate::ring_view::{describe, learn_leader, RingView, NO_LEADER};
 use kv_proto::v1 as pb;
 use kv_proto::v1::kv_client::KvClient;
 use std::collections::BTreeMap;
@@ -21,54 +22,6 @@ pub const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(20);
 pub const BACKOFF_START: Duration = Duration::from_millis(20);
 /// Longest backoff between attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
-
-/// Marks a partition whose leader is not known (in `RingView::leaders`).
-const NO_LEADER: usize = usize::MAX;
-
-/// One node this client may send to.
-struct NodeSlot {
-    addr: String,
-    /// Its name from the ring; `None` for a seed before the ring is known.
-    name: Option<String>,
-    channel: Channel,
-    /// Requests in flight to it (least-outstanding routing).
-    outstanding: AtomicUsize,
-}
-
-/// What the client knows of the ring, built once per ring read and shared by every request
-/// (one `Arc` clone each): requests take no lock on it and copy no node list.
-#[derive(Default)]
-struct RingView {
-    partition_count: u32,
-    /// The nodes requests may go to, in ring order (the seeds, with `seeds_only` or before
-    /// the ring is known).
-    nodes: Vec<NodeSlot>,
-    /// Per partition, its preference list as indices into `nodes` (members not allowed left out).
-    preference: Vec<Vec<usize>>,
-    /// Per partition, the index in `nodes` of its CP leader as last learned, or `NO_LEADER`.
-    /// CP keyspaces share the partitions' Raft groups, so one leader per partition serves all.
-    leaders: Vec<AtomicUsize>,
-}
-
-impl RingView {
-    fn index_of(&self, addr: &str) -> Option<usize> {
-        self.nodes.iter().position(|n| n.addr == addr)
-    }
-
-    fn leader(&self, partition: u32) -> Option<usize> {
-        let i = self
-            .leaders
-            .get(partition as usize)?
-            .load(Ordering::Relaxed);
-        (i != NO_LEADER).then_some(i)
-    }
-
-    fn set_leader(&self, partition: u32, node: usize) {
-        if let Some(slot) = self.leaders.get(partition as usize) {
-            slot.store(node, Ordering::Relaxed);
-        }
-    }
-}
 
 /// Whether a request may be retried after an error of unknown outcome.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -122,8 +75,12 @@ impl Client {
             }),
         };
         let seeds = client.inner.config.seeds.clone();
-        let seed_view =
-            client.build_view(0, seeds.iter().map(|a| (a.clone(), None)), Vec::new())?;
+        let seed_view = RingView::build(
+            0,
+            seeds.iter().map(|a| (a.clone(), None)),
+            Vec::new(),
+            |a| client.channel(a),
+        )?;
         client.set_view(seed_view);
         client.refresh_ring().await?;
         Ok(client)
@@ -156,64 +113,8 @@ impl Client {
 
     /// The view of `ring`: its members (or the seeds, with `seeds_only`) as nodes to send to.
     fn view_of(&self, ring: &pb::RingResponse) -> Result<RingView, Error> {
-        let seeds = &self.inner.config.seeds;
-        let name_of = |addr: &str| {
-            ring.members
-                .iter()
-                .find(|m| m.address == addr)
-                .map(|m| m.name.clone())
-        };
-        let nodes: Vec<(String, Option<String>)> = if self.inner.config.seeds_only {
-            seeds.iter().map(|a| (a.clone(), name_of(a))).collect()
-        } else {
-            // Ring order is member id order, as before.
-            let mut members: Vec<&pb::Member> = ring.members.iter().collect();
-            members.sort_by_key(|m| m.id);
-            members
-                .into_iter()
-                .map(|m| (m.address.clone(), Some(m.name.clone())))
-                .collect()
-        };
-        let addrs: Vec<String> = nodes.iter().map(|(a, _)| a.clone()).collect();
-        let preference = ring
-            .partitions
-            .iter()
-            .map(|p| {
-                p.preference
-                    .iter()
-                    .filter_map(|id| ring.members.iter().find(|m| m.id == *id))
-                    .filter_map(|m| addrs.iter().position(|a| *a == m.address))
-                    .collect()
-            })
-            .collect();
-        self.build_view(ring.partition_count, nodes, preference)
-    }
-
-    fn build_view(
-        &self,
-        partition_count: u32,
-        nodes: impl IntoIterator<Item = (String, Option<String>)>,
-        preference: Vec<Vec<usize>>,
-    ) -> Result<RingView, Error> {
-        let nodes = nodes
-            .into_iter()
-            .map(|(addr, name)| {
-                Ok(NodeSlot {
-                    channel: self.channel(&addr)?,
-                    addr,
-                    name,
-                    outstanding: AtomicUsize::new(0),
-                })
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
-        Ok(RingView {
-            partition_count,
-            nodes,
-            preference,
-            leaders: (0..partition_count)
-                .map(|_| AtomicUsize::new(NO_LEADER))
-                .collect(),
-        })
+        let config = &self.inner.config;
+        RingView::of(ring, &config.seeds, config.seeds_only, |a| self.channel(a))
     }
 
     fn set_view(&self, view: RingView) {
@@ -622,25 +523,5 @@ impl Client {
             Some(i) => describe(&view.nodes[i]),
             None => addr.to_string(),
         }
-    }
-}
-
-/// "n2 (127.0.0.1:7002)", or the address alone when the ring has not named it.
-fn describe(node: &NodeSlot) -> String {
-    match &node.name {
-        Some(name) => format!("{name} ({})", node.addr),
-        None => node.addr.clone(),
-    }
-}
-
-/// Remembers the leader a CP answer names (the `kv-leader` header), so the next request for
-/// this partition goes straight to it, with no server-side hop. Only addresses of nodes this
-/// client may use are believed.
-fn learn_leader(view: &RingView, partition: u32, metadata: &tonic::metadata::MetadataMap) {
-    let Some(leader) = metadata.get(LEADER_HEADER).and_then(|v| v.to_str().ok()) else {
-        return;
-    };
-    if let Some(i) = view.index_of(leader) {
-        view.set_leader(partition, i);
     }
 }

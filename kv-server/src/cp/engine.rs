@@ -11,6 +11,10 @@ use crate::cp::balance;
 use crate::cp::codec;
 pub use crate::cp::config::{CpConfig, DEFAULT_MAX_PAYLOAD_ENTRIES};
 pub use crate::cp::error::CpError;
+use crate::cp::group;
+pub use crate::cp::group::{
+    group_id, GroupSpec, GroupStatus, META_GROUP, META_KEYSPACE, META_PARTITION,
+};
 use crate::cp::keys::KEYSPACE_PREFIX;
 use crate::cp::network::{self, NetworkFactory, RaftKind, RaftTransport};
 use crate::cp::runtime::{self, derive_seed};
@@ -19,9 +23,9 @@ use crate::cp::store::open_group;
 use crate::cp::types::{CasOutcome, Expected, KeyspaceOutcome, Raft, Request, Response};
 use crate::storage::Engine;
 use crate::types::{KeyspaceDef, NodeId};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
-use openraft::{BasicNode, ServerState};
+use openraft::ServerState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,68 +34,6 @@ use tokio::time::Instant;
 
 /// How many times one call waits for a new leader before giving up (the deadline bounds it too).
 pub const MAX_LEADER_WAITS: usize = 3;
-
-/// Keyspace id reserved for the metadata group (never a user keyspace's id).
-pub const META_KEYSPACE: u32 = u32::MAX;
-/// Partition of the metadata group (it has one).
-pub const META_PARTITION: u32 = u32::MAX;
-/// Group id of the metadata group, whose state machine holds the keyspace definitions.
-pub const META_GROUP: u64 = u64::MAX;
-
-/// The Raft group id of a keyspace's partition: keyspace id in the high 32 bits.
-pub fn group_id(keyspace_id: u32, partition: u32) -> u64 {
-    (u64::from(keyspace_id) << 32) | u64::from(partition)
-}
-
-/// One CP group to run: a partition of a keyspace and its members (the first N nodes of the
-/// partition's preference list, identical on every node).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupSpec {
-    /// Keyspace id.
-    pub keyspace: u32,
-    /// Partition.
-    pub partition: u32,
-    /// Voting members.
-    pub members: Vec<NodeId>,
-}
-
-impl GroupSpec {
-    /// The metadata group with these members (all nodes, or the first 3-5).
-    pub fn meta(members: Vec<NodeId>) -> GroupSpec {
-        GroupSpec {
-            keyspace: META_KEYSPACE,
-            partition: META_PARTITION,
-            members,
-        }
-    }
-}
-
-/// What one group looks like from this node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupStatus {
-    /// Group id.
-    pub group: u64,
-    /// Keyspace id.
-    pub keyspace: u32,
-    /// Partition.
-    pub partition: u32,
-    /// Voting members.
-    pub members: Vec<NodeId>,
-    /// Leader this node knows of.
-    pub leader: Option<NodeId>,
-    /// Current term.
-    pub term: u64,
-    /// "leader", "follower", "candidate", "learner" or "shutdown".
-    pub role: &'static str,
-    /// Last log index.
-    pub last_log_index: Option<u64>,
-    /// Last applied index.
-    pub last_applied_index: Option<u64>,
-    /// Index covered by the last snapshot.
-    pub snapshot_index: Option<u64>,
-    /// Index up to which the log is purged.
-    pub purged_index: Option<u64>,
-}
 
 struct Group {
     spec: GroupSpec,
@@ -116,21 +58,6 @@ pub struct CpEngine {
     unsafe_skip_read_index: AtomicBool,
     /// The leader-balance task (`cp::balance`), stopped at shutdown.
     balancer: tokio::task::AbortHandle,
-}
-
-/// How many maximal election timeouts a member that is not a group's owner waits before
-/// initializing the group itself (in case the owner is down).
-const INITIALIZE_DELAY_ELECTION_TIMEOUTS: u64 = 2;
-
-/// Initializes a pristine group member; one that already has state is left as it is.
-async fn initialize(raft: &Raft, members: BTreeMap<NodeId, BasicNode>) -> Result<(), String> {
-    if raft.is_initialized().await.map_err(|e| e.to_string())? {
-        return Ok(());
-    }
-    match raft.initialize(members).await {
-        Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 impl CpEngine {
@@ -182,32 +109,9 @@ impl CpEngine {
                 None => new_raft.await,
             }
             .map_err(|e| raft_err(&e))?;
-            let members: BTreeMap<NodeId, BasicNode> = spec
-                .members
-                .iter()
-                .map(|id| (*id, BasicNode::default()))
-                .collect();
-            // The group's owner (first of its preference list, which the ring spreads over
-            // the nodes) initializes at once, and initializing starts its election: a fresh
-            // cluster's leaders are spread like the owners. The other members initialize
-            // later, with the same membership, so the group still forms when the owner is
-            // down; a member that has any state by then refuses (NotAllowed), which is fine.
-            // After a failover `cp::balance` moves leadership back to the owners.
-            if spec.members.first() == Some(&node_id) {
-                initialize(&raft, members).await.map_err(|e| raft_err(&e))?;
-            } else {
-                let raft = raft.clone();
-                let delay = Duration::from_millis(
-                    config.election_timeout_max_ms * INITIALIZE_DELAY_ELECTION_TIMEOUTS,
-                );
-                let partition = spec.partition;
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    if let Err(e) = initialize(&raft, members).await {
-                        tracing::warn!(partition, error = %e, "initializing a cp group failed");
-                    }
-                });
-            }
+            group::initialize(&raft, &spec, node_id, &config)
+                .await
+                .map_err(|e| raft_err(&e))?;
             map.insert(
                 group,
                 Group {

@@ -8,7 +8,8 @@
 //! `keys` (the trees' layout), `store` (the log store), `state_machine` (records, snapshots),
 //! `dedup` (at-most-once request ids), `network` (the `RaftTransport` seam
 //! and openraft's network on top of it), `runtime` (tokio with a seedable election RNG),
-//! `config` (`CpConfig`), `error` (`CpError`), `engine` (`CpEngine`, the multi-Raft manager),
+//! `config` (`CpConfig`), `error` (`CpError`), `group` (group ids, specs, status), `engine`
+//! (`CpEngine`, the multi-Raft manager),
 //! `balance` (owners take back the lead of their groups).
 
 pub mod balance;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod dedup;
 pub mod engine;
 pub mod error;
+pub mod group;
 pub mod keys;
 pub mod network;
 pub mod runtime;
