@@ -1,14 +1,15 @@
 //! The `Client`: ring discovery, routing, deadlines and safe retries.
 
-use crate::error::{Error, LEADER_HEADER};
+use crate::error::Error;
 use crate::net::validate_addr;
 use crate::options::{CasResult, ClientConfig, Expected, GetResult, Options, Routing, WriteResult};
 use crate::placement::partition_for_key;
+use crate::ring_view::{describe, learn_leader, RingView, NO_LEADER};
 use kv_proto::v1 as pb;
 use kv_proto::v1::kv_client::KvClient;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -21,15 +22,6 @@ pub const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(20);
 pub const BACKOFF_START: Duration = Duration::from_millis(20);
 /// Longest backoff between attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
-
-/// What the client knows of the ring.
-#[derive(Debug, Clone, Default)]
-struct RingView {
-    partition_count: u32,
-    addr_of: BTreeMap<u64, String>,
-    name_of: BTreeMap<String, String>,
-    preference: Vec<Vec<u64>>,
-}
 
 /// Whether a request may be retried after an error of unknown outcome.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -50,10 +42,10 @@ pub struct Client {
 
 struct Inner {
     config: ClientConfig,
-    ring: Mutex<RingView>,
+    /// Replaced whole on each ring read; a request clones the `Arc` once.
+    ring: RwLock<Arc<RingView>>,
+    /// Channels by address, kept across ring reads (touched only when a view is built).
     channels: Mutex<BTreeMap<String, Channel>>,
-    outstanding: Mutex<BTreeMap<String, usize>>,
-    leaders: Mutex<BTreeMap<(String, u32), String>>,
     next: AtomicUsize,
     /// This client's id in every write's `RequestId` (random, never 0).
     client_id: u64,
@@ -79,15 +71,21 @@ impl Client {
         let client = Client {
             inner: Arc::new(Inner {
                 config,
-                ring: Mutex::new(RingView::default()),
+                ring: RwLock::new(Arc::default()),
                 channels: Mutex::new(BTreeMap::new()),
-                outstanding: Mutex::new(BTreeMap::new()),
-                leaders: Mutex::new(BTreeMap::new()),
                 next: AtomicUsize::new(0),
                 client_id,
                 next_seq: AtomicU64::new(1),
             }),
         };
+        let seeds = client.inner.config.seeds.clone();
+        let seed_view = RingView::build(
+            0,
+            seeds.iter().map(|a| (a.clone(), None)),
+            Vec::new(),
+            |a| client.channel(a),
+        )?;
+        client.set_view(seed_view);
         client.refresh_ring().await?;
         Ok(client)
     }
@@ -103,24 +101,7 @@ impl Client {
             match tokio::time::timeout(self.inner.config.timeout, grpc.ring(req)).await {
                 Ok(Ok(resp)) => {
                     let ring = resp.into_inner();
-                    *self.inner.ring.lock().expect("ring lock") = RingView {
-                        partition_count: ring.partition_count,
-                        addr_of: ring
-                            .members
-                            .iter()
-                            .map(|m| (m.id, m.address.clone()))
-                            .collect(),
-                        name_of: ring
-                            .members
-                            .iter()
-                            .map(|m| (m.address.clone(), m.name.clone()))
-                            .collect(),
-                        preference: ring
-                            .partitions
-                            .iter()
-                            .map(|p| p.preference.clone())
-                            .collect(),
-                    };
+                    self.set_view(self.view_of(&ring)?);
                     return Ok(ring);
                 }
                 Ok(Err(status)) => last = Some(Error::from_status(status, &seed)),
@@ -135,6 +116,24 @@ impl Client {
         Err(last.unwrap_or_else(|| Error::Config("no seeds".into())))
     }
 
+    /// The view of `ring`: its members (or the seeds, with `seeds_only`) as nodes to send to.
+    fn view_of(&self, ring: &pb::RingResponse) -> Result<RingView, Error> {
+        let config = &self.inner.config;
+        RingView::of(ring, &config.seeds, config.seeds_only, |a| self.channel(a))
+    }
+
+    fn set_view(&self, view: RingView) {
+        *self.inner.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
+    }
+
+    fn view(&self) -> Arc<RingView> {
+        self.inner
+            .ring
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Reads a key.
     pub async fn get(&self, keyspace: &str, key: &[u8], opts: Options) -> Result<GetResult, Error> {
         let req = pb::GetRequest {
@@ -142,21 +141,17 @@ impl Client {
             key: key.to_vec(),
             options: Some(opts.to_pb()),
         };
-        let resp = self
-            .call(
-                keyspace,
-                key,
-                &opts,
-                Idempotence::Safe,
-                req,
-                |mut c, r| async move { c.get(r).await },
-            )
+        let (resp, sent_to) = self
+            .call(key, &opts, Idempotence::Safe, req, |mut c, r| async move {
+                c.get(r).await
+            })
             .await?;
         Ok(GetResult {
             value: resp.found.then_some(resp.value),
             version: if resp.found { resp.version } else { None },
             served_by: resp.served_by,
             maybe_stale: resp.maybe_stale,
+            sent_to,
         })
     }
 
@@ -175,9 +170,8 @@ impl Client {
             options: Some(opts.to_pb()),
             request_id: Some(self.request_id()),
         };
-        let resp = self
+        let (resp, sent_to) = self
             .call(
-                keyspace,
                 key,
                 &opts,
                 Idempotence::Deduplicated,
@@ -188,6 +182,7 @@ impl Client {
         Ok(WriteResult {
             version: resp.version,
             served_by: resp.served_by,
+            sent_to,
         })
     }
 
@@ -204,9 +199,8 @@ impl Client {
             options: Some(opts.to_pb()),
             request_id: Some(self.request_id()),
         };
-        let resp = self
+        let (resp, sent_to) = self
             .call(
-                keyspace,
                 key,
                 &opts,
                 Idempotence::Deduplicated,
@@ -217,6 +211,7 @@ impl Client {
         Ok(WriteResult {
             version: resp.version,
             served_by: resp.served_by,
+            sent_to,
         })
     }
 
@@ -242,9 +237,8 @@ impl Client {
             options: Some(opts.to_pb()),
             request_id: Some(self.request_id()),
         };
-        let resp = self
+        let (resp, sent_to) = self
             .call(
-                keyspace,
                 key,
                 &opts,
                 Idempotence::Deduplicated,
@@ -257,6 +251,7 @@ impl Client {
             version: resp.version,
             current_value: resp.found.then_some(resp.current_value),
             served_by: resp.served_by,
+            sent_to,
         })
     }
 
@@ -316,73 +311,63 @@ impl Client {
 
     /// The nodes this client may send requests to, in ring order.
     fn allowed_nodes(&self) -> Vec<String> {
-        if self.inner.config.seeds_only {
-            return self.inner.config.seeds.clone();
-        }
-        let ring = self.inner.ring.lock().expect("ring lock");
-        if ring.addr_of.is_empty() {
-            self.inner.config.seeds.clone()
-        } else {
-            ring.addr_of.values().cloned().collect()
-        }
+        self.view().nodes.iter().map(|n| n.addr.clone()).collect()
     }
 
-    /// Picks the node for attempt `attempt` of a request on `key`.
-    fn pick(&self, keyspace: &str, key: &[u8], attempt: u32, avoid: &[String]) -> String {
-        let allowed = self.allowed_nodes();
-        let candidates: Vec<&String> = allowed.iter().filter(|a| !avoid.contains(a)).collect();
-        let candidates = if candidates.is_empty() {
-            allowed.iter().collect()
-        } else {
-            candidates
-        };
+    /// Picks the node (index into `view.nodes`) for attempt `attempt` of a request on
+    /// partition `partition`, avoiding the nodes in `avoid` while others remain.
+    fn pick(
+        &self,
+        view: &RingView,
+        partition: Option<u32>,
+        attempt: u32,
+        avoid: &[usize],
+    ) -> usize {
+        let n = view.nodes.len();
+        let usable = |i: &usize| !avoid.contains(i);
+        let any_usable = (0..n).any(|i| usable(&i));
+        let ok = |i: &usize| !any_usable || usable(i);
+        // The k-th usable node, counting round the ring from `start`.
+        let nth = |start: usize| (0..n).map(|k| (start + k) % n).find(|i| ok(i)).unwrap_or(0);
         match self.inner.config.routing {
             Routing::TokenAware => {
-                let ring = self.inner.ring.lock().expect("ring lock");
-                if ring.partition_count > 0 {
-                    let partition = partition_for_key(key, ring.partition_count);
-                    let leader = self
-                        .inner
-                        .leaders
-                        .lock()
-                        .expect("leader lock")
-                        .get(&(keyspace.to_string(), partition))
-                        .cloned();
-                    let preferred = leader.into_iter().chain(
-                        ring.preference
-                            .get(partition as usize)
+                if let Some(p) = partition {
+                    let preferred = view.leader(p).into_iter().chain(
+                        view.preference
+                            .get(p as usize)
                             .into_iter()
                             .flatten()
-                            .filter_map(|id| ring.addr_of.get(id).cloned()),
+                            .copied(),
                     );
-                    for addr in preferred {
-                        if candidates.contains(&&addr) {
-                            return addr;
+                    for i in preferred {
+                        if ok(&i) {
+                            return i;
                         }
                     }
                 }
                 let i = self.inner.next.fetch_add(1, Ordering::Relaxed) + attempt as usize;
-                candidates[i % candidates.len()].clone()
+                nth(i % n)
             }
             Routing::RoundRobin => {
                 let i = self.inner.next.fetch_add(1, Ordering::Relaxed);
-                candidates[i % candidates.len()].clone()
+                nth(i % n)
             }
-            Routing::LeastOutstanding => {
-                let outstanding = self.inner.outstanding.lock().expect("outstanding lock");
-                candidates
-                    .iter()
-                    .min_by_key(|a| outstanding.get(a.as_str()).copied().unwrap_or(0))
-                    .map(|a| a.to_string())
-                    .unwrap_or_default()
-            }
+            Routing::LeastOutstanding => (0..n)
+                .filter(|i| ok(i))
+                .min_by_key(|i| view.nodes[*i].outstanding.load(Ordering::Relaxed))
+                .unwrap_or(0),
         }
     }
 
-    fn grpc(&self, addr: &str) -> Result<KvClient<Channel>, Error> {
-        let mut channels = self.inner.channels.lock().expect("channel lock");
+    /// The channel to `addr`, made once and kept.
+    fn channel(&self, addr: &str) -> Result<Channel, Error> {
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(ch) = channels.get(addr) {
-            return Ok(KvClient::new(ch.clone()));
+            return Ok(ch.clone());
         }
         let ch = self
             .inner
@@ -391,21 +376,25 @@ impl Client {
             .channel(addr)
             .map_err(Error::Config)?;
         channels.insert(addr.to_string(), ch.clone());
-        Ok(KvClient::new(ch))
+        Ok(ch)
     }
 
-    /// Runs one request with routing, deadline and retries.
+    fn grpc(&self, addr: &str) -> Result<KvClient<Channel>, Error> {
+        Ok(KvClient::new(self.channel(addr)?))
+    }
+
+    /// Runs one request with routing, deadline and retries; returns the answer and the node
+    /// (name, else address) the answering attempt was sent to.
     /// `send` is the one RPC (e.g. `|mut c, r| async move { c.get(r).await }`); each attempt
     /// sends a copy of `req` carrying the remaining deadline as `grpc-timeout`.
     async fn call<Req, Resp, F, Fut>(
         &self,
-        keyspace: &str,
         key: &[u8],
         opts: &Options,
         idempotence: Idempotence,
         req: Req,
         send: F,
-    ) -> Result<Resp, Error>
+    ) -> Result<(Resp, String), Error>
     where
         Req: Clone,
         F: Fn(KvClient<Channel>, tonic::Request<Req>) -> Fut,
@@ -415,17 +404,25 @@ impl Client {
         let start = Instant::now();
         let deadline = start + timeout;
         let mut backoff = BACKOFF_START;
-        let mut avoid: Vec<String> = Vec::new();
-        let mut leader_hint: Option<String> = None;
+        let view = self.view();
+        if view.nodes.is_empty() {
+            return Err(Error::Config("no endpoints".into()));
+        }
+        let partition =
+            (view.partition_count > 0).then(|| partition_for_key(key, view.partition_count));
+        let mut avoid: Vec<usize> = Vec::new();
+        let mut leader_hint: Option<usize> = None;
         // The error to report if every attempt fails: a node's own answer says more (which
         // node owns the key and is down) than a transport failure does.
         let mut reported: Option<Error> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let addr = leader_hint
+            let node_ix = leader_hint
                 .take()
-                .unwrap_or_else(|| self.pick(keyspace, key, attempt, &avoid));
+                .unwrap_or_else(|| self.pick(&view, partition, attempt, &avoid));
+            let node = &view.nodes[node_ix];
+            let addr = &node.addr;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining < MIN_ATTEMPT_TIME {
                 // Too little time for another try: a node's definite answer (e.g. Unavailable)
@@ -438,19 +435,22 @@ impl Client {
                     message: format!("{attempt} attempt(s), last to {addr}"),
                 });
             }
-            let grpc = self.grpc(&addr)?;
-            self.track(&addr, 1);
+            let grpc = KvClient::new(node.channel.clone());
+            node.outstanding.fetch_add(1, Ordering::Relaxed);
             let mut request = tonic::Request::new(req.clone());
             request.set_timeout(remaining);
             self.inner.config.authorize(&mut request);
             let result = tokio::time::timeout(remaining, send(grpc, request)).await;
-            self.track(&addr, -1);
+            node.outstanding.fetch_sub(1, Ordering::Relaxed);
             let err = match result {
                 Ok(Ok(resp)) => {
-                    self.learn_leader(keyspace, key, resp.metadata());
-                    return Ok(resp.into_inner());
+                    if let Some(p) = partition {
+                        learn_leader(&view, p, resp.metadata());
+                    }
+                    let sent_to = node.name.clone().unwrap_or_else(|| addr.clone());
+                    return Ok((resp.into_inner(), sent_to));
                 }
-                Ok(Err(status)) => Error::from_status(status, &self.describe(&addr)),
+                Ok(Err(status)) => Error::from_status(status, &describe(node)),
                 Err(_) => Error::DeadlineExceeded {
                     elapsed_ms: start.elapsed().as_millis() as u64,
                     message: format!("no answer from {addr} within the deadline"),
@@ -489,49 +489,31 @@ impl Client {
                 ..
             } = &err
             {
-                let ring = self.inner.ring.lock().expect("ring lock");
-                if ring.partition_count > 0 {
-                    let p = partition_for_key(key, ring.partition_count);
-                    self.inner
-                        .leaders
-                        .lock()
-                        .expect("leader lock")
-                        .insert((keyspace.to_string(), p), leader.clone());
+                // Only a node this client may use is followed; else the next pick decides.
+                if let Some(i) = view.index_of(leader) {
+                    if let Some(p) = partition {
+                        view.set_leader(p, i);
+                    }
+                    leader_hint = Some(i);
+                    continue;
                 }
-                leader_hint = Some(leader.clone());
-                continue;
             }
             if matches!(err, Error::Connect { .. } | Error::Transport { .. }) {
                 // A leader we cannot reach is no leader to prefer any more.
-                self.inner
-                    .leaders
-                    .lock()
-                    .expect("leader lock")
-                    .retain(|_, leader| leader != &addr);
+                for slot in &view.leaders {
+                    let _ = slot.compare_exchange(
+                        node_ix,
+                        NO_LEADER,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
             }
             tracing::debug!(%addr, error = %err, attempt, "retrying");
-            avoid.push(addr);
+            avoid.push(node_ix);
             let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
-    }
-
-    /// Remembers the leader a CP answer names (the `kv-leader` header), so the next request
-    /// for this partition goes straight to it, with no server-side hop.
-    fn learn_leader(&self, keyspace: &str, key: &[u8], metadata: &tonic::metadata::MetadataMap) {
-        let Some(leader) = metadata.get(LEADER_HEADER).and_then(|v| v.to_str().ok()) else {
-            return;
-        };
-        let ring = self.inner.ring.lock().expect("ring lock");
-        if ring.partition_count == 0 || !ring.name_of.contains_key(leader) {
-            return;
-        }
-        let p = partition_for_key(key, ring.partition_count);
-        let mut leaders = self.inner.leaders.lock().expect("leader lock");
-        let slot = (keyspace.to_string(), p);
-        if leaders.get(&slot).map(String::as_str) != Some(leader) {
-            leaders.insert(slot, leader.to_string());
         }
     }
 
@@ -545,15 +527,10 @@ impl Client {
 
     /// "n2 (127.0.0.1:7002)" when the ring names the address, else the address.
     fn describe(&self, addr: &str) -> String {
-        match self.inner.ring.lock().expect("ring lock").name_of.get(addr) {
-            Some(name) => format!("{name} ({addr})"),
+        let view = self.view();
+        match view.index_of(addr) {
+            Some(i) => describe(&view.nodes[i]),
             None => addr.to_string(),
         }
-    }
-
-    fn track(&self, addr: &str, delta: isize) {
-        let mut map = self.inner.outstanding.lock().expect("outstanding lock");
-        let entry = map.entry(addr.to_string()).or_insert(0);
-        *entry = entry.saturating_add_signed(delta);
     }
 }

@@ -14,6 +14,7 @@
 pub mod client;
 pub mod error;
 pub mod options;
+mod ring_view;
 pub use kv_core::{net, placement};
 
 pub use client::Client;

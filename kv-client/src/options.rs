@@ -118,6 +118,9 @@ pub struct GetResult {
     pub served_by: String,
     /// True when the read may be stale (asked for with `stale`).
     pub maybe_stale: bool,
+    /// The node the client sent the answered attempt to (name, else address): when it is not
+    /// `served_by`, a server forwarded the request (one server-side hop).
+    pub sent_to: String,
 }
 
 /// Result of a put or delete.
@@ -127,6 +130,8 @@ pub struct WriteResult {
     pub version: Option<pb::Version>,
     /// The node that coordinated the write.
     pub served_by: String,
+    /// The node the client sent the answered attempt to (see `GetResult::sent_to`).
+    pub sent_to: String,
 }
 
 /// Result of a compare-and-swap.
@@ -140,4 +145,6 @@ pub struct CasResult {
     pub current_value: Option<Vec<u8>>,
     /// The node that served it.
     pub served_by: String,
+    /// The node the client sent the answered attempt to (see `GetResult::sent_to`).
+    pub sent_to: String,
 }

@@ -933,3 +933,119 @@ fn restart() {
     let seed = seed();
     crash_case("restart", seed, false);
 }
+
+/// How many partitions each node leads, once every partition of the cluster has one leader.
+async fn leaders_per_node(nodes: &[String]) -> BTreeMap<String, usize> {
+    eventually(EVENTUALLY, || async {
+        let mut led = BTreeMap::new();
+        let mut partitions = Vec::new();
+        for n in nodes {
+            let c = client(&[&addr(n)], Duration::from_secs(1))
+                .await
+                .map_err(|e| e.to_string())?;
+            let s = c.status(Some(&addr(n))).await.map_err(|e| e.to_string())?;
+            led.insert(n.clone(), s.leader_of.len());
+            partitions.extend(s.leader_of);
+        }
+        partitions.sort_unstable();
+        if partitions == (0..PARTITIONS).collect::<Vec<_>>() {
+            Ok(led)
+        } else {
+            Err(format!("partitions led: {partitions:?}"))
+        }
+    })
+    .await
+}
+
+#[test]
+fn leaders_are_spread_and_the_client_goes_straight_to_them() {
+    // After start each node leads within one of partitions/nodes. Then n1 is crashed and
+    // bounced, so the partitions it owned are led by other nodes until n1 takes them back
+    // (`cp::balance`): a token-aware client that learns leaders from the `kv-leader` header
+    // takes at most one server-side hop per partition to learn its leader, and one more if
+    // the leader moves back to the owner during the run. Without the header every request
+    // to such a partition is sent to its owner and forwarded. In the end the spread is back.
+    let test = "leaders_are_spread_and_the_client_goes_straight_to_them";
+    let seed = seed();
+    let mut sim = sim(seed);
+    let opts = SimOptions {
+        nodes: 3,
+        partitions: PARTITIONS,
+        ..Default::default()
+    };
+    add_seeded_nodes(&mut sim, &opts, seed);
+    let nodes: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
+    let spread = run_client(&mut sim, test, seed, "spread", {
+        let nodes = nodes.clone();
+        async move { leaders_per_node(&nodes).await }
+    });
+    let (low, high) = (PARTITIONS as usize / 3, (PARTITIONS as usize).div_ceil(3));
+    if spread.values().any(|n| *n < low || *n > high) {
+        fail(
+            test,
+            seed,
+            &format!("leaders not spread after start: {spread:?}"),
+        );
+    }
+
+    sim.crash("n1");
+    run_client(&mut sim, test, seed, "failover", {
+        let nodes = nodes[1..].to_vec();
+        async move { leaders_per_node(&nodes).await }
+    });
+    sim.bounce("n1");
+    let (hops, requests) = run_client(&mut sim, test, seed, "steady", {
+        let nodes = nodes.clone();
+        async move {
+            // Every node answers again before the count starts.
+            leaders_per_node(&nodes).await;
+            let mut cfg = kv_client::ClientConfig::new(nodes.iter().map(|n| addr(n)));
+            cfg.timeout = REQUEST_TIMEOUT;
+            cfg.dialer = Arc::new(kv_testkit::sim::TurmoilDialer);
+            let c = eventually(EVENTUALLY, || Client::connect(cfg.clone())).await;
+            let (mut hops, mut requests) = (0, 0);
+            for p in 0..PARTITIONS {
+                for key in keys_in(p, "steady-", 0, 10) {
+                    let w = eventually(EVENTUALLY, || {
+                        c.put("cp", key.as_bytes(), b"v", Default::default())
+                    })
+                    .await;
+                    let r = eventually(EVENTUALLY, || {
+                        c.get("cp", key.as_bytes(), Default::default())
+                    })
+                    .await;
+                    for (sent_to, served_by) in [(w.sent_to, w.served_by), (r.sent_to, r.served_by)]
+                    {
+                        requests += 1;
+                        hops += usize::from(sent_to != served_by);
+                    }
+                }
+            }
+            (hops, requests)
+        }
+    });
+    if hops > 2 * PARTITIONS as usize {
+        fail(
+            test,
+            seed,
+            &format!("{hops} of {requests} requests took a server-side hop (at most two per partition, {PARTITIONS}: to learn its leader, and after it moved back)"),
+        );
+    }
+    let spread = run_client(&mut sim, test, seed, "rebalanced", {
+        let nodes = nodes.clone();
+        async move {
+            eventually(EVENTUALLY, || async {
+                let led = leaders_per_node(&nodes).await;
+                match led.values().all(|n| (low..=high).contains(n)) {
+                    true => Ok(led),
+                    false => Err(format!("leaders not spread yet: {led:?}")),
+                }
+            })
+            .await
+        }
+    });
+    assert!(
+        spread.values().all(|n| (low..=high).contains(n)),
+        "{spread:?}"
+    );
+}

@@ -15,7 +15,7 @@ mod target;
 
 pub use args::BenchArgs;
 
-use crate::arg_enums::{ConsistencyArg, RoutingArg};
+use crate::arg_enums::ConsistencyArg;
 use crate::cmd::Ctx;
 use crate::output::{CliError, Exit, Stage};
 use args::{Distribution, Op, TargetArg};
@@ -196,19 +196,14 @@ async fn connect_kv(ctx: &Ctx, a: &BenchArgs) -> Result<(Target, Option<&'static
             "--consistency is for AP keyspaces; {name:?} is CP: use --stale for reads from any replica"
         )));
     }
-    let ring = first
+    first
         .refresh_ring()
         .await
         .map_err(CliError::client(Stage::Connect))?;
-    // Hops are measured against token-aware routing's first choice; other policies have none.
-    let first_choice = matches!(ctx.global.routing, RoutingArg::TokenAware)
-        .then(|| KvTarget::first_choices(&ring, &ctx.global.endpoints));
     let target = KvTarget {
         clients,
         keyspace: name.clone(),
         options: target::kv_options(a.consistency, a.stale),
-        first_choice,
-        partition_count: ring.partition_count,
     };
     Ok((Target::Kv(target), Some(if ap { "ap" } else { "cp" })))
 }

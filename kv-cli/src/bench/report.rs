@@ -105,7 +105,7 @@ pub fn text(report: &Value) -> String {
     }
     if let Some(h) = report["hops"].as_object() {
         out.push_str(&format!(
-            "\nhops:     {} of {} answers ({:.1}%) came from another node than the client's first choice\n",
+            "\nhops:     {} of {} answers ({:.1}%) came from another node than the one the client sent them to\n",
             u(&h["count"]),
             u(&h["of"]),
             f(&h["ratio"]) * 100.0

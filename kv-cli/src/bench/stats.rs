@@ -25,8 +25,8 @@ pub enum Answer {
     CasMismatch,
 }
 
-/// One answered request: how it ended, and whether its serving node differed from the
-/// client's first choice (`None` when that is not measured).
+/// One answered request: how it ended, and whether its serving node differed from the node
+/// the client sent it to (`None` when that is not measured).
 #[derive(Clone, Debug)]
 pub struct Done {
     /// How it ended.

@@ -7,9 +7,14 @@
 //! - a read is linearizable (leader read index, no log write) unless the caller asks for `stale`;
 //! - groups are fixed at construction; the map is never mutated, so lookups take no lock.
 
+use crate::cp::balance;
 use crate::cp::codec;
 pub use crate::cp::config::{CpConfig, DEFAULT_MAX_PAYLOAD_ENTRIES};
 pub use crate::cp::error::CpError;
+use crate::cp::group;
+pub use crate::cp::group::{
+    group_id, GroupSpec, GroupStatus, META_GROUP, META_KEYSPACE, META_PARTITION,
+};
 use crate::cp::keys::KEYSPACE_PREFIX;
 use crate::cp::network::{self, NetworkFactory, RaftKind, RaftTransport};
 use crate::cp::runtime::{self, derive_seed};
@@ -18,8 +23,9 @@ use crate::cp::store::open_group;
 use crate::cp::types::{CasOutcome, Expected, KeyspaceOutcome, Raft, Request, Response};
 use crate::storage::Engine;
 use crate::types::{KeyspaceDef, NodeId};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, ServerState};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::storage::RaftLogStorage;
+use openraft::ServerState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,72 +37,19 @@ mod backup;
 /// How many times one call waits for a new leader before giving up (the deadline bounds it too).
 pub const MAX_LEADER_WAITS: usize = 3;
 
-/// Keyspace id reserved for the metadata group (never a user keyspace's id).
-pub const META_KEYSPACE: u32 = u32::MAX;
-/// Partition of the metadata group (it has one).
-pub const META_PARTITION: u32 = u32::MAX;
-/// Group id of the metadata group, whose state machine holds the keyspace definitions.
-pub const META_GROUP: u64 = u64::MAX;
-
-/// The Raft group id of a keyspace's partition: keyspace id in the high 32 bits.
-pub fn group_id(keyspace_id: u32, partition: u32) -> u64 {
-    (u64::from(keyspace_id) << 32) | u64::from(partition)
-}
-
-/// One CP group to run: a partition of a keyspace and its members (the first N nodes of the
-/// partition's preference list, identical on every node).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupSpec {
-    /// Keyspace id.
-    pub keyspace: u32,
-    /// Partition.
-    pub partition: u32,
-    /// Voting members.
-    pub members: Vec<NodeId>,
-}
-
-impl GroupSpec {
-    /// The metadata group with these members (all nodes, or the first 3-5).
-    pub fn meta(members: Vec<NodeId>) -> GroupSpec {
-        GroupSpec {
-            keyspace: META_KEYSPACE,
-            partition: META_PARTITION,
-            members,
-        }
-    }
-}
-
-/// What one group looks like from this node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupStatus {
-    /// Group id.
-    pub group: u64,
-    /// Keyspace id.
-    pub keyspace: u32,
-    /// Partition.
-    pub partition: u32,
-    /// Voting members.
-    pub members: Vec<NodeId>,
-    /// Leader this node knows of.
-    pub leader: Option<NodeId>,
-    /// Current term.
-    pub term: u64,
-    /// "leader", "follower", "candidate", "learner" or "shutdown".
-    pub role: &'static str,
-    /// Last log index.
-    pub last_log_index: Option<u64>,
-    /// Last applied index.
-    pub last_applied_index: Option<u64>,
-    /// Index covered by the last snapshot.
-    pub snapshot_index: Option<u64>,
-    /// Index up to which the log is purged.
-    pub purged_index: Option<u64>,
-}
-
 struct Group {
     spec: GroupSpec,
     raft: Raft,
     reader: SmReader,
+    /// Last log index on this node's disk when the group started. Applies and the committed
+    /// index are not flushed, so after a restart they may be behind writes that were
+    /// acknowledged; linearizable reads wait until this index is applied (see `read_index`).
+    boot_last_log: Option<u64>,
+    /// Term of this node's vote when the group started: a leader of a later term was elected
+    /// since, and its first entry (which its read index covers) follows every earlier write.
+    boot_term: u64,
+    /// Set once `boot_last_log` has been applied, so later reads skip the check.
+    caught_up: AtomicBool,
 }
 
 /// The multi-Raft manager of one node.
@@ -105,17 +58,8 @@ pub struct CpEngine {
     config: CpConfig,
     groups: BTreeMap<u64, Group>,
     unsafe_skip_read_index: AtomicBool,
-}
-
-/// Initializes a pristine group member; one that already has state is left as it is.
-async fn initialize(raft: &Raft, members: BTreeMap<NodeId, BasicNode>) -> Result<(), String> {
-    if raft.is_initialized().await.map_err(|e| e.to_string())? {
-        return Ok(());
-    }
-    match raft.initialize(members).await {
-        Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
-        Err(e) => Err(e.to_string()),
-    }
+    /// The leader-balance task (`cp::balance`), stopped at shutdown.
+    balancer: tokio::task::AbortHandle,
 }
 
 impl CpEngine {
@@ -141,6 +85,18 @@ impl CpEngine {
             };
             let (log, sm) = open_group(&engine, group).map_err(|e| raft_err(&e))?;
             let reader = sm.reader();
+            let mut boot_log = log.clone();
+            let boot_last_log = boot_log
+                .get_log_state()
+                .await
+                .map_err(|e| raft_err(&e))?
+                .last_log_id
+                .map(|l| l.index);
+            let boot_term = boot_log
+                .read_vote()
+                .await
+                .map_err(|e| raft_err(&e))?
+                .map_or(0, |v| v.leader_id().term);
             let factory = NetworkFactory {
                 from: node_id,
                 group,
@@ -155,27 +111,34 @@ impl CpEngine {
                 None => new_raft.await,
             }
             .map_err(|e| raft_err(&e))?;
-            let members: BTreeMap<NodeId, BasicNode> = spec
-                .members
-                .iter()
-                .map(|id| (*id, BasicNode::default()))
-                .collect();
-            // Every member initializes with the same membership, so the group forms even when
-            // one member is down; a member with any state refuses (NotAllowed), which is fine.
-            // FIXME(leader balance): letting only the group's owner initialize at once (the
-            // others later) balanced a fresh cluster's leaders, but made
-            // `restarting_every_node_over_the_same_disks_keeps_acknowledged_writes` (cp_engine,
-            // snapshots every 8 entries) lose the write at the snapshot's index after every node
-            // restarts; reverted until that interaction of snapshot, purge and restart is found.
-            initialize(&raft, members).await.map_err(|e| raft_err(&e))?;
-            map.insert(group, Group { spec, raft, reader });
+            group::initialize(&raft, &spec, node_id, &config)
+                .await
+                .map_err(|e| raft_err(&e))?;
+            map.insert(
+                group,
+                Group {
+                    spec,
+                    raft,
+                    reader,
+                    caught_up: AtomicBool::new(boot_last_log.is_none()),
+                    boot_last_log,
+                    boot_term,
+                },
+            );
         }
         tracing::info!(node_id, groups = map.len(), "cp engine started");
+        let owned = map
+            .iter()
+            .filter(|(_, g)| g.spec.members.first() == Some(&node_id))
+            .map(|(id, g)| (*id, g.raft.clone()))
+            .collect();
+        let balancer = tokio::spawn(balance::run(node_id, owned, config.election_timeout_max_ms));
         Ok(CpEngine {
             node_id,
             config,
             groups: map,
             unsafe_skip_read_index: AtomicBool::new(false),
+            balancer: balancer.abort_handle(),
         })
     }
 
@@ -396,7 +359,7 @@ impl CpEngine {
                         "no quorum confirmed the read index before the deadline",
                     ))
                 }
-                Ok(Ok(_)) => return Ok(()),
+                Ok(Ok(_)) => return self.caught_up_since_boot(group, deadline, budget).await,
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                     self.not_leader_or_wait(group, f.leader_id, deadline, budget)
                         .await?;
@@ -413,6 +376,65 @@ impl CpEngine {
             }
         }
         Err(self.unavailable(group, "leadership kept changing"))
+    }
+
+    /// Waits (by `deadline`) until the log this node had at start-up is applied.
+    ///
+    /// Why: applies and the committed index are not flushed (the log is, and replays them), so
+    /// a restarted node's state machine and `committed` can be behind writes it acknowledged.
+    /// A leader restored at start-up in its old term (openraft does this when its vote was
+    /// committed) takes max(its first entry of that term, committed) as the read index, which
+    /// can then lie below acknowledged writes: the read would miss them (found as a write lost
+    /// "at the snapshot index" by the all-nodes restart test, where the snapshot is what the
+    /// state machine falls back to). Every acknowledged write is in a leader's log, so once a
+    /// leader applied its whole boot-time log a read index covers them. openraft's
+    /// `save_committed` documents this duty: "do not serve reads until a new commit".
+    async fn caught_up_since_boot(
+        &self,
+        group: &Group,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Result<(), CpError> {
+        let Some(boot) = group.boot_last_log else {
+            return Ok(());
+        };
+        if group.caught_up.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut rx = group.raft.metrics();
+        let applied = tokio::time::timeout_at(deadline, async {
+            loop {
+                // Elected after start-up: a log entry the boot-time log may hold that never
+                // committed can be gone, so the index alone could wait for a later write.
+                let done = {
+                    let m = rx.borrow_and_update();
+                    m.last_applied.map(|l| l.index) >= Some(boot)
+                        || m.current_term > group.boot_term
+                };
+                if done {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        match applied {
+            Ok(true) => {
+                group.caught_up.store(true, Ordering::Release);
+                Ok(())
+            }
+            Ok(false) => Err(CpError::Raft {
+                partition: group.spec.partition,
+                message: "raft stopped".into(),
+            }),
+            Err(_) => Err(self.expired(
+                group,
+                budget,
+                "the log this node had at start-up was not applied before the deadline",
+            )),
+        }
     }
 
     /// A known other leader is a `NotLeader`; no known leader means waiting (until the
@@ -558,11 +580,18 @@ impl CpEngine {
 
     /// Stops every group; later calls fail with `CpError::Raft`.
     pub async fn shutdown(&self) {
+        self.balancer.abort();
         for (id, g) in &self.groups {
             if let Err(e) = g.raft.shutdown().await {
                 tracing::warn!(group = id, error = %e, "raft shutdown failed");
             }
         }
+    }
+}
+
+impl Drop for CpEngine {
+    fn drop(&mut self) {
+        self.balancer.abort();
     }
 }
 

@@ -8,14 +8,17 @@
 //! `keys` (the trees' layout), `store` (the log store), `state_machine` (records, snapshots),
 //! `dedup` (at-most-once request ids), `network` (the `RaftTransport` seam
 //! and openraft's network on top of it), `runtime` (tokio with a seedable election RNG),
-//! `config` (`CpConfig`), `error` (`CpError`), `engine` (`CpEngine`, the multi-Raft manager; its
-//! child `engine/backup.rs` takes the consistent cut of a partition for backups).
+//! `config` (`CpConfig`), `error` (`CpError`), `group` (group ids, specs, status), `engine`
+//! (`CpEngine`, the multi-Raft manager; its child `engine/backup.rs` takes the consistent cut of
+//! a partition for backups), `balance` (owners take back the lead of their groups).
 
+pub mod balance;
 pub mod codec;
 pub mod config;
 pub mod dedup;
 pub mod engine;
 pub mod error;
+pub mod group;
 pub mod keys;
 pub mod network;
 pub mod runtime;

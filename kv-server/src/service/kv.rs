@@ -18,6 +18,7 @@ use crate::metrics::metrics;
 use crate::node::{Node, CP_GROUP_KEYSPACE};
 use crate::security::{authorize, Action};
 use crate::types::{Mode, NodeId, Version};
+use kv_core::headers::LEADER_HEADER;
 use kv_proto::v1 as pb;
 use std::future::Future;
 use std::sync::Arc;
@@ -44,8 +45,20 @@ fn at_most_once(id: &Option<pb::RequestId>, request: CpRequest) -> CpRequest {
 enum Routed<T, Resp> {
     /// Here: the local engine's answer.
     Here(T),
-    /// By the node it was forwarded to: that node's answer, passed on as is.
-    Forwarded(Resp),
+    /// By the node it was forwarded to: that node's answer, passed on as is, and that node
+    /// when it is the group's leader (it served a request only a leader serves).
+    Forwarded(Resp, Option<NodeId>),
+}
+
+/// An answer with the partition's leader in the `kv-leader` header, when known, so a client
+/// sends the partition's next requests straight to it (no server-side hop).
+fn with_leader<T>(node: &Node, body: T, leader: Option<NodeId>) -> Response<T> {
+    let mut resp = Response::new(body);
+    let addr = leader.and_then(|l| node.member(l)).map(|m| m.addr.as_str());
+    if let Some(v) = addr.and_then(|a| a.parse().ok()) {
+        resp.metadata_mut().insert(LEADER_HEADER, v);
+    }
+    resp
 }
 
 /// The public API.
@@ -156,8 +169,9 @@ impl KvService {
         ForwardFut: Future<Output = Result<Response<Resp>, Status>>,
     {
         if let Some(to) = self.cp_target(partition)? {
+            // A member served it, maybe through its leader: which one is not known here.
             let answer = hop(&self.node, to, partition, ctx, body, forward).await;
-            return answer.map(Routed::Forwarded);
+            return answer.map(|a| Routed::Forwarded(a, None));
         }
         loop {
             match local(self.node.cp()?).await {
@@ -186,7 +200,7 @@ impl KvService {
                         {
                             tokio::time::sleep(LEADER_RETRY_PAUSE).await
                         }
-                        other => return other.map(Routed::Forwarded),
+                        other => return other.map(|a| Routed::Forwarded(a, Some(leader))),
                     }
                 }
                 Err(e) => return Err(cp_error(&self.node, e, keyspace)),
@@ -256,9 +270,26 @@ impl KvService {
                 .await?
             {
                 Routed::Here(r) => Routed::Here(Version::Revision(self.written(r)?)),
-                Routed::Forwarded(answer) => Routed::Forwarded(answer),
+                Routed::Forwarded(answer, leader) => Routed::Forwarded(answer, leader),
             },
         )
+    }
+
+    /// The leader to name on a write's answer: this node when its group applied the write
+    /// here, the leader it was forwarded to, none for an AP write.
+    fn write_leader<Resp>(&self, routed: &Routed<Version, Resp>) -> Option<NodeId> {
+        match routed {
+            Routed::Here(Version::Revision(_)) => Some(self.node.me.id),
+            Routed::Here(_) => None,
+            Routed::Forwarded(_, leader) => *leader,
+        }
+    }
+
+    /// The leader of a CP partition as this node knows it (stale reads are served by any
+    /// replica, so the leader is not this node by default).
+    fn known_leader(&self, partition: u32) -> Option<NodeId> {
+        let group = crate::cp::engine::group_id(CP_GROUP_KEYSPACE, partition);
+        self.node.cp().ok().and_then(|cp| cp.leader_of(group))
     }
 
     fn written(&self, r: CpResponse) -> NodeResult<u64> {
@@ -292,14 +323,18 @@ impl KvService {
         let result = self
             .write(&keyspace, &key, Some(value), &options, &id, ctx, body, send)
             .await
-            .map(|w| match w {
-                Routed::Here(version) => pb::PutResponse {
-                    version: Some(version_pb(version)),
-                    served_by: self.node.me.name.clone(),
-                },
-                Routed::Forwarded(answer) => answer,
+            .map(|w| {
+                let leader = self.write_leader(&w);
+                let answer = match w {
+                    Routed::Here(version) => pb::PutResponse {
+                        version: Some(version_pb(version)),
+                        served_by: self.node.me.name.clone(),
+                    },
+                    Routed::Forwarded(answer, _) => answer,
+                };
+                with_leader(&self.node, answer, leader)
             });
-        result.map(Response::new).map_err(|e| self.status(e))
+        result.map_err(|e| self.status(e))
     }
 
     async fn delete_inner(
@@ -320,14 +355,18 @@ impl KvService {
         let result = self
             .write(&keyspace, &key, None, &options, &id, ctx, body, send)
             .await
-            .map(|w| match w {
-                Routed::Here(version) => pb::DeleteResponse {
-                    version: Some(version_pb(version)),
-                    served_by: self.node.me.name.clone(),
-                },
-                Routed::Forwarded(answer) => answer,
+            .map(|w| {
+                let leader = self.write_leader(&w);
+                let answer = match w {
+                    Routed::Here(version) => pb::DeleteResponse {
+                        version: Some(version_pb(version)),
+                        served_by: self.node.me.name.clone(),
+                    },
+                    Routed::Forwarded(answer, _) => answer,
+                };
+                with_leader(&self.node, answer, leader)
             });
-        result.map(Response::new).map_err(|e| self.status(e))
+        result.map_err(|e| self.status(e))
     }
 
     async fn cas_inner(
@@ -372,17 +411,18 @@ impl KvService {
             let partition = self.node.ring.partition_for_key(&body.key);
             let me = self.node.me.name.clone();
             let send = |mut c: Client, r| async move { c.compare_and_swap(r).await };
+            let me_id = Some(self.node.me.id);
             match self.route(&ks.name, partition, ctx, body, resend_safe, |cp| cp.execute(CP_GROUP_KEYSPACE, partition, req.clone(), ctx.deadline), send).await? {
                 Routed::Here(CpResponse::Cas(CasOutcome::Swapped { revision })) => {
-                    Ok(pb::CompareAndSwapResponse {
+                    Ok((pb::CompareAndSwapResponse {
                         succeeded: true,
                         version: Some(version_pb(Version::Revision(revision))),
                         served_by: me,
                         ..Default::default()
-                    })
+                    }, me_id))
                 }
                 Routed::Here(CpResponse::Cas(CasOutcome::Mismatch { current })) => {
-                    Ok(pb::CompareAndSwapResponse {
+                    Ok((pb::CompareAndSwapResponse {
                         succeeded: false,
                         version: current
                             .as_ref()
@@ -390,16 +430,18 @@ impl KvService {
                         found: current.is_some(),
                         current_value: current.map(|(v, _)| v).unwrap_or_default(),
                         served_by: me,
-                    })
+                    }, me_id))
                 }
                 Routed::Here(other) => Err(NodeError::Internal(format!(
                     "the state machine answered {other:?} to a compare-and-swap"
                 ))),
-                Routed::Forwarded(answer) => Ok(answer),
+                Routed::Forwarded(answer, leader) => Ok((answer, leader)),
             }
         }
         .await;
-        result.map(Response::new).map_err(|e| self.status(e))
+        result
+            .map(|(answer, leader)| with_leader(&self.node, answer, leader))
+            .map_err(|e| self.status(e))
     }
 }
 
@@ -431,37 +473,44 @@ impl pb::kv_server::Kv for KvService {
             if ks.mode == Mode::Ap {
                 let opts = ap_options(&body.options)?;
                 let pref = self.preference(&body.key);
-                return Ok(match self.node.ap.get(&ks, &pref, &body.key, opts).await? {
+                let answer = match self.node.ap.get(&ks, &pref, &body.key, opts).await? {
                     Some((value, hlc)) => found(value, Version::Hlc(hlc), false),
                     None => missing(false),
-                });
+                };
+                return Ok((answer, None));
             }
             let stale = body.options.as_ref().is_some_and(|o| o.stale);
             let partition = self.node.ring.partition_for_key(&body.key);
             let key = cp_key(ks.id, &body.key);
             let send = |mut c: Client, r| async move { c.get(r).await };
-            Ok(
-                match self
-                    .route(
-                        &ks.name,
-                        partition,
-                        ctx,
-                        body,
-                        true,
-                        |cp| cp.read(CP_GROUP_KEYSPACE, partition, &key, stale, ctx.deadline),
-                        send,
-                    )
-                    .await?
-                {
-                    Routed::Here(Some((value, rev))) => found(value, Version::Revision(rev), stale),
-                    Routed::Here(None) => missing(stale),
-                    Routed::Forwarded(answer) => answer,
-                },
-            )
+            let routed = self
+                .route(
+                    &ks.name,
+                    partition,
+                    ctx,
+                    body,
+                    true,
+                    |cp| cp.read(CP_GROUP_KEYSPACE, partition, &key, stale, ctx.deadline),
+                    send,
+                )
+                .await?;
+            let here_leader = || match stale {
+                true => self.known_leader(partition),
+                false => Some(self.node.me.id),
+            };
+            Ok(match routed {
+                Routed::Here(Some((value, rev))) => {
+                    (found(value, Version::Revision(rev), stale), here_leader())
+                }
+                Routed::Here(None) => (missing(stale), here_leader()),
+                Routed::Forwarded(answer, leader) => (answer, leader),
+            })
         }
         .instrument(span.clone())
         .await;
-        let result = result.map(Response::new).map_err(|e| self.status(e));
+        let result = result
+            .map(|(answer, leader)| with_leader(&self.node, answer, leader))
+            .map_err(|e| self.status(e));
         span.in_scope(|| self.observe("get", &keyspace, started, &result));
         result
     }
