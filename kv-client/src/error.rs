@@ -116,6 +116,44 @@ impl Error {
         }
     }
 
+    /// The same error with `note` appended to its message (what the failure means for the
+    /// caller's data).
+    pub fn with_note(self, note: &str) -> Error {
+        let add = |m: String| format!("{m}; {note}");
+        match self {
+            Error::InvalidArgument(m) => Error::InvalidArgument(add(m)),
+            Error::KeyspaceNotFound(m) => Error::KeyspaceNotFound(add(m)),
+            Error::FailedPrecondition(m) => Error::FailedPrecondition(add(m)),
+            Error::AlreadyExists(m) => Error::AlreadyExists(add(m)),
+            Error::Unavailable(m) => Error::Unavailable(add(m)),
+            Error::DeadlineExceeded {
+                elapsed_ms,
+                message,
+            } => Error::DeadlineExceeded {
+                elapsed_ms,
+                message: add(message),
+            },
+            Error::NotLeader { leader, message } => Error::NotLeader {
+                leader,
+                message: add(message),
+            },
+            Error::DataLoss(m) => Error::DataLoss(add(m)),
+            Error::Connect { addr, message } => Error::Connect {
+                addr,
+                message: add(message),
+            },
+            Error::Transport { addr, message } => Error::Transport {
+                addr,
+                message: add(message),
+            },
+            Error::Config(m) => Error::Config(add(m)),
+            Error::Other { code, message } => Error::Other {
+                code,
+                message: add(message),
+            },
+        }
+    }
+
     /// True when the request certainly was not applied, so any request may be retried.
     pub fn certainly_not_applied(&self) -> bool {
         matches!(self, Error::Connect { .. } | Error::NotLeader { .. })
