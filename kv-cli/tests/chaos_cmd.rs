@@ -125,12 +125,10 @@ fn key_not_led_by(dir: &Path, node: &str) -> String {
 
 /// Asserts that `out` is the refusal of a CP write by a node without a majority.
 fn assert_refused(out: &Output) {
-    // FIXME(issue 11): should be exit 5 ("unavailable", nothing applied). The node knows that
-    // nothing was appended (no leader, or the leader unreachable: `CpEngine::not_leader_or_wait`
-    // and `pause_for_election`), but it answers UNAVAILABLE like a write that timed out after
-    // its append, so the client cannot tell the two apart and the CLI says 6. The write is
-    // checked not to be applied after the heal instead.
-    assert_eq!(out.status.code(), Some(6), "{}", text(out));
+    // Exit 5, not 6: the node knows nothing was appended (no leader, or the leader unreachable:
+    // `CpEngine::not_leader_or_wait` and `pause_for_election`) and says so (`kv-not-applied`).
+    // The write is also checked not to be applied after the heal.
+    assert_eq!(out.status.code(), Some(5), "{}", text(out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unavailable"), "{stderr}");
 }

@@ -531,10 +531,12 @@ impl Client {
             let may_retry = match idempotence {
                 Idempotence::Safe => err.is_retryable(),
                 // A node's own Unavailable is its answer (e.g. the minority side of a
-                // partition), not a lost message: it is reported, not retried.
-                Idempotence::Deduplicated => {
-                    err.certainly_not_applied() || matches!(err, Error::Transport { .. })
-                }
+                // partition), not a lost message: it is reported, not retried, also when the
+                // node says nothing was applied (`NotApplied`).
+                Idempotence::Deduplicated => matches!(
+                    err,
+                    Error::Connect { .. } | Error::NotLeader { .. } | Error::Transport { .. }
+                ),
             };
             if !may_retry || attempt >= MAX_ATTEMPTS {
                 return Err(match (reported, &err) {

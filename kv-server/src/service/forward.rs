@@ -66,10 +66,11 @@ impl Ctx {
     }
 }
 
-/// Waits a little for a new leader before another try, or gives up at the deadline.
-pub(super) async fn pause_for_election(ctx: Ctx, last: String) -> NodeResult<()> {
+/// Waits a little for a new leader before another try, or gives up at the deadline with
+/// `last` (the caller says whether the request may have been applied).
+pub(super) async fn pause_for_election(ctx: Ctx, last: NodeError) -> NodeResult<()> {
     if ctx.remaining() <= LEADER_RETRY_PAUSE {
-        return Err(NodeError::Unavailable(last));
+        return Err(last);
     }
     tokio::time::sleep(LEADER_RETRY_PAUSE).await;
     Ok(())

@@ -124,6 +124,9 @@ impl KvService {
             let answer = hop(&self.node, to, partition, ctx, body, forward).await;
             return answer.map(Routed::Forwarded);
         }
+        // Whether an earlier try may have reached a leader (a forward whose connection broke
+        // after sending): then no later failure can say the request was not applied.
+        let mut maybe_sent = false;
         loop {
             match local(self.node.cp()?).await {
                 Ok(r) => return Ok(Routed::Here(r)),
@@ -132,12 +135,21 @@ impl KvService {
                     ..
                 }) if ctx.hops < MAX_FORWARD_HOPS => {
                     match hop(&self.node, leader, partition, ctx, body.clone(), forward).await {
-                        Err(NodeError::NotSent(msg)) => pause_for_election(ctx, msg).await?,
+                        Err(NodeError::NotSent(msg)) => {
+                            let last = match maybe_sent {
+                                true => NodeError::Unavailable(msg),
+                                false => NodeError::NotApplied(format!(
+                                    "{msg}; the request was not applied"
+                                )),
+                            };
+                            pause_for_election(ctx, last).await?
+                        }
                         // The connection to the leader broke after sending (it crashed): a
                         // read, or a write the state machine applies at most once, is sent
                         // again once a leader is known; any other write's outcome is unknown.
                         Err(NodeError::Interrupted(msg)) if resend_safe => {
-                            pause_for_election(ctx, msg).await?
+                            maybe_sent = true;
+                            pause_for_election(ctx, NodeError::Unavailable(msg)).await?
                         }
                         Err(NodeError::Interrupted(msg)) => {
                             return Err(NodeError::Unavailable(msg))
@@ -153,6 +165,10 @@ impl KvService {
                         }
                         other => return other.map(Routed::Forwarded),
                     }
+                }
+                Err(CpError::NoLeader { partition, reason }) if maybe_sent => {
+                    let e = CpError::Unavailable { partition, reason };
+                    return Err(cp_error(&self.node, e, keyspace));
                 }
                 Err(e) => return Err(cp_error(&self.node, e, keyspace)),
             }
