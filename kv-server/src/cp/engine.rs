@@ -463,6 +463,7 @@ impl CpEngine {
         }
         CpError::DeadlineExceeded {
             partition: group.spec.partition,
+            proposed: true,
             reason: format!(
                 "{what} ({} ms given; the group needs up to {} ms to elect a leader)",
                 budget.as_millis(),
@@ -475,6 +476,13 @@ impl CpEngine {
     fn expired_unproposed(&self, group: &Group, budget: Duration, what: &str) -> CpError {
         match self.expired(group, budget, what) {
             CpError::Unavailable { partition, reason } => CpError::NoLeader { partition, reason },
+            CpError::DeadlineExceeded {
+                partition, reason, ..
+            } => CpError::DeadlineExceeded {
+                partition,
+                reason,
+                proposed: false,
+            },
             other => other,
         }
     }

@@ -43,6 +43,9 @@ pub enum CpError {
         partition: u32,
         /// What did not happen in time.
         reason: String,
+        /// False when this node proposed nothing (it was waiting for a leader): the request
+        /// was certainly not applied here.
+        proposed: bool,
     },
     /// This node holds no replica of the group.
     #[error("node {node} holds no replica of keyspace {keyspace} partition {partition}")]

@@ -5,7 +5,10 @@
 //! to a member or to the leader, wait out a leader that cannot be reached.
 
 use super::convert::{ap_options, cp_error, version_pb};
-use super::forward::{hop, pause_for_election, Client, Ctx, LEADER_RETRY_PAUSE, MAX_FORWARD_HOPS};
+use super::forward::{
+    hop, pause_for_election, shorter_than_an_election, Client, Ctx, LEADER_RETRY_PAUSE,
+    MAX_FORWARD_HOPS,
+};
 use super::{keyspace, status};
 use crate::cp::types::RequestId;
 use crate::cp::{
@@ -168,6 +171,32 @@ impl KvService {
                 }
                 Err(CpError::NoLeader { partition, reason }) if maybe_sent => {
                     let e = CpError::Unavailable { partition, reason };
+                    return Err(cp_error(&self.node, e, keyspace));
+                }
+                // The engine judged by the time left in its last call; the request itself had
+                // at least an election timeout, long enough for a healthy group to elect and
+                // commit (after forwards to a leader that could not be reached): the
+                // partition is unavailable from here, not merely slow.
+                Err(CpError::DeadlineExceeded {
+                    partition,
+                    proposed,
+                    ..
+                }) if !shorter_than_an_election(&self.node, &ctx) => {
+                    let ms = ctx.budget.as_millis();
+                    let e = match proposed || maybe_sent {
+                        true => CpError::Unavailable {
+                            partition,
+                            reason: format!(
+                                "no quorum answered within the request's {ms} ms; a write may still apply"
+                            ),
+                        },
+                        false => CpError::NoLeader {
+                            partition,
+                            reason: format!(
+                                "no leader was reachable from this node within the request's {ms} ms; nothing was proposed"
+                            ),
+                        },
+                    };
                     return Err(cp_error(&self.node, e, keyspace));
                 }
                 Err(e) => return Err(cp_error(&self.node, e, keyspace)),
