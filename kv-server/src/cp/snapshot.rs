@@ -12,7 +12,6 @@
 //! `l<slot>` → the slot's length; `k<slot><chunk index>` → a chunk (numbers are big-endian u64).
 
 use crate::cp::codec::{self, CodecError};
-use crate::cp::keys::{DATA_END, DATA_PREFIX};
 use crate::storage::{StorageError, Tree};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Bound;
@@ -286,12 +285,17 @@ pub fn remove_slot(tree: &dyn Tree, slot: u64) -> Result<(), StorageError> {
     tree.remove(&slot_key(b's', slot))
 }
 
-/// Removes every slot but those in `keep` (failed builds, aborted receives, old snapshots).
+/// Removes the slots numbered below every slot in `keep` (old snapshots, failed builds,
+/// aborted receives). Slots are numbered in creation order, so a snapshot still being received
+/// or built (a later slot) is never removed under its writer.
 pub fn retain_slots(tree: &dyn Tree, keep: &[u64]) -> Result<(), StorageError> {
+    let Some(&oldest_kept) = keep.iter().min() else {
+        return Ok(());
+    };
     let rows = tree.range(Bound::Included(b"s"), Bound::Excluded(b"t"), usize::MAX)?;
     for (k, _) in rows {
         if let Some(slot) = read_u64(&k[1..]) {
-            if !keep.contains(&slot) {
+            if slot < oldest_kept {
                 remove_slot(tree, slot)?;
             }
         }
@@ -426,19 +430,24 @@ pub fn for_each_record<E>(
     }
 }
 
-/// The sm tree's data records as (user key, record bytes), read a few at a time.
+/// The records of a tree between two keys as (key without its one-byte prefix, record bytes),
+/// read a few at a time.
 pub struct DataPages {
     sm: Arc<dyn Tree>,
+    first: Vec<u8>,
+    end: Vec<u8>,
     after: Option<Vec<u8>>,
     page: std::vec::IntoIter<(Vec<u8>, Vec<u8>)>,
     done: bool,
 }
 
 impl DataPages {
-    /// The records of the state machine tree `sm`.
-    pub fn new(sm: Arc<dyn Tree>) -> DataPages {
+    /// The records of `sm` from `first` to `end` (excluded).
+    pub fn new(sm: Arc<dyn Tree>, first: &[u8], end: &[u8]) -> DataPages {
         DataPages {
             sm,
+            first: first.to_vec(),
+            end: end.to_vec(),
             after: None,
             page: Vec::new().into_iter(),
             done: false,
@@ -458,15 +467,15 @@ impl Iterator for DataPages {
             if self.done {
                 return None;
             }
-            let first = [DATA_PREFIX];
             let lower = match &self.after {
                 Some(k) => Bound::Excluded(k.as_slice()),
-                None => Bound::Included(&first[..]),
+                None => Bound::Included(self.first.as_slice()),
             };
-            match self
-                .sm
-                .range(lower, Bound::Excluded(DATA_END), SNAPSHOT_SCAN_PAGE)
-            {
+            match self.sm.range(
+                lower,
+                Bound::Excluded(self.end.as_slice()),
+                SNAPSHOT_SCAN_PAGE,
+            ) {
                 Ok(rows) => {
                     self.done = rows.len() < SNAPSHOT_SCAN_PAGE;
                     self.page = rows.into_iter();

@@ -102,12 +102,20 @@ fn records_round_trip_and_a_damaged_body_is_refused() {
     let err = for_each_record(&mut huge, |_, _| -> Result<(), ()> { Ok(()) }).unwrap_err();
     assert!(matches!(err, Walk::Bad(_)), "{err:?}");
 
-    // Unused slots go, the kept ones stay.
-    retain_slots(&*t, &[f.slot()]).unwrap();
+    // Slots older than the kept ones go; a later one (still being written) stays.
+    let later = SnapshotFile::create(t.clone()).unwrap();
+    retain_slots(&*t, &[cut.slot(), huge.slot()]).unwrap();
     let slots: Vec<Vec<u8>> = values(&*t)
         .into_iter()
         .filter(|(k, _)| k[0] == b's')
         .map(|(k, _)| k)
         .collect();
-    assert_eq!(slots, vec![slot_key(b's', f.slot())]);
+    let want: Vec<Vec<u8>> = [cut.slot(), huge.slot(), later.slot()]
+        .into_iter()
+        .map(|s| slot_key(b's', s))
+        .collect();
+    assert_eq!(slots, want);
+    assert!(values(&*t)
+        .iter()
+        .all(|(k, _)| k[0] != b'k' || k[1..9] != f.slot().to_be_bytes()));
 }

@@ -168,8 +168,7 @@ impl StateMachineStore {
         get_decoded::<CurrentSnapshot>(&*self.snap, KEY_CURRENT, "snapshot")
     }
 
-    /// Makes the body in `slot` the current snapshot, durably; keeps the previous one (a
-    /// sender may still be reading it) and removes every other slot.
+    /// Makes the body in `slot` the current snapshot, durably (see the free function).
     fn make_current(&self, meta: &SnapshotMeta, slot: u64) -> Result<(), RaftStorageError> {
         make_current(&self.snap, meta, slot)
     }
@@ -429,7 +428,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // snapshot is a consistent cut at `applied`.
         // The body is written here, page by page into chunks, rather than copied in memory.
         let body = SnapshotFile::create(self.snap.clone()).and_then(|mut file| {
-            write_body(&mut file, DataPages::new(self.sm.clone()))?;
+            write_body(
+                &mut file,
+                DataPages::new(self.sm.clone(), &[DATA_PREFIX], DATA_END),
+            )?;
             Ok(file.slot())
         });
         SnapshotBuilder {
@@ -501,7 +503,7 @@ fn walk_error(w: snapshot::Walk<RaftStorageError>) -> RaftStorageError {
 }
 
 /// Makes the body in `slot` the current snapshot, durably; keeps the previous current one (a
-/// sender may still be reading it) and removes every other slot.
+/// sender may still be reading it) and every later slot, and removes the older ones.
 fn make_current(
     snap: &Arc<dyn Tree>,
     meta: &SnapshotMeta,
