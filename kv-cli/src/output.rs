@@ -140,8 +140,9 @@ pub fn classify(err: &kv_client::Error, stage: Stage) -> Exit {
         E::DeadlineExceeded { .. } => Exit::OutcomeUnknown,
         _ if stage == Stage::Read => Exit::Unavailable,
         e if e.certainly_not_applied() => Exit::Unavailable,
-        // A write that failed after it was sent (a server-side Unavailable included: a CP
-        // write may still commit, an AP write may have reached some replicas).
+        // A write that failed after it was sent, a server-side Unavailable included unless
+        // the node said nothing was applied (`NotApplied`): a CP write may still commit, an AP
+        // write may have reached some replicas.
         _ => Exit::OutcomeUnknown,
     }
 }
@@ -404,6 +405,13 @@ mod tests {
                 Exit::Unavailable,
                 Exit::Unavailable,
                 Exit::OutcomeUnknown,
+            ),
+            // The node refused before proposing (no leader reachable): nothing was applied.
+            (
+                &E::NotApplied("no leader".into()),
+                Exit::Unavailable,
+                Exit::Unavailable,
+                Exit::Unavailable,
             ),
             (
                 &deadline,

@@ -60,7 +60,9 @@ async fn increment_until(c: Client, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
             ) => {
                 tally.unknown.fetch_add(1, Ordering::SeqCst);
             }
-            Err(Error::Connect { .. } | Error::NotLeader { .. }) => {} // Certainly not applied.
+            // Certainly not applied (a dial that failed, not the leader, or a node's refusal
+            // before proposing, e.g. while the killed leader's partition elects another).
+            Err(Error::Connect { .. } | Error::NotLeader { .. } | Error::NotApplied(_)) => {}
             Err(e) => panic!("an increment failed otherwise than with an unknown outcome: {e}"),
         }
     }

@@ -97,9 +97,48 @@ fn proc_state(pid: u64) -> Option<String> {
 /// appending anything (a partition it leads would take the write into its log, of unknown
 /// outcome until the heal).
 fn key_not_led_by(dir: &Path, node: &str) -> String {
-    let status: serde_json::Value =
-        serde_json::from_str(&eventually_ok(dir, &["status", "-o", "json"])).unwrap();
-    let led: Vec<u64> = status["nodes"]
+    let partitions = json(dir, &["ring"])["partition_count"].as_u64().unwrap() as u32;
+    let start = Instant::now();
+    loop {
+        let led = leader_of(dir, node);
+        let key = (0..100_000).map(|i| format!("greeting-{i}")).find(|k| {
+            let p = kv_client::placement::partition_for_key(k.as_bytes(), partitions);
+            !led.contains(&u64::from(p))
+        });
+        if let Some(key) = key {
+            return key;
+        }
+        // `node` leads every partition (nothing balances leadership yet, see
+        // FIXME(leader balance) in kv-server/src/cp/engine.rs; seen on a loaded machine, where
+        // the searching loop above spun for ever): cut it off until another node leads some
+        // partition, then heal (its stale leaderships end at the others' higher terms).
+        assert!(
+            start.elapsed() < EVENTUALLY,
+            "{node} still leads every partition after {EVENTUALLY:?}"
+        );
+        json(dir, &["chaos", "partition", node]);
+        while ["n1", "n2", "n3"]
+            .iter()
+            .filter(|n| **n != node)
+            .all(|n| leader_of(dir, n).is_empty())
+        {
+            assert!(
+                start.elapsed() < EVENTUALLY,
+                "no other node became a leader"
+            );
+            std::thread::sleep(RETRY);
+        }
+        json(dir, &["chaos", "heal"]);
+    }
+}
+
+/// The CP partitions `node` leads, from `kv status` (exit 5 while a node is unhealthy, with
+/// the report on stdout all the same).
+fn leader_of(dir: &Path, node: &str) -> Vec<u64> {
+    let out = kv(dir, &["status", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("kv status: {e}: {}", text(&out)));
+    status["nodes"]
         .as_array()
         .unwrap()
         .iter()
@@ -107,30 +146,18 @@ fn key_not_led_by(dir: &Path, node: &str) -> String {
         .map(|n| {
             n["leader_of"]
                 .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p.as_u64().unwrap())
-                .collect()
+                .map(|a| a.iter().map(|p| p.as_u64().unwrap()).collect())
+                .unwrap_or_default()
         })
-        .unwrap_or_else(|| panic!("no {node} in {status}"));
-    let partitions = json(dir, &["ring"])["partition_count"].as_u64().unwrap() as u32;
-    (0..)
-        .map(|i| format!("greeting-{i}"))
-        .find(|k| {
-            let p = kv_client::placement::partition_for_key(k.as_bytes(), partitions);
-            !led.contains(&u64::from(p))
-        })
-        .unwrap()
+        .unwrap_or_else(|| panic!("no {node} in {status}"))
 }
 
 /// Asserts that `out` is the refusal of a CP write by a node without a majority.
 fn assert_refused(out: &Output) {
-    // FIXME(issue 11): should be exit 5 ("unavailable", nothing applied). The node knows that
-    // nothing was appended (no leader, or the leader unreachable: `CpEngine::not_leader_or_wait`
-    // and `pause_for_election`), but it answers UNAVAILABLE like a write that timed out after
-    // its append, so the client cannot tell the two apart and the CLI says 6. The write is
-    // checked not to be applied after the heal instead.
-    assert_eq!(out.status.code(), Some(6), "{}", text(out));
+    // Exit 5, not 6: the node knows nothing was appended (no leader, or the leader unreachable:
+    // `CpEngine::not_leader_or_wait` and `pause_for_election`) and says so (`kv-not-applied`).
+    // The write is also checked not to be applied after the heal.
+    assert_eq!(out.status.code(), Some(5), "{}", text(out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unavailable"), "{stderr}");
 }

@@ -127,12 +127,13 @@ fn client(addrs: &[String], seeds_only: bool) -> ClientConfig {
 }
 
 /// True for the errors a write may meet while nodes die: unknown outcome (deadline, broken
-/// connection, a node's `Unavailable`) or certainly not sent (no node reachable). Anything
-/// else is a bug the workload reports.
+/// connection, a node's `Unavailable`) or certainly not applied (no node reachable, or a node
+/// that found no leader and proposed nothing). Anything else is a bug the workload reports.
 fn outcome_unknown(e: &Error) -> bool {
     matches!(
         e,
         Error::Unavailable(_)
+            | Error::NotApplied(_)
             | Error::DeadlineExceeded { .. }
             | Error::Transport { .. }
             | Error::Connect { .. }

@@ -10,6 +10,10 @@ mod tests;
 pub const NODE_HEADER: &str = "kv-node";
 /// Metadata key holding the leader's address on an `ABORTED` (not leader) status.
 pub const LEADER_HEADER: &str = "kv-leader";
+/// Metadata key set (to "true") on an `UNAVAILABLE` status when the node knows the request was
+/// not applied: it refused before proposing anything (no leader reachable) or could not send
+/// it on. Without it, an `UNAVAILABLE` write's outcome is unknown.
+pub const NOT_APPLIED_HEADER: &str = "kv-not-applied";
 
 /// A status's message followed by each distinct cause in its source chain.
 pub fn describe(status: &Status) -> String {

@@ -1,6 +1,6 @@
 //! Node errors and their one conversion to `tonic::Status` (the only place that picks codes).
 
-use kv_core::headers::{LEADER_HEADER, NODE_HEADER};
+use kv_core::headers::{LEADER_HEADER, NODE_HEADER, NOT_APPLIED_HEADER};
 use kv_core::limits::{MAX_ECHOED_INPUT_BYTES, MAX_STATUS_MESSAGE_BYTES};
 use tonic::{Code, Status};
 
@@ -46,6 +46,10 @@ pub enum NodeError {
     /// A node or quorum could not be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// The node could not serve the request and knows it was not applied (no leader reachable,
+    /// nothing proposed): `UNAVAILABLE` with the `kv-not-applied` header.
+    #[error("{0}")]
+    NotApplied(String),
     /// A peer this request had to go through could not be reached, and the request was
     /// certainly not sent to it (down, connection refused, traffic dropped): safe to retry.
     #[error("{0}")]
@@ -100,9 +104,10 @@ impl NodeError {
             NodeError::KeyspaceNotFound { .. } => Code::NotFound,
             NodeError::FailedPrecondition(_) => Code::FailedPrecondition,
             NodeError::AlreadyExists(_) => Code::AlreadyExists,
-            NodeError::Unavailable(_) | NodeError::NotSent(_) | NodeError::Interrupted(_) => {
-                Code::Unavailable
-            }
+            NodeError::Unavailable(_)
+            | NodeError::NotApplied(_)
+            | NodeError::NotSent(_)
+            | NodeError::Interrupted(_) => Code::Unavailable,
             NodeError::NotLeader { .. } => Code::Aborted,
             NodeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             NodeError::ResourceExhausted(_) => Code::ResourceExhausted,
@@ -115,6 +120,12 @@ impl NodeError {
         let mut status = Status::new(code, message);
         if let Ok(v) = node_name.parse() {
             status.metadata_mut().insert(NODE_HEADER, v);
+        }
+        if matches!(self, NodeError::NotApplied(_) | NodeError::NotSent(_)) {
+            status.metadata_mut().insert(
+                NOT_APPLIED_HEADER,
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
         }
         if let NodeError::NotLeader {
             leader: Some(l), ..

@@ -3,7 +3,7 @@
 //! fault-injection filter applies to all of them). **Architecture invariant:** the engines never see gRPC; only this file and
 //! `service/` convert between engine types and protobuf.
 
-use crate::ap::{ApRecord, ApTransport, Liveness, TransportError as ApTransportError};
+use crate::ap::{ApRecord, ApTransport, Liveness, RangePage, TransportError as ApTransportError};
 use crate::cp::{RaftKind, RaftTransport, TransportError as RaftTransportError};
 use crate::peers::PeerLinks;
 use crate::types::{Hlc, NodeId};
@@ -167,7 +167,8 @@ impl ApTransport for GrpcTransport {
         keyspace_id: u32,
         partition: u32,
         leaves: Vec<u32>,
-    ) -> BoxFuture<'static, Result<Vec<ApRecord>, ApTransportError>> {
+        after: Option<Vec<u8>>,
+    ) -> BoxFuture<'static, Result<RangePage, ApTransportError>> {
         let this = self.clone();
         Box::pin(async move {
             let mut client = this.client(to, ap_unreachable(to)).await?;
@@ -176,15 +177,15 @@ impl ApTransport for GrpcTransport {
                     keyspace: keyspace_id.to_string(),
                     partition,
                     leaves,
+                    after: after.unwrap_or_default(),
                 })
                 .await
-                .map_err(|s| ap_err(to, s))?;
-            Ok(resp
-                .into_inner()
-                .records
-                .into_iter()
-                .map(record_from_pb)
-                .collect())
+                .map_err(|s| ap_err(to, s))?
+                .into_inner();
+            Ok(RangePage {
+                records: resp.records.into_iter().map(record_from_pb).collect(),
+                resume_after: Some(resp.resume_after).filter(|k| !k.is_empty()),
+            })
         })
     }
 }

@@ -232,6 +232,44 @@ async fn read_repair_fixes_stale_and_missing_replicas() {
 }
 
 #[tokio::test]
+async fn anti_entropy_exchanges_large_values_both_ways_page_by_page() {
+    // 3 nodes, N = 3; keys starting with 'c' (99 ≡ 0 mod 3) are in partition 0.
+    let c = ApCluster::new(3, defaults);
+    let value = vec![7u8; 300 * 1024];
+    let keys: Vec<Vec<u8>> = (0..20)
+        .map(|i| format!("c-large-{i:02}").into_bytes())
+        .collect();
+    // Interleaved: node 1 holds the even keys, node 3 the odd ones, so each of node 1's pages
+    // covers keys that node 3 must push back.
+    for (i, k) in keys.iter().enumerate() {
+        let owner: NodeId = if i % 2 == 0 { 1 } else { 3 };
+        let r = ApRecord {
+            key: k.clone(),
+            hlc: c.node(owner).hlc().now().unwrap(),
+            value: Some(value.clone()),
+        };
+        c.node(owner).apply_replica(c.ks.id, r, None).unwrap();
+    }
+    let s = c.node(3).anti_entropy_once(c.ks.id, 0, 1).await.unwrap();
+    assert_eq!((s.records_fetched, s.records_applied), (10, 10), "{s:?}");
+    assert_eq!(s.records_pushed, 10, "{s:?}");
+    let budget = ApConfig::new(1).range_page_bytes();
+    let min_pages = 10 * value.len() / budget + 1;
+    assert!(
+        s.range_pages >= min_pages,
+        "3 MB of values in pages of {budget} bytes: {s:?}"
+    );
+    assert!(s.complete, "{s:?}");
+    for k in &keys {
+        assert!(c.local(1, k).is_some() && c.local(3, k).is_some());
+    }
+    assert_eq!(
+        c.node(1).merkle_leaves(c.ks.id, 0).unwrap(),
+        c.node(3).merkle_leaves(c.ks.id, 0).unwrap()
+    );
+}
+
+#[tokio::test]
 async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves() {
     // 3 nodes, N = 3: every node replicates every partition.
     let mut c = ApCluster::new(3, defaults);

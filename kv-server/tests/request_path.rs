@@ -1,8 +1,9 @@
 //! The request path of real nodes on loopback TCP, seen from a gRPC client that knows nothing
 //! but kv.proto: hostile and malformed input gets kv.proto's codes (never INTERNAL, OUT_OF_RANGE
 //! or CANCELLED) with short messages naming the limit, a request id makes a retried write apply
-//! once, a node refuses writes past its in-flight limit, and concurrent large CP writes neither
-//! stall their partition nor bounce between nodes as ABORTED.
+//! once, a node refuses writes past its in-flight limit, concurrent large CP writes neither
+//! stall their partition nor bounce between nodes as ABORTED, and an anti-entropy range answer
+//! comes in pages that each fit a node-to-node message, however large the values.
 
 use kv_core::headers::NODE_HEADER;
 use kv_core::limits::{MAX_KEYSPACE_NAME_BYTES, MAX_STATUS_MESSAGE_BYTES, MESSAGE_HEADROOM_BYTES};
@@ -697,4 +698,76 @@ async fn concurrent_large_cp_writes_commit_and_the_partition_keeps_serving() {
             .into_inner();
         assert_eq!(got.value, b"small", "read through {}", n.addr);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merkle_range_answers_stay_within_the_peer_message_limit_whatever_the_values() {
+    // Twelve values at the 1 MiB limit in one partition: one answer holding them all would be
+    // about three times the node-to-node message limit, which the receiving peer refuses to
+    // decode (so anti-entropy could never repair that range).
+    const VALUES: usize = 12;
+    let node = single(|_| {}).await;
+    let max_value = node.node.config.max_value_bytes;
+    let limit = kv_core::limits::max_peer_message_bytes(max_value);
+    let partitions = node.node.ring.partition_count();
+    let partition = 3;
+    let keys: Vec<Vec<u8>> = (0..)
+        .map(|i| format!("large-{i}").into_bytes())
+        .filter(|k| kv_core::placement::partition_for_key(k, partitions) == partition)
+        .take(VALUES)
+        .collect();
+    let c = client(&node.addr);
+    for (i, key) in keys.iter().enumerate() {
+        eventually("an AP put", || {
+            let mut c = c.clone();
+            // One node of a three-replica keyspace: its own replica is the one ack.
+            let mut body = put("ap", key, vec![i as u8; max_value]);
+            body.options = Some(pb::RequestOptions {
+                consistency: pb::Consistency::One as i32,
+                ..Default::default()
+            });
+            async move { c.put(request(body, REQUEST_TIMEOUT)).await }
+        })
+        .await;
+    }
+
+    // A peer's view: page through every leaf, decoding answers of any size to measure them.
+    let channel = TcpDialer.channel(&node.addr).unwrap();
+    let mut peer = kv_proto::internal::internal_client::InternalClient::new(channel)
+        .max_decoding_message_size(usize::MAX);
+    let keyspace = node.node.keyspace("ap").await.unwrap().id.to_string();
+    let leaves: Vec<u32> = (0..kv_server::ap::merkle::MERKLE_LEAVES as u32).collect();
+    let (mut after, mut got, mut pages) = (Vec::new(), Vec::new(), 0);
+    loop {
+        let page = peer
+            .merkle_range(kv_proto::internal::MerkleRangeRequest {
+                keyspace: keyspace.clone(),
+                partition,
+                leaves: leaves.clone(),
+                after: after.clone(),
+            })
+            .await
+            .expect("a Merkle range page")
+            .into_inner();
+        pages += 1;
+        let size = page.encoded_len();
+        assert!(
+            size <= limit,
+            "page {pages} is {size} bytes, over the node-to-node limit of {limit}"
+        );
+        got.extend(page.records.iter().map(|r| r.key.clone()));
+        if page.resume_after.is_empty() {
+            break;
+        }
+        assert!(page.resume_after > after, "pages move forward");
+        after = page.resume_after;
+        assert!(pages <= VALUES, "more pages than records");
+    }
+    let mut want = keys.clone();
+    want.sort();
+    assert_eq!(got, want, "every record once, in key order");
+    assert!(
+        pages > 1,
+        "{VALUES} values of {max_value} bytes fit no single page"
+    );
 }

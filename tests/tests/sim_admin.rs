@@ -155,7 +155,13 @@ fn fault_injection_is_refused_without_chaos_and_partitions_with_it() {
             .put("cp", b"k", b"v", Default::default())
             .await
             .unwrap_err();
-        assert!(matches!(err, kv_client::Error::Unavailable(_)), "{err}");
+        assert!(
+            matches!(
+                err,
+                kv_client::Error::Unavailable(_) | kv_client::Error::NotApplied(_)
+            ),
+            "{err}"
+        );
 
         // Healing clears the faults (n3, without --chaos, holds none), and CP serves n1 again.
         faults.heal_all().await?;
@@ -178,7 +184,13 @@ fn fault_injection_is_refused_without_chaos_and_partitions_with_it() {
             .put("ap", b"skewed", b"from the future", all.clone())
             .await
             .unwrap_err();
-        assert!(matches!(err, kv_client::Error::Unavailable(_)), "{err}");
+        assert!(
+            matches!(
+                err,
+                kv_client::Error::Unavailable(_) | kv_client::Error::NotApplied(_)
+            ),
+            "{err}"
+        );
         assert!(
             err.to_string().contains("maximum clock offset of 500 ms"),
             "{err}"

@@ -194,7 +194,7 @@ async fn connect(node: &str, timeout: Duration) -> Client {
 
 fn classify(e: &Error) -> Outcome {
     match e {
-        Error::Unavailable(m) => Outcome::Unavailable(m.clone()),
+        Error::Unavailable(m) | Error::NotApplied(m) => Outcome::Unavailable(m.clone()),
         Error::DeadlineExceeded { message, .. } => Outcome::DeadlineExceeded(message.clone()),
         other => Outcome::Other(other.to_string()),
     }

@@ -214,7 +214,13 @@ fn one_node_down_serves_every_key_and_a_lost_majority_fails_fast_naming_the_part
                 .await
                 .unwrap_err();
             let msg = err.to_string();
-            assert!(matches!(err, kv_client::Error::Unavailable(_)), "{msg}");
+            assert!(
+                matches!(
+                    err,
+                    kv_client::Error::Unavailable(_) | kv_client::Error::NotApplied(_)
+                ),
+                "{msg}"
+            );
             assert!(
                 msg.contains("partition"),
                 "the error names the partition: {msg}"
@@ -229,7 +235,13 @@ fn one_node_down_serves_every_key_and_a_lost_majority_fails_fast_naming_the_part
                 .put("cp", key.as_bytes(), b"x", Default::default())
                 .await
                 .unwrap_err();
-            assert!(matches!(err, kv_client::Error::Unavailable(_)), "{err}");
+            assert!(
+                matches!(
+                    err,
+                    kv_client::Error::Unavailable(_) | kv_client::Error::NotApplied(_)
+                ),
+                "{err}"
+            );
             assert!(
                 start.elapsed() <= deadline,
                 "not within the deadline: {:?}",

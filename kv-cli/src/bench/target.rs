@@ -132,7 +132,7 @@ pub fn error_kind(e: &kv_client::Error) -> &'static str {
         E::KeyspaceNotFound(_) => "keyspace_not_found",
         E::FailedPrecondition(_) => "failed_precondition",
         E::AlreadyExists(_) => "already_exists",
-        E::Unavailable(_) => "unavailable",
+        E::Unavailable(_) | E::NotApplied(_) => "unavailable",
         E::DeadlineExceeded { .. } => "deadline_exceeded",
         E::NotLeader { .. } => "not_leader",
         E::DataLoss(_) => "data_loss",

@@ -45,7 +45,7 @@ fn error_kind(e: &kv_client::Error) -> String {
         E::KeyspaceNotFound(_) => "KeyspaceNotFound",
         E::FailedPrecondition(_) => "FailedPrecondition",
         E::AlreadyExists(_) => "AlreadyExists",
-        E::Unavailable(_) => "Unavailable",
+        E::Unavailable(_) | E::NotApplied(_) => "Unavailable",
         E::DeadlineExceeded { .. } => "DeadlineExceeded",
         E::NotLeader { .. } => "NotLeader",
         E::DataLoss(_) => "DataLoss",

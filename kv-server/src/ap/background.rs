@@ -21,7 +21,7 @@ use super::merkle;
 use super::plan::{
     anti_entropy_peer, hint_action, purge_horizon, records_to_push, tombstone_purgeable, HintAction,
 };
-use super::store::MAX_RANGE_RECORDS;
+use super::store::RangePage;
 use crate::types::{KeyspaceDef, Mode, NodeId};
 use futures::stream::StreamExt;
 use std::sync::Arc;
@@ -57,9 +57,11 @@ pub struct AntiEntropyStats {
     pub records_refused: usize,
     /// Our records the peer refused (it answered with an error).
     pub pushes_refused: usize,
+    /// Pages of Merkle range answers received (each within the page budget, so within the
+    /// node-to-node message limit whatever the values' sizes).
+    pub range_pages: usize,
     /// Whether the peer now holds every record we held when the exchange started, or a newer
-    /// one (no push refused, no range response cut at `MAX_RANGE_RECORDS`): only such an
-    /// exchange counts towards purging tombstones.
+    /// one (no push refused): only such an exchange counts towards purging tombstones.
     pub complete: bool,
 }
 
@@ -155,46 +157,42 @@ impl ApEngine {
             ..Default::default()
         };
         for chunk in differing.chunks(MERKLE_LEAVES_PER_RANGE_CALL) {
-            let fut =
-                self.inner
-                    .transport
-                    .merkle_range(peer, keyspace_id, partition, chunk.to_vec());
-            let their_records = with_timeout(peer, timeout_ms, fut).await?;
-            stats.records_fetched += their_records.len();
-            let our_records = store.records_in_leaves(partition, chunk)?;
-            if their_records.len() >= MAX_RANGE_RECORDS || our_records.len() >= MAX_RANGE_RECORDS {
-                stats.complete = false;
-            }
-            let to_push = records_to_push(our_records, &their_records);
-            let forget_before_ms = self.forget_before_ms();
-            for r in &their_records {
-                if self.inner.clock.observe(r.hlc).is_err() {
-                    stats.records_refused += 1;
-                    continue;
-                }
-                if store.apply(r, forget_before_ms)? {
-                    stats.records_applied += 1;
-                }
-            }
-            // One flush per batch rather than per record; nothing here is acknowledged to anyone.
-            self.inner.engine.flush()?;
-            let pushes = futures::stream::iter(to_push.into_iter().map(|r| {
-                let fut = self.inner.transport.write(peer, keyspace_id, r, None);
-                with_timeout(peer, self.inner.config.write_timeout_ms, fut)
-            }))
-            .buffer_unordered(ANTI_ENTROPY_PUSH_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await;
-            for p in pushes {
-                match p {
-                    Ok(()) => stats.records_pushed += 1,
-                    // The peer answered, refusing one record (e.g. its clock is behind ours by
-                    // more than the maximum offset): go on with the others.
-                    Err(TransportError::Remote { .. }) => {
-                        stats.pushes_refused += 1;
-                        stats.complete = false;
+            // The peer answers page by page (bounded by bytes); each page is compared with our
+            // records of the same key interval, after the previous page's last key up to this
+            // page's last key (to the end of the partition for the last page).
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let fut = self.inner.transport.merkle_range(
+                    peer,
+                    keyspace_id,
+                    partition,
+                    chunk.to_vec(),
+                    after.clone(),
+                );
+                let page = with_timeout(peer, timeout_ms, fut).await?;
+                stats.range_pages += 1;
+                if let (Some(next), Some(prev)) = (&page.resume_after, &after) {
+                    if next <= prev {
+                        // A page that does not move forward would loop for ever.
+                        return Err(ApError::Transport(TransportError::Remote {
+                            node: peer,
+                            message: "Merkle range page did not advance past its start key".into(),
+                        }));
                     }
-                    Err(e) => return Err(e.into()),
+                }
+                self.exchange_page(
+                    keyspace_id,
+                    partition,
+                    peer,
+                    chunk,
+                    &after,
+                    &page,
+                    &mut stats,
+                )
+                .await?;
+                match page.resume_after {
+                    Some(next) => after = Some(next),
+                    None => break,
                 }
             }
         }
@@ -206,6 +204,63 @@ impl ApEngine {
             *at = (*at).max(started);
         }
         Ok(stats)
+    }
+
+    /// Merges one page of a peer's Merkle range answer here and pushes to the peer our records
+    /// of the same key interval that it lacks or has older.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange_page(
+        &self,
+        keyspace_id: u32,
+        partition: u32,
+        peer: NodeId,
+        leaves: &[u32],
+        after: &Option<Vec<u8>>,
+        page: &RangePage,
+        stats: &mut AntiEntropyStats,
+    ) -> Result<(), ApError> {
+        let store = self.store(keyspace_id)?;
+        let their_records = &page.records;
+        stats.records_fetched += their_records.len();
+        let our_records = store.records_in_leaves_between(
+            partition,
+            leaves,
+            after.as_deref(),
+            page.resume_after.as_deref(),
+        )?;
+        let to_push = records_to_push(our_records, their_records);
+        let forget_before_ms = self.forget_before_ms();
+        for r in their_records {
+            if self.inner.clock.observe(r.hlc).is_err() {
+                stats.records_refused += 1;
+                continue;
+            }
+            if store.apply(r, forget_before_ms)? {
+                stats.records_applied += 1;
+            }
+        }
+        // One flush per page rather than per record; nothing here is acknowledged to anyone.
+        self.inner.engine.flush()?;
+        let pushes = futures::stream::iter(to_push.into_iter().map(|r| {
+            let fut = self.inner.transport.write(peer, keyspace_id, r, None);
+            with_timeout(peer, self.inner.config.write_timeout_ms, fut)
+        }))
+        .buffer_unordered(ANTI_ENTROPY_PUSH_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+        for p in pushes {
+            match p {
+                Ok(()) => stats.records_pushed += 1,
+                // The peer answered, refusing one record (e.g. its clock is behind ours by
+                // more than the maximum offset): go on with the others.
+                Err(TransportError::Remote { .. }) => {
+                    stats.pushes_refused += 1;
+                    stats.complete = false;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Purges, in every AP keyspace of `keyspaces`, the tombstones that

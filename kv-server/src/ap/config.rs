@@ -22,6 +22,8 @@ pub const DEFAULT_PURGE_INTERVAL_MS: u64 = 60 * 60 * 1000;
 pub const HINT_REPLAY_BATCH: usize = 256;
 /// Most differing leaves fetched in one Merkle range call.
 pub const MERKLE_LEAVES_PER_RANGE_CALL: usize = 32;
+/// Smallest byte budget of one page of a Merkle range answer (a page of small records).
+pub const MIN_RANGE_PAGE_BYTES: usize = 1024 * 1024;
 /// Most concurrent pushes (writes) to a peer during anti-entropy.
 pub const ANTI_ENTROPY_PUSH_CONCURRENCY: usize = 16;
 /// Default most writes one coordinator drives at once. A write stays in flight until every
@@ -81,6 +83,14 @@ impl ApConfig {
             purge_interval_ms: DEFAULT_PURGE_INTERVAL_MS,
             max_writes_in_flight: MAX_WRITES_IN_FLIGHT,
         }
+    }
+
+    /// Byte budget of one page of a Merkle range answer: one largest value with its headroom,
+    /// or [`MIN_RANGE_PAGE_BYTES`] of smaller records. A page holds at least one record, so it
+    /// never exceeds this budget or one record, both below the node-to-node message limit
+    /// (`kv_core::limits::max_peer_message_bytes`, four values with headroom).
+    pub fn range_page_bytes(&self) -> usize {
+        kv_core::limits::max_request_bytes(self.max_value_bytes).max(MIN_RANGE_PAGE_BYTES)
     }
 }
 

@@ -42,3 +42,4 @@ pub use error::{ApError, TransportError};
 pub use hlc::HlcError;
 pub use lww::ApRecord;
 pub use seams::{ApRing, ApTransport, Liveness};
+pub use store::RangePage;

@@ -12,6 +12,7 @@
 use super::engine::ApEngine;
 use super::error::ApError;
 use super::lww::ApRecord;
+use super::store::RangePage;
 use crate::types::NodeId;
 
 impl ApEngine {
@@ -62,15 +63,19 @@ impl ApEngine {
         Ok(self.store(keyspace_id)?.merkle_leaves(partition)?)
     }
 
-    /// This node's records of one partition in the given leaves.
+    /// One page of this node's records of one partition in the given leaves, after the key
+    /// `after` (from the first when `None`); a page never exceeds `ApConfig::range_page_bytes`
+    /// or one record.
     pub fn merkle_range(
         &self,
         keyspace_id: u32,
         partition: u32,
         leaves: &[u32],
-    ) -> Result<Vec<ApRecord>, ApError> {
+        after: Option<&[u8]>,
+    ) -> Result<RangePage, ApError> {
+        let max_bytes = self.inner.config.range_page_bytes();
         Ok(self
             .store(keyspace_id)?
-            .records_in_leaves(partition, leaves)?)
+            .range_page(partition, leaves, after, max_bytes)?)
     }
 }

@@ -4,6 +4,7 @@
 
 use super::error::TransportError;
 use super::lww::ApRecord;
+use super::store::RangePage;
 use crate::types::NodeId;
 use futures::future::BoxFuture;
 
@@ -31,14 +32,16 @@ pub trait ApTransport: Send + Sync + 'static {
         keyspace_id: u32,
         partition: u32,
     ) -> BoxFuture<'static, Result<Vec<u64>, TransportError>>;
-    /// `to`'s records of one partition in the given leaves.
+    /// One page of `to`'s records of one partition in the given leaves, after the key `after`
+    /// (from the first when `None`).
     fn merkle_range(
         &self,
         to: NodeId,
         keyspace_id: u32,
         partition: u32,
         leaves: Vec<u32>,
-    ) -> BoxFuture<'static, Result<Vec<ApRecord>, TransportError>>;
+        after: Option<Vec<u8>>,
+    ) -> BoxFuture<'static, Result<RangePage, TransportError>>;
 }
 
 /// The failure detector's view (gossip, built elsewhere).

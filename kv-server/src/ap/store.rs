@@ -27,8 +27,27 @@ use std::sync::{Arc, Mutex};
 pub const DEFAULT_TOMBSTONE_GRACE_MS: u64 = 10 * 24 * 60 * 60 * 1000;
 /// Entries read per page when scanning a tree.
 pub const SCAN_BATCH: usize = 1024;
-/// Most records one `records_in_leaves` call returns (bounds a Merkle range response).
-pub const MAX_RANGE_RECORDS: usize = 100_000;
+/// Most records in one page of a Merkle range answer, however small they are (the byte
+/// budget bounds pages of large records).
+pub const MAX_RANGE_PAGE_RECORDS: usize = 4096;
+/// What one record adds to a Merkle range answer besides its key and value: its timestamp,
+/// tombstone flag and protobuf framing (generous: the real figure is under 40 bytes).
+pub const RANGE_RECORD_OVERHEAD_BYTES: usize = 64;
+
+/// The bytes `record` adds to a Merkle range answer, as the page budget counts them.
+pub fn range_record_bytes(record: &ApRecord) -> usize {
+    record.key.len() + record.value.as_ref().map_or(0, Vec::len) + RANGE_RECORD_OVERHEAD_BYTES
+}
+
+/// One page of a partition's records in some Merkle leaves, in key order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangePage {
+    /// The records of this page.
+    pub records: Vec<ApRecord>,
+    /// Set when more records follow: ask again for the records after this key (the last one
+    /// of this page).
+    pub resume_after: Option<Vec<u8>>,
+}
 
 /// Maps a key to its partition (from the ring).
 pub type Partitioner = Arc<dyn Fn(&[u8]) -> u32 + Send + Sync>;
@@ -179,23 +198,43 @@ impl ApStore {
     pub fn for_each_in_partition(
         &self,
         partition: u32,
-        f: impl FnMut(ApRecord) -> Result<()>,
+        mut f: impl FnMut(ApRecord) -> Result<()>,
     ) -> Result<()> {
-        let start = partition.to_be_bytes().to_vec();
+        self.scan_partition(partition, None, |r| f(r).map(|()| true))
+    }
+
+    /// Calls `f` on the records of `partition` with keys after `after` (all when `None`), in
+    /// key order, until it returns false.
+    fn scan_partition(
+        &self,
+        partition: u32,
+        after: Option<&[u8]>,
+        f: impl FnMut(ApRecord) -> Result<bool>,
+    ) -> Result<()> {
+        let mut start = partition.to_be_bytes().to_vec();
+        let start = match after {
+            Some(key) => {
+                start.extend_from_slice(key);
+                Bound::Excluded(start)
+            }
+            None => Bound::Included(start),
+        };
         let end = partition.checked_add(1).map(|p| p.to_be_bytes().to_vec());
-        self.scan(Bound::Included(start), end, f)
+        self.scan(start, end, f)
     }
 
     /// Calls `f` on every record of the store.
-    pub fn for_each(&self, f: impl FnMut(ApRecord) -> Result<()>) -> Result<()> {
-        self.scan(Bound::Unbounded, None, f)
+    pub fn for_each(&self, mut f: impl FnMut(ApRecord) -> Result<()>) -> Result<()> {
+        self.scan(Bound::Unbounded, None, |r| f(r).map(|()| true))
     }
 
+    /// Calls `f` on the records from `start` to `end` (exclusive), in key order, until it
+    /// returns false.
     fn scan(
         &self,
         mut start: Bound<Vec<u8>>,
         end: Option<Vec<u8>>,
-        mut f: impl FnMut(ApRecord) -> Result<()>,
+        mut f: impl FnMut(ApRecord) -> Result<bool>,
     ) -> Result<()> {
         let tree: &Arc<dyn Tree> = self.records.raw();
         loop {
@@ -212,7 +251,9 @@ impl ApStore {
             let full = page.len() == SCAN_BATCH;
             let mut last = None;
             for (k, v) in page {
-                f(self.decode(k.clone(), &v)?)?;
+                if !f(self.decode(k.clone(), &v)?)? {
+                    return Ok(());
+                }
                 last = Some(k);
             }
             match last {
@@ -232,27 +273,65 @@ impl ApStore {
         Ok(builder.finish())
     }
 
-    /// The records of one partition that fall in `leaves` (at most `MAX_RANGE_RECORDS`).
-    pub fn records_in_leaves(&self, partition: u32, leaves: &[u32]) -> Result<Vec<ApRecord>> {
+    /// One page of the records of `partition` that fall in `leaves`, starting after the key
+    /// `after` (from the first when `None`): records in key order while they fit in `max_bytes`
+    /// (as `range_record_bytes` counts them) and `MAX_RANGE_PAGE_RECORDS`, and always at least
+    /// one, so a page is never larger than `max_bytes` or one record, whatever the values' sizes.
+    pub fn range_page(
+        &self,
+        partition: u32,
+        leaves: &[u32],
+        after: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<RangePage> {
+        let wanted: BTreeSet<u32> = leaves.iter().copied().collect();
+        let mut page = RangePage::default();
+        let mut bytes = 0usize;
+        self.scan_partition(partition, after, |r| {
+            if !wanted.contains(&leaf_of(&r.key)) {
+                return Ok(true);
+            }
+            let size = range_record_bytes(&r);
+            let full = page.records.len() >= MAX_RANGE_PAGE_RECORDS
+                || bytes.saturating_add(size) > max_bytes;
+            if full && !page.records.is_empty() {
+                page.resume_after = page.records.last().map(|l| l.key.clone());
+                return Ok(false);
+            }
+            bytes += size;
+            page.records.push(r);
+            Ok(true)
+        })?;
+        Ok(page)
+    }
+
+    /// The records of `partition` that fall in `leaves`, with keys after `after` (all when
+    /// `None`) up to and including `through` (to the end when `None`): this replica's side of
+    /// one page of a peer's Merkle range answer.
+    pub fn records_in_leaves_between(
+        &self,
+        partition: u32,
+        leaves: &[u32],
+        after: Option<&[u8]>,
+        through: Option<&[u8]>,
+    ) -> Result<Vec<ApRecord>> {
         let wanted: BTreeSet<u32> = leaves.iter().copied().collect();
         let mut out = Vec::new();
-        self.for_each_in_partition(partition, |r| {
-            if out.len() < MAX_RANGE_RECORDS && wanted.contains(&leaf_of(&r.key)) {
+        self.scan_partition(partition, after, |r| {
+            if through.is_some_and(|t| r.key.as_slice() > t) {
+                return Ok(false);
+            }
+            if wanted.contains(&leaf_of(&r.key)) {
                 out.push(r);
             }
-            Ok(())
+            Ok(true)
         })?;
-        if out.len() == MAX_RANGE_RECORDS {
-            // FIXME: resume from the last key instead of truncating; the limit is far above a
-            // partition's expected size at this stage.
-            tracing::warn!(
-                keyspace_id = self.keyspace_id,
-                partition,
-                limit = MAX_RANGE_RECORDS,
-                "merkle range response truncated"
-            );
-        }
         Ok(out)
+    }
+
+    /// Every record of `partition` that falls in `leaves`.
+    pub fn records_in_leaves(&self, partition: u32, leaves: &[u32]) -> Result<Vec<ApRecord>> {
+        self.records_in_leaves_between(partition, leaves, None, None)
     }
 
     /// Removes the tombstones that `purgeable` accepts; returns how many. A tombstone without
@@ -382,6 +461,50 @@ mod tests {
         let leaf = leaf_of(b"a00000");
         let in_leaf = s.records_in_leaves(1, &[leaf]).unwrap();
         assert!(!in_leaf.is_empty() && in_leaf.iter().all(|r| leaf_of(&r.key) == leaf));
+    }
+
+    #[test]
+    fn range_pages_stay_within_their_byte_budget_and_cover_every_record_once() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let s = store(&engine);
+        let big = "x".repeat(100_000);
+        // Partition 1 ('a' keys), every leaf; one tombstone among large values.
+        for i in 0..30 {
+            let value = (i != 7).then_some(big.as_str());
+            s.apply(&rec(&format!("a{i:03}"), 1, value), 0).unwrap();
+        }
+        s.apply(&rec("b-other-partition", 1, Some("y")), 0).unwrap();
+        let leaves: Vec<u32> = (0..super::super::merkle::MERKLE_LEAVES as u32).collect();
+        let budget = 250_000;
+        let (mut after, mut keys, mut pages) = (None::<Vec<u8>>, Vec::new(), 0);
+        loop {
+            let page = s.range_page(1, &leaves, after.as_deref(), budget).unwrap();
+            pages += 1;
+            let bytes: usize = page.records.iter().map(range_record_bytes).sum();
+            assert!(bytes <= budget, "page {pages}: {bytes} bytes");
+            // Our side of the same interval is exactly what the page holds.
+            let ours = s
+                .records_in_leaves_between(
+                    1,
+                    &leaves,
+                    after.as_deref(),
+                    page.resume_after.as_deref(),
+                )
+                .unwrap();
+            assert_eq!(ours, page.records);
+            keys.extend(page.records.iter().map(|r| r.key.clone()));
+            match page.resume_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let want: Vec<Vec<u8>> = (0..30).map(|i| format!("a{i:03}").into_bytes()).collect();
+        assert_eq!(keys, want);
+        assert_eq!(pages, 15, "two 100 kB records per 250 kB page");
+        // A record larger than the budget still travels, alone.
+        let page = s.range_page(1, &leaves, None, 10).unwrap();
+        assert_eq!(page.records.len(), 1);
+        assert_eq!(page.resume_after, Some(b"a000".to_vec()));
     }
 
     #[test]

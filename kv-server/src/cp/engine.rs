@@ -475,7 +475,12 @@ impl CpEngine {
                 partition,
                 message: "raft stopped".into(),
             }),
-            Err(_) => Err(self.expired(group, budget, "no leader was elected before the deadline")),
+            // Only a ForwardToLeader (nothing appended) leads here, so nothing was proposed.
+            Err(_) => Err(self.expired_unproposed(
+                group,
+                budget,
+                "no leader was elected before the deadline; nothing was proposed",
+            )),
         }
     }
 
@@ -490,11 +495,27 @@ impl CpEngine {
         }
         CpError::DeadlineExceeded {
             partition: group.spec.partition,
+            proposed: true,
             reason: format!(
                 "{what} ({} ms given; the group needs up to {} ms to elect a leader)",
                 budget.as_millis(),
                 election.as_millis()
             ),
+        }
+    }
+
+    /// Like `expired`, for a call that proposed nothing: `NoLeader` rather than `Unavailable`.
+    fn expired_unproposed(&self, group: &Group, budget: Duration, what: &str) -> CpError {
+        match self.expired(group, budget, what) {
+            CpError::Unavailable { partition, reason } => CpError::NoLeader { partition, reason },
+            CpError::DeadlineExceeded {
+                partition, reason, ..
+            } => CpError::DeadlineExceeded {
+                partition,
+                reason,
+                proposed: false,
+            },
+            other => other,
         }
     }
 

@@ -25,6 +25,15 @@ pub enum CpError {
         /// What was missing.
         reason: String,
     },
+    /// No leader could be found or elected by the deadline (this side of a partition has no
+    /// majority), and this node proposed nothing: the request was certainly not applied.
+    #[error("partition {partition} is unavailable: {reason}")]
+    NoLeader {
+        /// The partition.
+        partition: u32,
+        /// What was missing.
+        reason: String,
+    },
     /// The request's deadline passed before it could be answered, and it was too short for
     /// the engine to tell an unavailable partition from a slow one (shorter than an election
     /// timeout). A write may still apply later: its outcome is unknown.
@@ -34,6 +43,9 @@ pub enum CpError {
         partition: u32,
         /// What did not happen in time.
         reason: String,
+        /// False when this node proposed nothing (it was waiting for a leader): the request
+        /// was certainly not applied here.
+        proposed: bool,
     },
     /// This node holds no replica of the group.
     #[error("node {node} holds no replica of keyspace {keyspace} partition {partition}")]

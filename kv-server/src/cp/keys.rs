@@ -13,10 +13,8 @@ use std::ops::Bound;
 
 /// Entries or records read from a tree per `range` call when scanning.
 pub const SCAN_PAGE: usize = 1024;
-/// Format of snapshot data; bumped when `SnapshotData` changes.
-pub const SNAPSHOT_FORMAT: u8 = 1;
-
-/// Key of the current snapshot in the snap tree.
+/// Key of the snapshot stored whole (metadata and body in one value) by older versions; moved
+/// into chunks (`cp::snapshot`) when the state machine opens.
 pub const KEY_SNAPSHOT: &[u8] = b"current";
 /// Key of the applied log id in the sm tree.
 pub const SM_APPLIED: &[u8] = b"m/applied";

@@ -1,6 +1,10 @@
 //! The key-value state machine of one CP group (`RaftStateMachine`) and its snapshots, over
 //! the group's `sm` and `snap` trees (see `cp::store` for the tree layout and the invariants:
 //! one `apply` is one atomic batch; the sm tree is flushed before a snapshot is built from it).
+//! Snapshot bodies are `cp::snapshot::SnapshotFile`s, in chunks, never in memory whole. An
+//! install writes the new contents in several batches: it is marked in the sm tree first
+//! (`SM_INSTALLING`), after the received snapshot was made current and durable, so a crash in
+//! the middle is finished at the next open from that snapshot.
 
 // openraft's trait methods return its `StorageError` (224 bytes); our helpers return the same
 // type so `?` works without boxing and unboxing at every call.
@@ -9,9 +13,10 @@
 use crate::cp::codec::{self, CodecError};
 use crate::cp::dedup;
 use crate::cp::keys::{
-    data_key, get_decoded, io_read, io_write, scan, Rows, DATA_END, DATA_PREFIX, KEYSPACE_PREFIX,
-    KEY_SNAPSHOT, SCAN_PAGE, SM_APPLIED, SM_MEMBERSHIP, SNAPSHOT_FORMAT,
+    data_key, get_decoded, io_read, io_write, scan, DATA_END, DATA_PREFIX, KEYSPACE_PREFIX,
+    KEY_SNAPSHOT, SCAN_PAGE, SM_APPLIED, SM_MEMBERSHIP,
 };
+use crate::cp::snapshot::{self, write_body, DataPages, SnapshotFile, SNAPSHOT_SCAN_PAGE};
 use crate::cp::types::{
     CasOutcome, Entry, Expected, KeyspaceOutcome, LogId, RaftStorageError, Request, Response,
     SnapshotMeta, StoredMembership, TypeConfig,
@@ -22,7 +27,7 @@ use crate::types::{KeyspaceDef, Version};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot};
 use std::collections::BTreeMap;
-use std::io::Cursor;
+use std::io::{Seek, SeekFrom, Write};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -77,46 +82,57 @@ fn live(record: StoredRecord) -> Option<(Vec<u8>, u64)> {
     }
 }
 
-/// The serialized body of a snapshot: every record as its checksummed stored bytes.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SnapshotData {
-    format: u8,
-    /// (user key, `record::encode` bytes), in key order.
-    records: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-/// The live (key, value, revision) records of a snapshot body whose keys start with `prefix`,
-/// each checksum-verified (a backup of one keyspace reads a partition's snapshot this way).
+/// The live (key, value, revision) records of a snapshot whose keys start with `prefix`, each
+/// checksum-verified (a backup of one keyspace reads a partition's snapshot this way, chunk by
+/// chunk; only the matching records are kept).
 pub fn snapshot_records(
-    bytes: &[u8],
+    file: &mut SnapshotFile,
     prefix: &[u8],
     location: &str,
 ) -> Result<Vec<LiveRecord>, StorageError> {
-    let data: SnapshotData =
-        codec::decode("snapshot", bytes).map_err(|e| StorageError::Corrupt {
+    let mut out = Vec::new();
+    snapshot::for_each_record(file, |key, rec| -> Result<(), StorageError> {
+        if key.starts_with(prefix) {
+            if let Some((value, revision)) = live(record::decode(&rec, &key, "snapshot", location)?)
+            {
+                out.push((key, value, revision));
+            }
+        }
+        Ok(())
+    })
+    .map_err(|w| match w {
+        snapshot::Walk::Bad(e) => StorageError::Corrupt {
             tree: "snapshot".into(),
             key: String::new(),
             location: location.into(),
             reason: e.to_string(),
-        })?;
-    let mut out = Vec::new();
-    for (key, rec) in data.records {
-        if !key.starts_with(prefix) {
-            continue;
-        }
-        if let Some((value, revision)) = live(record::decode(&rec, &key, "snapshot", location)?) {
-            out.push((key, value, revision));
-        }
-    }
+        },
+        snapshot::Walk::Stopped(e) => e,
+    })?;
     Ok(out)
 }
 
-/// A stored snapshot: its metadata and body.
+/// A snapshot stored by an older version: its metadata and whole body in one value (read once,
+/// to move it into a slot).
 #[derive(serde::Serialize, serde::Deserialize)]
-struct StoredSnapshot {
+struct LegacySnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
 }
+
+/// The current snapshot: its metadata and the slot of its body.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CurrentSnapshot {
+    meta: SnapshotMeta,
+    slot: u64,
+}
+
+/// Key of the current snapshot (`CurrentSnapshot`) in the snap tree.
+const KEY_CURRENT: &[u8] = b"meta";
+/// Key in the sm tree present while a snapshot install is under way.
+const SM_INSTALLING: &[u8] = b"m/installing";
+/// Bytes of records written to the sm tree in one batch while installing a snapshot.
+const INSTALL_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// The key-value state machine of one group.
 pub struct StateMachineStore {
@@ -141,7 +157,7 @@ impl StateMachineStore {
             get_decoded::<Option<LogId>>(&*sm, SM_APPLIED, "applied")?.flatten();
         let membership: StoredMembership =
             get_decoded(&*sm, SM_MEMBERSHIP, "membership")?.unwrap_or_default();
-        Ok(StateMachineStore {
+        let mut store = StateMachineStore {
             group,
             reader: SmReader {
                 records: RecordTree::new(sm.clone(), location),
@@ -151,7 +167,90 @@ impl StateMachineStore {
             applied,
             membership,
             snapshot_seq: Arc::new(AtomicU64::new(0)),
+        };
+        store.move_legacy_snapshot()?;
+        if store.sm.get(SM_INSTALLING).map_err(io_read)?.is_some() {
+            // A crash came in the middle of an install: finish it from the snapshot, which was
+            // made current before the install began.
+            let current = store.current_snapshot()?.ok_or_else(|| {
+                io_read(CodecError::Decode {
+                    what: "snapshot",
+                    message: "an install was under way but no snapshot is current".into(),
+                })
+            })?;
+            tracing::warn!(group, "finishing a snapshot install interrupted by a crash");
+            store.replace_records(&current.meta, current.slot)?;
+        }
+        Ok(store)
+    }
+
+    /// Moves a snapshot stored whole by an older version into a slot.
+    fn move_legacy_snapshot(&mut self) -> Result<(), RaftStorageError> {
+        let Some(old) = get_decoded::<LegacySnapshot>(&*self.snap, KEY_SNAPSHOT, "snapshot")?
+        else {
+            return Ok(());
+        };
+        let mut file = SnapshotFile::create(self.snap.clone()).map_err(io_write)?;
+        file.write_all(&old.data).map_err(io_write)?;
+        file.save().map_err(io_write)?;
+        self.make_current(&old.meta, file.slot())?;
+        self.snap.remove(KEY_SNAPSHOT).map_err(io_write)?;
+        self.snap.flush().map_err(io_write)
+    }
+
+    /// The current snapshot's metadata and slot.
+    fn current_snapshot(&self) -> Result<Option<CurrentSnapshot>, RaftStorageError> {
+        get_decoded::<CurrentSnapshot>(&*self.snap, KEY_CURRENT, "snapshot")
+    }
+
+    /// Makes the body in `slot` the current snapshot, durably (see the free function).
+    fn make_current(&self, meta: &SnapshotMeta, slot: u64) -> Result<(), RaftStorageError> {
+        make_current(&self.snap, meta, slot)
+    }
+
+    /// Replaces every record with the snapshot's in `slot` (checked first), in batches, and
+    /// sets the applied log id and membership from `meta`. Marked in the sm tree while under
+    /// way; the snapshot must be current and durable before.
+    fn replace_records(&mut self, meta: &SnapshotMeta, slot: u64) -> Result<(), RaftStorageError> {
+        self.sm.insert(SM_INSTALLING, &[1]).map_err(io_write)?;
+        self.sm.flush().map_err(io_write)?;
+        // Every key the state machine holds goes, a page at a time.
+        loop {
+            let page = self
+                .sm
+                .range(
+                    Bound::Included(&[DATA_PREFIX]),
+                    Bound::Excluded(DATA_END),
+                    SNAPSHOT_SCAN_PAGE,
+                )
+                .map_err(io_read)?;
+            if page.is_empty() {
+                break;
+            }
+            let ops: Vec<BatchOp> = page.into_iter().map(|(k, _)| BatchOp::Remove(k)).collect();
+            self.sm.apply_batch(&ops).map_err(io_write)?;
+        }
+        let mut file = SnapshotFile::open(self.snap.clone(), slot).map_err(io_read)?;
+        let mut ops = Vec::new();
+        let mut bytes = 0usize;
+        let sm = self.sm.clone();
+        snapshot::for_each_record(&mut file, |key, rec| -> Result<(), RaftStorageError> {
+            bytes += key.len() + rec.len();
+            ops.push(BatchOp::Insert(data_key(&key), rec));
+            if bytes >= INSTALL_BATCH_BYTES {
+                sm.apply_batch(&std::mem::take(&mut ops))
+                    .map_err(io_write)?;
+                bytes = 0;
+            }
+            Ok(())
         })
+        .map_err(walk_error)?;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        ops.extend(self.meta_ops()?);
+        ops.push(BatchOp::Remove(SM_INSTALLING.to_vec()));
+        self.sm.apply_batch(&ops).map_err(io_write)?;
+        self.sm.flush().map_err(io_write)
     }
 
     /// A reader of this state machine's records.
@@ -362,10 +461,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Captured here, in openraft's state machine task, so no apply runs while we copy: the
         // snapshot is a consistent cut at `applied`.
-        let records = scan(&*self.sm, &[DATA_PREFIX], Bound::Excluded(DATA_END)).map(|rows| {
-            rows.into_iter()
-                .map(|(k, v)| (k[1..].to_vec(), v))
-                .collect::<Vec<_>>()
+        // The body is written here, page by page into chunks, rather than copied in memory.
+        let body = SnapshotFile::create(self.snap.clone()).and_then(|mut file| {
+            write_body(
+                &mut file,
+                DataPages::new(self.sm.clone(), &[DATA_PREFIX], DATA_END),
+            )?;
+            Ok(file.slot())
         });
         SnapshotBuilder {
             group: self.group,
@@ -373,108 +475,109 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             snap: self.snap.clone(),
             applied: self.applied,
             membership: self.membership.clone(),
-            records,
+            body,
             seq: self.snapshot_seq.fetch_add(1, Ordering::Relaxed),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, RaftStorageError> {
+        Ok(Box::new(
+            SnapshotFile::create(self.snap.clone()).map_err(io_write)?,
+        ))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<SnapshotFile>,
     ) -> Result<(), RaftStorageError> {
-        let bytes = snapshot.into_inner();
-        let data: SnapshotData = codec::decode("snapshot", &bytes).map_err(io_read)?;
-        if data.format != SNAPSHOT_FORMAT {
-            return Err(io_read(CodecError::Decode {
-                what: "snapshot",
-                message: format!("unknown snapshot format {}", data.format),
-            }));
+        snapshot.save().map_err(io_write)?;
+        if !snapshot.is_in(&self.snap) {
+            // A body kept elsewhere (another store's): copied into a slot of ours, a chunk at
+            // a time.
+            let mut own = SnapshotFile::create(self.snap.clone()).map_err(io_write)?;
+            snapshot.seek(SeekFrom::Start(0)).map_err(io_read)?;
+            std::io::copy(&mut *snapshot, &mut own).map_err(io_write)?;
+            own.save().map_err(io_write)?;
+            *snapshot = own;
         }
+        // Every record is checked before anything changes: a record corrupted in transit or
+        // on the leader is refused, never installed.
         let location = self.reader.records.location().to_string();
-        let mut ops = Vec::with_capacity(data.records.len() + 2);
-        // Remove keys the snapshot does not have, in the same batch as the new contents.
-        let existing =
-            scan(&*self.sm, &[DATA_PREFIX], Bound::Excluded(DATA_END)).map_err(io_read)?;
-        let incoming: std::collections::BTreeSet<&[u8]> =
-            data.records.iter().map(|(k, _)| k.as_slice()).collect();
-        for (k, _) in existing {
-            if !incoming.contains(&k[1..]) {
-                ops.push(BatchOp::Remove(k));
-            }
-        }
-        for (key, rec) in &data.records {
-            // A record corrupted in transit or on the leader is refused, never installed.
-            record::decode(rec, key, "snapshot", &location).map_err(io_read)?;
-            ops.push(BatchOp::Insert(data_key(key), rec.clone()));
-        }
-        self.applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
-        ops.extend(self.meta_ops()?);
-        self.sm.apply_batch(&ops).map_err(io_write)?;
-        self.sm.flush().map_err(io_write)?;
-        store_snapshot(&*self.snap, meta, bytes)?;
-        tracing::info!(group = self.group, last_log_id = ?meta.last_log_id, "installed snapshot");
+        snapshot::for_each_record(&mut snapshot, |key, rec| -> Result<(), RaftStorageError> {
+            record::decode(&rec, &key, "snapshot", &location).map_err(io_read)?;
+            Ok(())
+        })
+        .map_err(walk_error)?;
+        self.make_current(meta, snapshot.slot())?;
+        self.replace_records(meta, snapshot.slot())?;
+        tracing::info!(group = self.group, last_log_id = ?meta.last_log_id, bytes = snapshot.len(), "installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
-        Ok(
-            get_decoded::<StoredSnapshot>(&*self.snap, KEY_SNAPSHOT, "snapshot")?.map(|s| {
-                Snapshot {
-                    meta: s.meta,
-                    snapshot: Box::new(Cursor::new(s.data)),
-                }
-            }),
-        )
+        let Some(current) = self.current_snapshot()? else {
+            return Ok(None);
+        };
+        let file = SnapshotFile::open(self.snap.clone(), current.slot).map_err(io_read)?;
+        Ok(Some(Snapshot {
+            meta: current.meta,
+            snapshot: Box::new(file),
+        }))
     }
 }
 
-fn store_snapshot(
-    snap: &dyn Tree,
-    meta: &SnapshotMeta,
-    data: Vec<u8>,
-) -> Result<(), RaftStorageError> {
-    let stored = StoredSnapshot {
-        meta: meta.clone(),
-        data,
-    };
-    let bytes = codec::encode("snapshot", &stored).map_err(io_write)?;
-    snap.insert(KEY_SNAPSHOT, &bytes).map_err(io_write)?;
-    snap.flush().map_err(io_write)
+/// The error of a walk through a snapshot body.
+fn walk_error(w: snapshot::Walk<RaftStorageError>) -> RaftStorageError {
+    match w {
+        snapshot::Walk::Bad(e) => io_read(e),
+        snapshot::Walk::Stopped(e) => e,
+    }
 }
 
-/// Builds a snapshot from the state captured by `get_snapshot_builder`.
+/// Makes the body in `slot` the current snapshot, durably; keeps the previous current one (a
+/// sender may still be reading it) and every later slot, and removes the older ones.
+fn make_current(
+    snap: &Arc<dyn Tree>,
+    meta: &SnapshotMeta,
+    slot: u64,
+) -> Result<(), RaftStorageError> {
+    let previous =
+        get_decoded::<CurrentSnapshot>(&**snap, KEY_CURRENT, "snapshot")?.map(|c| c.slot);
+    let current = CurrentSnapshot {
+        meta: meta.clone(),
+        slot,
+    };
+    let bytes = codec::encode("snapshot", &current).map_err(io_write)?;
+    snap.insert(KEY_CURRENT, &bytes).map_err(io_write)?;
+    snap.flush().map_err(io_write)?;
+    let keep: Vec<u64> = std::iter::once(slot).chain(previous).collect();
+    snapshot::retain_slots(&**snap, &keep).map_err(io_write)
+}
+
+/// Builds a snapshot from the body written by `get_snapshot_builder`.
 pub struct SnapshotBuilder {
     group: u64,
     sm: Arc<dyn Tree>,
     snap: Arc<dyn Tree>,
     applied: Option<LogId>,
     membership: StoredMembership,
-    records: Result<Rows, StorageError>,
+    /// The slot of the body, or why it could not be written.
+    body: Result<u64, StorageError>,
     seq: u64,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
         crate::metrics::metrics().raft_snapshots.inc();
-        let records = std::mem::replace(&mut self.records, Ok(Vec::new())).map_err(io_read)?;
+        let slot = match &self.body {
+            Ok(slot) => *slot,
+            Err(e) => return Err(io_write(e.clone())),
+        };
         // The log may be purged up to this snapshot: the state machine must be durable first.
         self.sm.flush().map_err(io_write)?;
-        let data = codec::encode(
-            "snapshot",
-            &SnapshotData {
-                format: SNAPSHOT_FORMAT,
-                records,
-            },
-        )
-        .map_err(io_write)?;
         let snapshot_id = match self.applied {
             Some(l) => format!(
                 "{}-{}-{}-{}",
@@ -487,11 +590,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.membership.clone(),
             snapshot_id,
         };
-        store_snapshot(&*self.snap, &meta, data.clone())?;
-        tracing::info!(group = self.group, last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
+        make_current(&self.snap, &meta, slot)?;
+        let file = SnapshotFile::open(self.snap.clone(), slot).map_err(io_read)?;
+        tracing::info!(group = self.group, last_log_id = ?meta.last_log_id, bytes = file.len(), "built snapshot");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(file),
         })
     }
 }

@@ -8,7 +8,6 @@
 
 use crate::types::KeyspaceDef;
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
 
 openraft::declare_raft_types!(
     /// The openraft type configuration shared by every CP group.
@@ -18,7 +17,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::cp::snapshot::SnapshotFile,
         AsyncRuntime = crate::cp::runtime::CpRuntime,
 );
 

@@ -147,7 +147,13 @@ pub(super) fn cp_error(node: &Node, e: CpError, keyspace: &str) -> NodeError {
             "keyspace {keyspace} partition {partition} is unavailable on node {}: {reason}",
             node.me.name
         )),
-        CpError::DeadlineExceeded { partition, reason } => NodeError::DeadlineExceeded(format!(
+        CpError::NoLeader { partition, reason } => NodeError::NotApplied(format!(
+            "keyspace {keyspace} partition {partition} is unavailable on node {}: {reason}; the request was not applied",
+            node.me.name
+        )),
+        CpError::DeadlineExceeded {
+            partition, reason, ..
+        } => NodeError::DeadlineExceeded(format!(
             "keyspace {keyspace} partition {partition} on node {}: {reason}; a write's outcome is unknown",
             node.me.name
         )),

@@ -37,6 +37,8 @@ pub(super) struct Ctx {
     pub(super) deadline: Instant,
     /// How many times the request was forwarded before it reached this node.
     pub(super) hops: u32,
+    /// The time this node was given to answer (the deadline when the request arrived).
+    pub(super) budget: Duration,
 }
 
 impl Ctx {
@@ -57,6 +59,7 @@ impl Ctx {
         Ctx {
             deadline: Instant::now() + timeout - margin,
             hops,
+            budget: timeout - margin,
         }
     }
 
@@ -66,10 +69,22 @@ impl Ctx {
     }
 }
 
-/// Waits a little for a new leader before another try, or gives up at the deadline.
-pub(super) async fn pause_for_election(ctx: Ctx, last: String) -> NodeResult<()> {
+/// True when the request was given less than an election timeout: a deadline that passes then
+/// proves nothing about the partition's availability (`DEADLINE_EXCEEDED`), while a longer one
+/// was enough for a healthy group to elect a leader and answer (`UNAVAILABLE`).
+pub(super) fn shorter_than_an_election(node: &Node, ctx: &Ctx) -> bool {
+    let election_ms = match node.cp() {
+        Ok(cp) => cp.config().election_timeout_max_ms,
+        Err(_) => crate::cp::CpConfig::default().election_timeout_max_ms,
+    };
+    ctx.budget < Duration::from_millis(election_ms)
+}
+
+/// Waits a little for a new leader before another try, or gives up at the deadline with
+/// `last` (the caller says whether the request may have been applied).
+pub(super) async fn pause_for_election(ctx: Ctx, last: NodeError) -> NodeResult<()> {
     if ctx.remaining() <= LEADER_RETRY_PAUSE {
-        return Err(NodeError::Unavailable(last));
+        return Err(last);
     }
     tokio::time::sleep(LEADER_RETRY_PAUSE).await;
     Ok(())
@@ -169,6 +184,11 @@ where
                 )))
             }
         }
+        Err(_) if shorter_than_an_election(node, &ctx) => Err(NodeError::DeadlineExceeded(format!(
+            "node {}, which serves partition {partition}, did not answer within the request's deadline ({} ms left when forwarded); a write's outcome is unknown",
+            node.describe(to),
+            timeout.as_millis()
+        ))),
         Err(_) => Err(NodeError::Unavailable(format!(
             "node {}, which serves partition {partition}, did not answer before the deadline ({} ms); a write's outcome is unknown",
             node.describe(to),

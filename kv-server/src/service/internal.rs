@@ -199,9 +199,15 @@ impl ipb::internal_server::Internal for InternalService {
         let result = async {
             let ks = self.keyspace_id(&req.keyspace)?;
             self.check_partition(req.partition)?;
-            let records = self.node.ap.merkle_range(ks, req.partition, &req.leaves)?;
+            // Keys are never empty, so an empty `after` means "from the first key".
+            let after = Some(req.after.as_slice()).filter(|k| !k.is_empty());
+            let page = self
+                .node
+                .ap
+                .merkle_range(ks, req.partition, &req.leaves, after)?;
             Ok(ipb::MerkleRangeResponse {
-                records: records.iter().map(record_to_pb).collect(),
+                records: page.records.iter().map(record_to_pb).collect(),
+                resume_after: page.resume_after.unwrap_or_default(),
             })
         }
         .await;

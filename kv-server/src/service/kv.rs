@@ -6,7 +6,10 @@
 
 pub use super::convert::cp_key;
 use super::convert::{ap_options, cp_error, version_pb};
-use super::forward::{hop, pause_for_election, Client, Ctx, LEADER_RETRY_PAUSE, MAX_FORWARD_HOPS};
+use super::forward::{
+    hop, pause_for_election, shorter_than_an_election, Client, Ctx, LEADER_RETRY_PAUSE,
+    MAX_FORWARD_HOPS,
+};
 use super::{keyspace, snapshot, status};
 use crate::cp::types::RequestId;
 use crate::cp::{
@@ -173,6 +176,9 @@ impl KvService {
             let answer = hop(&self.node, to, partition, ctx, body, forward).await;
             return answer.map(|a| Routed::Forwarded(a, None));
         }
+        // Whether an earlier try may have reached a leader (a forward whose connection broke
+        // after sending): then no later failure can say the request was not applied.
+        let mut maybe_sent = false;
         loop {
             match local(self.node.cp()?).await {
                 Ok(r) => return Ok(Routed::Here(r)),
@@ -181,12 +187,21 @@ impl KvService {
                     ..
                 }) if ctx.hops < MAX_FORWARD_HOPS => {
                     match hop(&self.node, leader, partition, ctx, body.clone(), forward).await {
-                        Err(NodeError::NotSent(msg)) => pause_for_election(ctx, msg).await?,
+                        Err(NodeError::NotSent(msg)) => {
+                            let last = match maybe_sent {
+                                true => NodeError::Unavailable(msg),
+                                false => NodeError::NotApplied(format!(
+                                    "{msg}; the request was not applied"
+                                )),
+                            };
+                            pause_for_election(ctx, last).await?
+                        }
                         // The connection to the leader broke after sending (it crashed): a
                         // read, or a write the state machine applies at most once, is sent
                         // again once a leader is known; any other write's outcome is unknown.
                         Err(NodeError::Interrupted(msg)) if resend_safe => {
-                            pause_for_election(ctx, msg).await?
+                            maybe_sent = true;
+                            pause_for_election(ctx, NodeError::Unavailable(msg)).await?
                         }
                         Err(NodeError::Interrupted(msg)) => {
                             return Err(NodeError::Unavailable(msg))
@@ -202,6 +217,36 @@ impl KvService {
                         }
                         other => return other.map(|a| Routed::Forwarded(a, Some(leader))),
                     }
+                }
+                Err(CpError::NoLeader { partition, reason }) if maybe_sent => {
+                    let e = CpError::Unavailable { partition, reason };
+                    return Err(cp_error(&self.node, e, keyspace));
+                }
+                // The engine judged by the time left in its last call; the request itself had
+                // at least an election timeout, long enough for a healthy group to elect and
+                // commit (after forwards to a leader that could not be reached): the
+                // partition is unavailable from here, not merely slow.
+                Err(CpError::DeadlineExceeded {
+                    partition,
+                    proposed,
+                    ..
+                }) if !shorter_than_an_election(&self.node, &ctx) => {
+                    let ms = ctx.budget.as_millis();
+                    let e = match proposed || maybe_sent {
+                        true => CpError::Unavailable {
+                            partition,
+                            reason: format!(
+                                "no quorum answered within the request's {ms} ms; a write may still apply"
+                            ),
+                        },
+                        false => CpError::NoLeader {
+                            partition,
+                            reason: format!(
+                                "no leader was reachable from this node within the request's {ms} ms; nothing was proposed"
+                            ),
+                        },
+                    };
+                    return Err(cp_error(&self.node, e, keyspace));
                 }
                 Err(e) => return Err(cp_error(&self.node, e, keyspace)),
             }

@@ -5,7 +5,7 @@
 use super::{Endpoints, Failure, MemNet, MessageKind};
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use kv_server::ap::{ApEngine, ApRecord, ApTransport, Liveness};
+use kv_server::ap::{ApEngine, ApRecord, ApTransport, Liveness, RangePage};
 use kv_server::cp::network::{RaftKind, RaftTransport, TransportError as RaftError};
 use kv_server::types::NodeId;
 use std::sync::Arc;
@@ -23,13 +23,14 @@ pub trait ApService: Send + Sync + 'static {
     fn read(&self, keyspace_id: u32, key: &[u8]) -> Result<Option<ApRecord>, String>;
     /// This node's Merkle leaf hashes of one partition.
     fn merkle_leaves(&self, keyspace_id: u32, partition: u32) -> Result<Vec<u64>, String>;
-    /// This node's records of one partition in `leaves`.
+    /// One page of this node's records of one partition in `leaves`, after the key `after`.
     fn merkle_range(
         &self,
         keyspace_id: u32,
         partition: u32,
         leaves: &[u32],
-    ) -> Result<Vec<ApRecord>, String>;
+        after: Option<&[u8]>,
+    ) -> Result<RangePage, String>;
 }
 
 impl ApService for ApEngine {
@@ -55,8 +56,10 @@ impl ApService for ApEngine {
         keyspace_id: u32,
         partition: u32,
         leaves: &[u32],
-    ) -> Result<Vec<ApRecord>, String> {
-        ApEngine::merkle_range(self, keyspace_id, partition, leaves).map_err(|e| e.to_string())
+        after: Option<&[u8]>,
+    ) -> Result<RangePage, String> {
+        ApEngine::merkle_range(self, keyspace_id, partition, leaves, after)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -189,15 +192,16 @@ impl ApTransport for MemApTransport {
         keyspace_id: u32,
         partition: u32,
         leaves: Vec<u32>,
-    ) -> ApResult<Vec<ApRecord>> {
+        after: Option<Vec<u8>>,
+    ) -> ApResult<RangePage> {
         let net = self.net.clone();
         let answer = self.call(to, MessageKind::MerkleRange, move |ap| {
-            ap.merkle_range(keyspace_id, partition, &leaves)
+            ap.merkle_range(keyspace_id, partition, &leaves, after.as_deref())
         });
         async move {
-            let records = answer.await?;
-            net.lock().merkle_range_records += records.len() as u64;
-            Ok(records)
+            let page = answer.await?;
+            net.lock().merkle_range_records += page.records.len() as u64;
+            Ok(page)
         }
         .boxed()
     }

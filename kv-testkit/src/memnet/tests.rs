@@ -2,7 +2,7 @@
 //! with a recording fake replica (the CP side needs no engine to show routing and errors).
 
 use super::*;
-use kv_server::ap::{ApEngine, ApRecord, TransportError as ApError};
+use kv_server::ap::{ApEngine, ApRecord, RangePage, TransportError as ApError};
 use kv_server::cp::network::{RaftKind, TransportError as RaftError};
 use kv_server::types::Hlc;
 
@@ -29,8 +29,17 @@ impl ApService for Recorder {
     fn merkle_leaves(&self, _ks: u32, _partition: u32) -> Result<Vec<u64>, String> {
         Ok(vec![7; 4])
     }
-    fn merkle_range(&self, _ks: u32, _p: u32, leaves: &[u32]) -> Result<Vec<ApRecord>, String> {
-        Ok(leaves.iter().map(|l| record(&l.to_be_bytes())).collect())
+    fn merkle_range(
+        &self,
+        _ks: u32,
+        _p: u32,
+        leaves: &[u32],
+        _after: Option<&[u8]>,
+    ) -> Result<RangePage, String> {
+        Ok(RangePage {
+            records: leaves.iter().map(|l| record(&l.to_be_bytes())).collect(),
+            resume_after: None,
+        })
     }
 }
 
@@ -172,8 +181,8 @@ async fn a_refusing_node_answers_an_error_without_acting_on_the_request() {
         Some(record(b"k"))
     );
     write(&net, 2, 1, "outgoing").await.unwrap();
-    let records = t.merkle_range(2, 1, 0, vec![1, 2, 3]).await.unwrap();
-    assert_eq!(records.len(), 3);
+    let page = t.merkle_range(2, 1, 0, vec![1, 2, 3], None).await.unwrap();
+    assert_eq!(page.records.len(), 3);
     assert_eq!(net.merkle_range_records(), 3);
     assert_eq!(t.merkle_leaves(2, 1, 0).await.unwrap(), vec![7; 4]);
 }

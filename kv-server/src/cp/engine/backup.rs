@@ -44,9 +44,8 @@ impl CpEngine {
                 .as_ref()
                 .and_then(|s| s.meta.last_log_id)
                 .map(|l| l.index);
-            if let Some(s) = snapshot.filter(|_| current.unwrap_or(0) >= target) {
-                let bytes = s.snapshot.into_inner();
-                let records = snapshot_records(&bytes, prefix, group.reader.location())?;
+            if let Some(mut s) = snapshot.filter(|_| current.unwrap_or(0) >= target) {
+                let records = snapshot_records(&mut s.snapshot, prefix, group.reader.location())?;
                 return Ok((current.unwrap_or(0), records));
             }
             // A build already running (from before the target) ignores this trigger; its end
