@@ -2,7 +2,7 @@
 //! in its refusal, then id allocation through the metadata group) and `ListKeyspaces`.
 
 use super::convert::{cp_error, keyspace_pb};
-use super::forward::{hop, Ctx, MAX_FORWARD_HOPS};
+use super::forward::{hop, pause_for_election, Ctx, MAX_FORWARD_HOPS};
 use crate::cp::{CpError, KeyspaceOutcome, Request as CpRequest, Response as CpResponse};
 use crate::error::{echo, NodeError, NodeResult};
 use crate::node::{Node, CP_REPLICAS};
@@ -87,7 +87,8 @@ pub(super) async fn create_keyspace(
     let cp = node.cp()?;
     // Ids are taken in order; a concurrent create of another keyspace may take the id
     // first, and then the next one is tried.
-    for _ in 0..MAX_KEYSPACE_ID_ATTEMPTS {
+    let mut id_attempts = 0;
+    while id_attempts < MAX_KEYSPACE_ID_ATTEMPTS {
         let _ = node.refresh_keyspaces().await;
         let next_id = node
             .keyspaces
@@ -135,7 +136,7 @@ pub(super) async fn create_keyspace(
                     existing.name, existing.mode, existing.replicas
                 )));
             }
-            Ok(CpResponse::Keyspace(KeyspaceOutcome::IdTaken(_))) => continue,
+            Ok(CpResponse::Keyspace(KeyspaceOutcome::IdTaken(_))) => id_attempts += 1,
             Ok(other) => {
                 return Err(NodeError::Internal(format!(
                     "metadata group answered {other:?}"
@@ -145,15 +146,30 @@ pub(super) async fn create_keyspace(
                 leader: Some(leader),
                 ..
             }) if ctx.hops < MAX_FORWARD_HOPS => {
-                return hop(
+                let forwarded = hop(
                     node,
                     leader,
                     crate::cp::META_PARTITION,
                     ctx,
-                    body,
+                    body.clone(),
                     |mut c, r| async move { c.create_keyspace(r).await },
                 )
                 .await;
+                match forwarded {
+                    // The leader this node knows is down: wait out the election, as a data
+                    // write does, rather than fail while a majority is up.
+                    Err(NodeError::NotSent(msg)) => {
+                        let last =
+                            NodeError::NotApplied(format!("{msg}; the keyspace was not created"));
+                        pause_for_election(ctx, last).await?
+                    }
+                    // Creating is idempotent (the same definition again answers with the
+                    // keyspace), so a create whose connection broke after sending is sent again.
+                    Err(NodeError::Interrupted(msg)) => {
+                        pause_for_election(ctx, NodeError::Unavailable(msg)).await?
+                    }
+                    other => return other,
+                }
             }
             Err(e) => return Err(cp_error(node, e, "(metadata)")),
         }
