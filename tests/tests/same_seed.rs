@@ -77,6 +77,16 @@ fn run_child(out: &Path) {
 fn one_case_in_two_processes_writes_the_same_history() {
     let seed = seed();
     if let Some(out) = std::env::var_os(CHILD_OUT) {
+        if std::env::var_os("RUST_LOG").is_some() {
+            // Logs without wall-clock timestamps, so two children's logs diff line by line
+            // (e.g. RUST_LOG=debug) and the first divergence shows where a run stopped repeating.
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .without_time()
+                .with_ansi(false)
+                .with_test_writer()
+                .try_init();
+        }
         let case = find_case(CASE, seed).expect("the case is in the catalogue");
         let outcome = scenario::run(&case);
         outcome
