@@ -84,8 +84,8 @@ impl Dialer for TurmoilDialer {
         // draw, so how fast the machine ran the simulation changed its history. Remembering
         // resets for longer than any simulation leaves only h2's count bound, which is
         // deterministic.
-        let endpoint = kv_core::net::endpoint_for(addr)?
-            .http2_reset_stream_duration(RESET_STREAM_MEMORY);
+        let endpoint =
+            kv_core::net::endpoint_for(addr)?.http2_reset_stream_duration(RESET_STREAM_MEMORY);
         let target = addr.to_string();
         Ok(
             endpoint.connect_with_connector_lazy(tower::service_fn(move |_uri: Uri| {
