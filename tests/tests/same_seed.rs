@@ -13,7 +13,8 @@
 //! with `RUST_LOG=debug` (the children then log without timestamps) and diff the two logs
 //! (docs/compare.md, "Same seed, same history").
 //!
-//! Rerun with another seed: `KV_SEED=7 cargo test -p tests --test same_seed -- --nocapture`.
+//! Rerun with another seed or case:
+//! `KV_SEED=7 KV_CASE=ap/bridge cargo test -p tests --test same_seed -- --nocapture`.
 
 use chaos::scenario::{self, find_case};
 use std::path::Path;
@@ -21,7 +22,7 @@ use std::process::Command;
 
 /// Set in the child: where it writes the case's history.
 const CHILD_OUT: &str = "KV_SAME_SEED_OUT";
-/// The case run twice.
+/// The case run twice unless `KV_CASE` names another.
 const CASE: &str = "cp/bridge";
 /// The test's name, for the child's command line.
 const TEST: &str = "one_case_in_two_processes_writes_the_same_history";
@@ -48,11 +49,16 @@ fn first_difference(a: &str, b: &str) -> Option<usize> {
     }
 }
 
+fn case_name() -> String {
+    std::env::var("KV_CASE").unwrap_or_else(|_| CASE.to_string())
+}
+
 fn run_child(out: &Path) {
     let status = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", TEST, "--nocapture"])
         .env(CHILD_OUT, out)
         .env("KV_SEED", seed().to_string())
+        .env("KV_CASE", case_name())
         .status()
         .unwrap();
     assert!(status.success(), "the child run failed: {status}");
@@ -72,7 +78,11 @@ fn one_case_in_two_processes_writes_the_same_history() {
                 .with_test_writer()
                 .try_init();
         }
-        let case = find_case(CASE, seed).expect("the case is in the catalogue");
+        let name = case_name();
+        let case = find_case(&name, seed).unwrap_or_else(|| {
+            let names: Vec<String> = scenario::catalogue(seed).iter().map(|c| c.name()).collect();
+            panic!("no case {name:?}; cases: {}", names.join(", "))
+        });
         let outcome = scenario::run(&case);
         outcome
             .history
@@ -91,7 +101,8 @@ fn one_case_in_two_processes_writes_the_same_history() {
     );
     let lines = ta.lines().count();
     let diff = first_difference(&ta, &tb);
-    eprintln!("{CASE} seed {seed}: {lines} lines, first difference at line {diff:?}");
+    let name = case_name();
+    eprintln!("{name} seed {seed}: {lines} lines, first difference at line {diff:?}");
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
         lines > 100,
@@ -99,7 +110,7 @@ fn one_case_in_two_processes_writes_the_same_history() {
     );
     assert_eq!(
         diff, None,
-        "{CASE} seed {seed}: the two processes' histories differ from line {diff:?} of {lines}"
+        "{name} seed {seed}: the two processes' histories differ from line {diff:?} of {lines}"
     );
 }
 
