@@ -68,13 +68,24 @@ pub fn incoming(
     })
 }
 
+/// How long a simulated client's HTTP/2 connection remembers a stream it reset: longer than
+/// any simulation runs in real time (see `TurmoilDialer::channel`).
+const RESET_STREAM_MEMORY: Duration = Duration::from_secs(24 * 3600);
+
 /// Dials turmoil's simulated TCP.
 #[derive(Debug, Default, Clone)]
 pub struct TurmoilDialer;
 
 impl Dialer for TurmoilDialer {
     fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let endpoint = kv_core::net::endpoint_for(addr)?;
+        // h2 forgets a stream the client reset (a timed-out call) after `reset_stream_duration`
+        // of *real* time (std `Instant`), and answers a late frame for a forgotten stream with
+        // an extra RST_STREAM: one more simulated message, which shifts every later latency
+        // draw, so how fast the machine ran the simulation changed its history. Remembering
+        // resets for longer than any simulation leaves only h2's count bound, which is
+        // deterministic.
+        let endpoint =
+            kv_core::net::endpoint_for(addr)?.http2_reset_stream_duration(RESET_STREAM_MEMORY);
         let target = addr.to_string();
         Ok(
             endpoint.connect_with_connector_lazy(tower::service_fn(move |_uri: Uri| {
