@@ -484,6 +484,10 @@ impl Client {
         // The error to report if every attempt fails: a node's own answer says more (which
         // node owns the key and is down) than a transport failure does.
         let mut reported: Option<Error> = None;
+        // Whether an earlier attempt of this write may have been applied (its connection broke
+        // after sending, or a node could not say): then no later attempt's "not applied" can
+        // speak for the request as a whole.
+        let mut maybe_applied = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -547,10 +551,21 @@ impl Client {
                 ),
             };
             if !may_retry || attempt >= MAX_ATTEMPTS {
-                return Err(match (reported, &err) {
+                let last = match (reported, &err) {
                     (Some(r), Error::Connect { .. } | Error::Transport { .. }) => r,
                     _ => err,
+                };
+                return Err(match idempotence {
+                    Idempotence::Deduplicated if maybe_applied && last.certainly_not_applied() => {
+                        Error::Unavailable(format!(
+                            "{last}; an earlier attempt of this write may have been applied, so its outcome is unknown"
+                        ))
+                    }
+                    _ => last,
                 });
+            }
+            if !err.certainly_not_applied() {
+                maybe_applied = true;
             }
             if !matches!(err, Error::Connect { .. } | Error::Transport { .. }) {
                 reported = Some(err.clone());
