@@ -6,8 +6,13 @@ use super::{process, LocalNode};
 use anyhow::Result;
 
 /// Gives `node` an HTTP address that is free right now: its recorded one when still free,
-/// else a new free port (recorded by the caller's save of `cluster.json`).
-pub fn ensure_http_port(node: &mut LocalNode, progress: &dyn Fn(&str)) -> Result<()> {
+/// else a new free port that is none of the cluster's gRPC ports `avoid` (recorded by the
+/// caller's save of `cluster.json`).
+pub fn ensure_http_port(
+    node: &mut LocalNode,
+    avoid: &[u16],
+    progress: &dyn Fn(&str),
+) -> Result<()> {
     if let Some(addr) = &node.http_addr {
         if process::port_free(addr) {
             return Ok(());
@@ -17,7 +22,10 @@ pub fn ensure_http_port(node: &mut LocalNode, progress: &dyn Fn(&str)) -> Result
             node.name
         ));
     }
-    node.http_addr = Some(format!("127.0.0.1:{}", process::pick_free_port()?));
+    node.http_addr = Some(format!(
+        "127.0.0.1:{}",
+        process::pick_free_port_avoiding(avoid)?
+    ));
     Ok(())
 }
 
@@ -39,10 +47,10 @@ mod tests {
     #[test]
     fn a_node_without_or_with_a_busy_http_port_gets_a_free_one() {
         let mut n = node(None);
-        ensure_http_port(&mut n, &|_| {}).unwrap();
+        ensure_http_port(&mut n, &[], &|_| {}).unwrap();
         let first = n.http_addr.clone().unwrap();
         assert!(process::port_free(&first), "{first}");
-        ensure_http_port(&mut n, &|_| {}).unwrap();
+        ensure_http_port(&mut n, &[], &|_| {}).unwrap();
         assert_eq!(
             n.http_addr.as_deref(),
             Some(first.as_str()),
@@ -50,7 +58,7 @@ mod tests {
         );
         let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut n = node(Some(busy.local_addr().unwrap().to_string()));
-        ensure_http_port(&mut n, &|_| {}).unwrap();
+        ensure_http_port(&mut n, &[], &|_| {}).unwrap();
         assert_ne!(n.http_addr, Some(busy.local_addr().unwrap().to_string()));
     }
 }

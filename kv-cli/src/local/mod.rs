@@ -225,31 +225,33 @@ pub async fn up(dir: &Path, opts: &UpOptions, progress: &dyn Fn(&str)) -> Result
 /// `--base-port P` the client ports P, P+1, ... and then the peer ports right after them.
 fn new_cluster(opts: &UpOptions) -> Result<LocalCluster> {
     let mut nodes = Vec::new();
+    // Free ports are picked all at once (client, peer and HTTP port of every node), so no two
+    // are the same.
+    let free = match opts.base_port {
+        0 => process::pick_free_ports(3 * opts.nodes)?,
+        _ => Vec::new(),
+    };
     let port = |offset: usize| -> Result<u16> {
         if opts.base_port == 0 {
-            return process::pick_free_port();
+            return Ok(free[offset]);
         }
         u16::try_from(offset)
             .ok()
             .and_then(|o| opts.base_port.checked_add(o))
             .ok_or_else(|| anyhow!("--base-port {} too high", opts.base_port))
     };
-    let mut taken = Vec::new();
     for i in 0..opts.nodes {
         let client = port(i)?;
-        let mut peer = port(opts.nodes + i)?;
-        // Two free ports picked one after the other may be the same one.
-        while opts.base_port == 0 && (peer == client || taken.contains(&peer)) {
-            peer = process::pick_free_port()?;
-        }
-        taken.extend([client, peer]);
+        let peer = port(opts.nodes + i)?;
         nodes.push(LocalNode {
             name: format!("n{}", i + 1),
             addr: format!("127.0.0.1:{client}"),
             peer_addr: Some(format!("127.0.0.1:{peer}")),
             pid: None,
             start_ticks: None,
-            http_addr: None,
+            http_addr: free
+                .get(2 * opts.nodes + i)
+                .map(|p| format!("127.0.0.1:{p}")),
         });
     }
     Ok(LocalCluster {
@@ -513,7 +515,13 @@ fn spawn_recorded(
     peers: &str,
     progress: &dyn Fn(&str),
 ) -> Result<Spawned> {
-    http::ensure_http_port(&mut cluster.nodes[i], progress)?;
+    let grpc_ports: Vec<u16> = cluster
+        .nodes
+        .iter()
+        .flat_map(LocalNode::listen_addrs)
+        .filter_map(|a| a.rsplit(':').next()?.parse().ok())
+        .collect();
+    http::ensure_http_port(&mut cluster.nodes[i], &grpc_ports, progress)?;
     let secure = cluster.secure.then(|| secure::SecureFiles::of(dir));
     let spawned = process::spawn_server(
         dir,

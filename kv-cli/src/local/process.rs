@@ -84,10 +84,28 @@ pub fn port_free(addr: &str) -> bool {
     TcpListener::bind(addr).is_ok()
 }
 
-/// A port free right now on loopback.
-pub fn pick_free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
-    Ok(l.local_addr()?.port())
+/// `n` distinct ports free right now on loopback. All are held until all are picked: a port
+/// released and asked for again may be handed out twice.
+pub fn pick_free_ports(n: usize) -> Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port"))
+        .collect::<Result<Vec<_>>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+/// A free loopback port that is none of `avoid` (ports recorded for nodes not started yet,
+/// which are free now but taken soon).
+pub fn pick_free_port_avoiding(avoid: &[u16]) -> Result<u16> {
+    // Hold every pick until one fits, so the same port cannot come back on the next try.
+    let mut held = Vec::new();
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
+        let port = l.local_addr()?.port();
+        if !avoid.contains(&port) {
+            return Ok(port);
+        }
+        held.push(l);
+    }
 }
 
 /// Ends the process `id` with `signal` (SIGTERM escalates to SIGKILL after `STOP_TIMEOUT`)
@@ -240,6 +258,17 @@ pub fn log_tail(log: &Path, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_picked_together_are_distinct_and_avoided_ones_never_come_back() {
+        let ports = pick_free_ports(60).unwrap();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for _ in 0..20 {
+            let p = pick_free_port_avoiding(&ports).unwrap();
+            assert!(!ports.contains(&p), "{p} was to be avoided");
+        }
+    }
 
     #[test]
     fn stat_fields_are_read_after_the_last_parenthesis() {
