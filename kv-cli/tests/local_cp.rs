@@ -180,13 +180,17 @@ async fn killing_the_leader_mid_loop_loses_no_acknowledged_write() {
         .filter_map(|w| w.result.as_ref().err())
         .map(|e| {
             assert!(
+                // A node's "not applied" (no leader reachable within this test's 2 s
+                // deadline, while the failover takes 1.7–3 s here) is a definite failure that
+                // loses nothing; every other failure must be an unknown outcome.
                 matches!(
                     e,
                     Error::Unavailable(_)
+                        | Error::NotApplied(_)
                         | Error::DeadlineExceeded { .. }
                         | Error::Transport { .. }
                 ),
-                "a write failed otherwise than with an unknown outcome: {e}"
+                "a write failed otherwise than with an unknown or a not-applied outcome: {e}"
             );
             e.to_string()
         })
