@@ -330,6 +330,27 @@ pub fn version_text(v: &Option<kv_proto::v1::Version>) -> String {
     }
 }
 
+/// Rows of a table for people (`kv demo`, `kv compare`): a label column, then one column per
+/// cell, each as wide as the widest cell.
+pub fn columns(rows: &[(String, Vec<String>)]) -> String {
+    let first = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    let width = rows
+        .iter()
+        .flat_map(|(_, c)| c.iter().map(String::len))
+        .max()
+        .unwrap_or(0);
+    rows.iter()
+        .map(|(label, cells)| {
+            let mut line = format!("  {label:<first$}");
+            for c in cells {
+                line.push_str(&format!("   {c:<width$}"));
+            }
+            line.trim_end().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,9 @@
-//! The `jepsen` client of a case: `kv_client::Client` pinned to one simulated node, logging
-//! every request it sends (for availability and the minority check).
+//! The `jepsen` client of a case: `kv_client::Client` pinned to one node, logging every
+//! request it sends (for availability and the minority check). The simulation connects it to a
+//! simulated host; `kv compare` on real processes builds it over its own client and clock.
 
 use super::{host_addr, now_ns, Call, Mode};
+use jepsen::history::Clock;
 use jepsen::workload::{self, CasResult, ClientError, KvClient, ReadResult};
 use kv_testkit::sim::client;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,7 @@ pub struct SimKv {
     node: usize,
     options: kv_client::Options,
     calls: Arc<Mutex<Vec<Call>>>,
+    clock: Clock,
 }
 
 impl SimKv {
@@ -27,6 +30,18 @@ impl SimKv {
         calls: Arc<Mutex<Vec<Call>>>,
     ) -> Result<SimKv, kv_client::Error> {
         let client = client(&[host_addr(node).as_str()], timeout).await?;
+        Ok(SimKv::new(client, mode, node, calls, Arc::new(now_ns)))
+    }
+
+    /// A client of `mode`'s keyspace through `client` (pinned to node index `node`), timing
+    /// its calls with `clock`; AP requests ask for consistency one.
+    pub fn new(
+        client: kv_client::Client,
+        mode: Mode,
+        node: usize,
+        calls: Arc<Mutex<Vec<Call>>>,
+        clock: Clock,
+    ) -> SimKv {
         let options = match mode {
             Mode::Cp => kv_client::Options::default(),
             Mode::Ap => kv_client::Options {
@@ -34,23 +49,27 @@ impl SimKv {
                 ..Default::default()
             },
         };
-        Ok(SimKv {
+        SimKv {
             client,
             mode,
             node,
             options,
             calls,
-        })
+            clock,
+        }
     }
 
     fn log(&self, start_ns: u64, served: bool) {
         let call = Call {
             node: self.node,
             start_ns,
-            end_ns: now_ns(),
+            end_ns: (self.clock)(),
             served,
         };
-        self.calls.lock().expect("calls lock").push(call);
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(call);
     }
 }
 
@@ -88,7 +107,7 @@ pub fn text(bytes: Option<Vec<u8>>) -> Option<String> {
 
 impl KvClient for SimKv {
     async fn get(&self, key: &str) -> Result<ReadResult, ClientError> {
-        let start = now_ns();
+        let start = (self.clock)();
         let r = self
             .client
             .get(self.mode.name(), key.as_bytes(), self.options.clone())
@@ -105,7 +124,7 @@ impl KvClient for SimKv {
     }
 
     async fn put(&self, key: &str, value: &str) -> Result<workload::WriteResult, ClientError> {
-        let start = now_ns();
+        let start = (self.clock)();
         let r = self
             .client
             .put(
@@ -122,7 +141,7 @@ impl KvClient for SimKv {
     }
 
     async fn delete(&self, key: &str) -> Result<workload::WriteResult, ClientError> {
-        let start = now_ns();
+        let start = (self.clock)();
         let r = self
             .client
             .delete(self.mode.name(), key.as_bytes(), self.options.clone())
@@ -147,7 +166,7 @@ impl KvClient for SimKv {
             None => kv_client::Expected::Absent,
             Some(v) => kv_client::Expected::Value(v.as_bytes().to_vec()),
         };
-        let start = now_ns();
+        let start = (self.clock)();
         let r = self
             .client
             .cas(

@@ -249,16 +249,7 @@ async fn real_run(
                 dir.display()
             )));
         }
-        let nodes: Vec<(String, String)> = cluster
-            .nodes
-            .iter()
-            .map(|n| (n.name.clone(), n.addr.clone()))
-            .collect();
-        let peer_addrs: Vec<String> = cluster
-            .nodes
-            .iter()
-            .map(|n| n.peer_addr.clone().unwrap_or_else(|| n.addr.clone()))
-            .collect();
+        let (nodes, peer_addrs) = addresses(&cluster);
         ctx.out.note(&format!(
             "kv compare on the cluster in {} ({}), seed {} ...",
             dir.display(),
@@ -280,16 +271,7 @@ async fn real_run(
     };
     let outcome = async {
         let cluster = local::up(&folder.path, &opts, &|_: &str| {}).await?;
-        let nodes: Vec<(String, String)> = cluster
-            .nodes
-            .iter()
-            .map(|n| (n.name.clone(), n.addr.clone()))
-            .collect();
-        let peer_addrs: Vec<String> = cluster
-            .nodes
-            .iter()
-            .map(|n| n.peer_addr.clone().unwrap_or_else(|| n.addr.clone()))
-            .collect();
+        let (nodes, peer_addrs) = addresses(&cluster);
         ctx.out.note(&format!(
             "  ready: {}; workload for {} on cp and ap at once, seed {} ...",
             nodes
@@ -318,4 +300,20 @@ async fn real_run(
         (Err(e), Ok(())) => Err(e.into()),
         (Err(e), Err(c)) => Err(anyhow!("{e:#}; cleaning up failed too: {c:#}").into()),
     }
+}
+
+/// The cluster's nodes as (name, client address), and their peer addresses in the same order
+/// (where `kv compare` reads AP replicas).
+fn addresses(cluster: &LocalCluster) -> (Vec<(String, String)>, Vec<String>) {
+    let nodes = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.addr.clone()))
+        .collect();
+    let peers = cluster
+        .nodes
+        .iter()
+        .map(|n| n.peer_addr.clone().unwrap_or_else(|| n.addr.clone()))
+        .collect();
+    (nodes, peers)
 }

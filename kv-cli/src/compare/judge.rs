@@ -382,22 +382,7 @@ pub fn rows(reports: &[ModeReport], minority: &str) -> Vec<Row> {
 
 /// The table for people: one column per mode.
 pub fn table_text(rows: &[Row]) -> String {
-    let first = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
-    let width = rows
-        .iter()
-        .flat_map(|(_, c)| c.iter().map(String::len))
-        .max()
-        .unwrap_or(0);
-    rows.iter()
-        .map(|(label, cells)| {
-            let mut line = format!("  {label:<first$}");
-            for c in cells {
-                line.push_str(&format!("   {c:<width$}"));
-            }
-            line.trim_end().to_string()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    crate::output::columns(rows)
 }
 
 #[cfg(test)]

@@ -1,12 +1,11 @@
 //! `kv compare`'s parts below the command (`cmd/compare.rs`): the same register and
 //! append-set workload (`jepsen::workload`) and the same fault schedule run against the `cp`
-//! and `ap` keyspaces side by side, on real processes (`real`, through `client`) or in the
+//! and `ap` keyspaces side by side, on real processes (`real`, through `chaos::scenario::SimKv`) or in the
 //! turmoil simulation (`sim`, through `chaos::scenario`); the judgement (`judge`, with the
 //! `jepsen` checkers) and the self-contained HTML report (`html`).
 //!
 //! Both runners produce a [`Comparison`]: everything the table and the report are made of.
 
-pub mod client;
 pub mod html;
 pub mod judge;
 pub mod real;

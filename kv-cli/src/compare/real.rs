@@ -5,12 +5,12 @@
 //! the history, so the checker judges them too), and AP replica reads polled until every
 //! replica of every key agrees (as the partition suite does in simulation).
 
-use super::client::RealKv;
 use super::judge::{check_ap, check_cp, ModeRun};
 use super::{Comparison, FaultSpan};
 use crate::demo::workload::{pinned_client, wait_leaders};
 use anyhow::{anyhow, bail, Context};
 use chaos::faults::FaultClient;
+use chaos::scenario::SimKv;
 use chaos::scenario::{
     merge, side_at, text, versions, Call, Mode, Side, Window, FINAL_READ_PROCESS_BASE,
     MAX_FINAL_READ_ATTEMPTS,
@@ -81,8 +81,8 @@ struct ModeClients {
     register: Recorder,
     set: Recorder,
     calls: Arc<Mutex<Vec<Call>>>,
-    reg_clients: Vec<RealKv>,
-    set_clients: Vec<RealKv>,
+    reg_clients: Vec<SimKv>,
+    set_clients: Vec<SimKv>,
 }
 
 fn counts(mode: Mode, recs: [&Recorder; 2]) -> (Mode, usize, usize, usize) {
@@ -158,7 +158,7 @@ pub async fn run(
             let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
             let kv = |i: usize| {
                 let node = i % nodes.len();
-                RealKv::new(
+                SimKv::new(
                     per_node[node].clone(),
                     mode,
                     node,
