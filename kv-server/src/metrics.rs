@@ -41,6 +41,16 @@ pub struct OpLabels {
     pub mode: &'static str,
 }
 
+/// Labels of a corrupt stored record event.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CorruptLabels {
+    /// `cp` or `ap`.
+    pub mode: &'static str,
+    /// `detected` (a checksum failed on a read, an apply or the scrub), `repaired` (replaced
+    /// with a good copy from another replica) or `unrepaired` (no good copy could be fetched).
+    pub action: &'static str,
+}
+
 /// Latency buckets in seconds: 0.5 ms to ~16 s, doubling (a WAN-free store's range, up to the
 /// longest request deadline people set).
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -85,6 +95,10 @@ pub struct Metrics {
     pub storage_flushes: Counter,
     /// Time one group-commit flush took.
     pub storage_flush_seconds: Histogram,
+    /// Stored records whose checksum failed, by mode and what was done about them.
+    pub corrupt_records: Family<CorruptLabels, Counter>,
+    /// Records checked by the background scrub.
+    pub scrub_records: Counter,
 }
 
 impl Metrics {
@@ -105,6 +119,8 @@ impl Metrics {
             tombstones_purged: Counter::default(),
             storage_flushes: Counter::default(),
             storage_flush_seconds: latency_histogram(),
+            corrupt_records: Family::default(),
+            scrub_records: Counter::default(),
         }
     }
 
@@ -183,6 +199,24 @@ impl Metrics {
             "Time one group-commit flush took",
             c.storage_flush_seconds,
         );
+        r.register(
+            "corrupt_records",
+            "Stored records whose checksum failed: detected, repaired from a replica, unrepaired",
+            c.corrupt_records,
+        );
+        r.register(
+            "scrub_records",
+            "Records checked by the background scrub",
+            c.scrub_records,
+        );
+    }
+
+    /// Counts one corrupt-record event of `mode` (`cp`/`ap`): `detected`, `repaired` or
+    /// `unrepaired`.
+    pub fn corrupt(&self, mode: &'static str, action: &'static str) {
+        self.corrupt_records
+            .get_or_create(&CorruptLabels { mode, action })
+            .inc();
     }
 
     /// Counts one answered request of `op` on `keyspace` (`None`: no such keyspace).

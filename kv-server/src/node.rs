@@ -146,12 +146,13 @@ impl Node {
         let cp = CpEngine::start(
             self.me.id,
             self.engine.clone(),
-            transport,
+            transport.clone(),
             cp_config,
             groups,
         )
         .await
         .map_err(|e| NodeError::Internal(format!("starting the CP engine: {e}")))?;
+        cp.set_record_fetcher(transport);
         if self.config.unsafe_skip_read_index {
             tracing::warn!("UNSAFE: CP reads skip the read index (test-only deliberate bug)");
             cp.set_unsafe_skip_read_index(true);

@@ -80,6 +80,13 @@ fn ap_unreachable(to: NodeId) -> impl FnOnce(String) -> ApTransportError {
 }
 
 fn ap_err(to: NodeId, s: tonic::Status) -> ApTransportError {
+    if s.code() == tonic::Code::DataLoss {
+        // The replica's record failed its checksum (`NodeError::DataLoss`): no usable copy.
+        return ApTransportError::Corrupt {
+            node: to,
+            message: s.message().to_string(),
+        };
+    }
     if s.code() == tonic::Code::Unavailable
         && s.metadata().get(kv_core::headers::NODE_HEADER).is_none()
     {
@@ -226,6 +233,36 @@ impl RaftTransport for GrpcTransport {
                     reason: s.message().to_string(),
                 }),
             }
+        })
+    }
+}
+
+impl crate::cp::engine::RecordFetcher for GrpcTransport {
+    fn fetch(
+        &self,
+        to: NodeId,
+        group: u64,
+        key: Vec<u8>,
+        min_applied: u64,
+        wait_ms: u64,
+    ) -> BoxFuture<'static, Result<crate::cp::state_machine::RecordAt, String>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut client = this.client(to, |reason| reason).await?;
+            let r = client
+                .cp_record(ipb::CpRecordRequest {
+                    group,
+                    key,
+                    min_applied,
+                    wait_ms,
+                })
+                .await
+                .map_err(|s| format!("node {to}: {}", s.message()))?
+                .into_inner();
+            Ok(crate::cp::state_machine::RecordAt {
+                record: r.found.then_some((r.value, r.revision)),
+                applied: r.applied,
+            })
         })
     }
 }

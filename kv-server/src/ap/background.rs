@@ -222,13 +222,13 @@ impl ApEngine {
         let store = self.store(keyspace_id)?;
         let their_records = &page.records;
         stats.records_fetched += their_records.len();
-        let our_records = store.records_in_leaves_between(
+        let ours = store.local_side(
             partition,
             leaves,
             after.as_deref(),
             page.resume_after.as_deref(),
         )?;
-        let to_push = records_to_push(our_records, their_records);
+        let to_push = records_to_push(ours.records, their_records);
         let forget_before_ms = self.forget_before_ms();
         for r in their_records {
             if self.inner.clock.observe(r.hlc).is_err() {
@@ -236,6 +236,13 @@ impl ApEngine {
                 continue;
             }
             if store.apply(r, forget_before_ms)? {
+                stats.records_applied += 1;
+            }
+        }
+        // A corrupt record of ours is replaced by the peer's copy in `apply` above; one the
+        // peer has no record for is removed: the peer's "nothing" is the only copy there is.
+        for key in &ours.corrupt {
+            if !their_records.iter().any(|r| &r.key == key) && store.remove_corrupt(key)? {
                 stats.records_applied += 1;
             }
         }
@@ -253,7 +260,7 @@ impl ApEngine {
                 Ok(()) => stats.records_pushed += 1,
                 // The peer answered, refusing one record (e.g. its clock is behind ours by
                 // more than the maximum offset): go on with the others.
-                Err(TransportError::Remote { .. }) => {
+                Err(TransportError::Remote { .. } | TransportError::Corrupt { .. }) => {
                     stats.pushes_refused += 1;
                     stats.complete = false;
                 }

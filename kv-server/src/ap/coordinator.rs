@@ -224,10 +224,7 @@ impl ApEngine {
             let result = self
                 .apply_replica(keyspace_id, record, target.hint_for)
                 .map(|_| ())
-                .map_err(|e| TransportError::Remote {
-                    node: target.node,
-                    message: e.to_string(),
-                });
+                .map_err(|e| TransportError::local(target.node, e));
             return Box::pin(async move { (target, result) });
         }
         let fut = self
@@ -247,10 +244,7 @@ impl ApEngine {
         if node == self.node_id() {
             let result = self
                 .read_replica(keyspace_id, key)
-                .map_err(|e| TransportError::Remote {
-                    node,
-                    message: e.to_string(),
-                });
+                .map_err(|e| TransportError::local(node, e));
             return Box::pin(async move { (node, result) });
         }
         let fut = self.inner.transport.read(node, keyspace_id, key.to_vec());
@@ -273,7 +267,8 @@ impl ApEngine {
         let candidates = read_candidates(preference, ks.replicas as usize, self.node_id(), |n| {
             self.is_alive(n)
         });
-        let (mut quorum, first) = ReadQuorum::start(candidates, r);
+        let (quorum, first) = ReadQuorum::start(candidates, r);
+        let mut quorum = quorum.with_replicas(ks.replicas as usize);
         let mut pending: FuturesUnordered<_> = first
             .into_iter()
             .map(|node| self.send_read(node, ks.id, key))
@@ -294,6 +289,15 @@ impl ApEngine {
             });
             match result {
                 Ok(rec) => quorum.answer(node, rec),
+                // No usable copy there: ask another replica, and repair this one with the
+                // read's answer.
+                Err(e @ TransportError::Corrupt { .. }) => {
+                    tracing::warn!(node_id = self.node_id(), to = node, error = %e, "AP replica holds a corrupt copy; asking another replica");
+                    first_failure.get_or_insert_with(|| bounded(&e.to_string()));
+                    if let Some(next) = quorum.corrupt(node) {
+                        pending.push(self.send_read(next, ks.id, key));
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(node_id = self.node_id(), to = node, error = %e, "AP read failed; asking another replica");
                     first_failure.get_or_insert_with(|| bounded(&e.to_string()));
@@ -310,6 +314,10 @@ impl ApEngine {
                 answered,
                 partition,
                 first_failure,
+            }),
+            ReadOutcome::Lost { corrupt } => Err(ApError::Lost {
+                partition,
+                corrupt,
             }),
             ReadOutcome::Resolved { newest: None, .. } => Ok(None),
             ReadOutcome::Resolved {

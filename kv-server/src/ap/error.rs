@@ -43,6 +43,14 @@ pub enum ApError {
         /// How many members the cluster has.
         members: usize,
     },
+    /// Every replica of the key answered and every copy was corrupt: no good copy is left.
+    #[error("AP read on partition {partition}: every replica's copy of the key is corrupt (nodes {corrupt:?}); no good copy is left to repair from — restore the key from a backup or write it again")]
+    Lost {
+        /// The key's partition.
+        partition: u32,
+        /// The replicas whose copies failed their checksum.
+        corrupt: Vec<NodeId>,
+    },
     /// The local storage failed or held a corrupt record.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -110,4 +118,30 @@ pub enum TransportError {
         /// Its error, as text.
         message: String,
     },
+    /// The node's stored copy failed its checksum: it has no usable record (the caller repairs
+    /// it with a good copy from another replica).
+    #[error("node {node} holds a corrupt copy: {message}")]
+    Corrupt {
+        /// The peer.
+        node: NodeId,
+        /// Its error, as text.
+        message: String,
+    },
+}
+
+impl TransportError {
+    /// The error of calling this node's own replica (no network): a corrupt record stays
+    /// `Corrupt`, anything else is the node refusing.
+    pub fn local(node: NodeId, e: ApError) -> Self {
+        match e {
+            ApError::Storage(c @ StorageError::Corrupt { .. }) => TransportError::Corrupt {
+                node,
+                message: c.to_string(),
+            },
+            other => TransportError::Remote {
+                node,
+                message: other.to_string(),
+            },
+        }
+    }
 }

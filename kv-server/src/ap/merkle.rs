@@ -57,6 +57,14 @@ pub fn record_digest(record: &ApRecord) -> u64 {
     mix(h) | 1
 }
 
+/// The digest a corrupt record of `key` adds to its leaf: salted so that no good record's
+/// digest equals it, and the same on every node, so two replicas whose only difference is the
+/// same key corrupt on both agree (neither can repair the other).
+pub fn corrupt_digest(key: &[u8]) -> u64 {
+    let h = fnv1a(fnv1a(FNV_OFFSET, b"kv-merkle-corrupt"), key);
+    mix(h) | 1
+}
+
 /// Accumulates records into leaf hashes.
 #[derive(Debug, Clone)]
 pub struct LeafBuilder {
@@ -72,6 +80,12 @@ impl Default for LeafBuilder {
 }
 
 impl LeafBuilder {
+    /// Adds a corrupt record of `key` to its leaf.
+    pub fn add_corrupt(&mut self, key: &[u8]) {
+        let leaf = leaf_of(key) as usize;
+        self.leaves[leaf] = self.leaves[leaf].wrapping_add(corrupt_digest(key));
+    }
+
     /// Adds one record to its leaf.
     pub fn add(&mut self, record: &ApRecord) {
         let leaf = leaf_of(&record.key) as usize;

@@ -13,7 +13,8 @@
 //!   engine/runtime split, driven from tables in `plan_tests`;
 //! - `engine` (`ApEngine`, its shared state) and the runtime that carries out `plan`'s decisions,
 //!   one `impl ApEngine` per file: `replica`, `coordinator`, `background` (hint replay,
-//!   anti-entropy and tombstone purge, each its own task).
+//!   anti-entropy and tombstone purge, each its own task), `repair` (a corrupt local record
+//!   replaced from the other replicas, for the scrub).
 
 pub mod background;
 pub mod config;
@@ -26,12 +27,15 @@ pub mod hlc;
 pub mod lww;
 pub mod merkle;
 pub mod plan;
+pub mod repair;
 mod replica;
 pub mod seams;
 pub mod store;
 
 #[cfg(test)]
 mod plan_tests;
+#[cfg(test)]
+mod store_tests;
 #[cfg(test)]
 mod testkit;
 

@@ -178,6 +178,12 @@ pub struct ReadQuorum {
     r: usize,
     candidates: VecDeque<NodeId>,
     answers: Vec<(NodeId, Option<ApRecord>)>,
+    /// Replicas that answered with a corrupt copy (no usable record).
+    corrupt: Vec<NodeId>,
+    /// Asks that failed (no answer at all).
+    failed: usize,
+    /// The keyspace's replication factor N, when known (see `with_replicas`).
+    replicas: Option<usize>,
 }
 
 /// How a read ends.
@@ -188,12 +194,17 @@ pub enum ReadOutcome {
         /// How many did.
         answered: usize,
     },
+    /// Every replica answered, and every answer was a corrupt copy: no good copy is left.
+    Lost {
+        /// The replicas whose copies are corrupt.
+        corrupt: Vec<NodeId>,
+    },
     /// R replicas answered.
     Resolved {
         /// The newest record among the answers (`None` when no replica holds the key).
         newest: Option<ApRecord>,
-        /// Answering replicas whose copy `newest` supersedes or that have none: read repair
-        /// writes `newest` back to them.
+        /// Answering replicas whose copy `newest` supersedes, that have none, or whose copy is
+        /// corrupt: read repair writes `newest` back to them.
         stale: Vec<NodeId>,
     },
 }
@@ -207,8 +218,26 @@ impl ReadQuorum {
             r,
             candidates,
             answers: Vec::with_capacity(r),
+            corrupt: Vec::new(),
+            failed: 0,
+            replicas: None,
         };
         (quorum, first)
+    }
+
+    /// Tells the quorum the keyspace's replication factor N: when all N replicas answered and
+    /// some copies were corrupt, the good answers decide the read (see `finish`).
+    pub fn with_replicas(mut self, n: usize) -> Self {
+        self.replicas = Some(n);
+        self
+    }
+
+    /// Records that `node` answered with a corrupt copy; returns the next replica to ask, if
+    /// one is left. A corrupt answer is not one of the R answers: the R good ones still have to
+    /// overlap every write quorum.
+    pub fn corrupt(&mut self, node: NodeId) -> Option<NodeId> {
+        self.corrupt.push(node);
+        self.candidates.pop_front()
     }
 
     /// Records `node`'s answer (`None`: it holds no record of the key).
@@ -218,15 +247,28 @@ impl ReadQuorum {
 
     /// Records that one ask failed; returns the next replica to ask, if one is left.
     pub fn fail(&mut self) -> Option<NodeId> {
+        self.failed += 1;
         self.candidates.pop_front()
     }
 
     /// The outcome once every ask has finished.
+    ///
+    /// R good answers resolve the read. Fewer resolve it too when every one of the N replicas
+    /// answered (good or corrupt) and at least one was good: every surviving copy was
+    /// consulted, so what a corrupt copy held beyond them is lost whatever the read does. When
+    /// all N answered and all were corrupt the outcome is `Lost`.
     pub fn finish(self) -> ReadOutcome {
-        if self.answers.len() < self.r {
-            return ReadOutcome::Unavailable {
-                answered: self.answers.len(),
+        let good = self.answers.len();
+        let all_answered = self
+            .replicas
+            .is_some_and(|n| self.failed == 0 && good + self.corrupt.len() >= n);
+        if good == 0 && all_answered && !self.corrupt.is_empty() {
+            return ReadOutcome::Lost {
+                corrupt: self.corrupt,
             };
+        }
+        if good < self.r && !(good > 0 && all_answered) {
+            return ReadOutcome::Unavailable { answered: good };
         }
         let newest = self
             .answers
@@ -242,6 +284,7 @@ impl ReadQuorum {
                 .iter()
                 .filter(|(_, rec)| rec.as_ref().is_none_or(|r| lww::supersedes(newest, r)))
                 .map(|(node, _)| *node)
+                .chain(self.corrupt.iter().copied())
                 .collect(),
         };
         ReadOutcome::Resolved { newest, stale }

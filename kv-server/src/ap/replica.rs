@@ -13,6 +13,7 @@ use super::engine::ApEngine;
 use super::error::ApError;
 use super::lww::ApRecord;
 use super::store::RangePage;
+use crate::storage::StorageError;
 use crate::types::NodeId;
 
 impl ApEngine {
@@ -53,9 +54,15 @@ impl ApEngine {
         }
     }
 
-    /// This node's replica of `key` (tombstones included).
+    /// This node's replica of `key` (tombstones included); a corrupt record is
+    /// `ApError::Storage(StorageError::Corrupt)`, never its bytes.
     pub fn read_replica(&self, keyspace_id: u32, key: &[u8]) -> Result<Option<ApRecord>, ApError> {
-        Ok(self.store(keyspace_id)?.read(key)?)
+        let read = self.store(keyspace_id)?.read(key);
+        if let Err(e @ StorageError::Corrupt { .. }) = &read {
+            crate::metrics::metrics().corrupt("ap", "detected");
+            tracing::warn!(node_id = self.node_id(), keyspace_id, error = %e, "corrupt AP record read; the coordinator repairs it from the other replicas");
+        }
+        Ok(read?)
     }
 
     /// This node's Merkle leaf hashes of one partition.

@@ -11,6 +11,13 @@
 //! purge pass: an arrival stamp is never earlier than the real arrival, which is what makes the
 //! purge rule safe. Which tombstones may go is decided by the caller (see `background.rs`
 //! and docs/cap-modes.md, "A delete never comes back"); this store only carries it out.
+//!
+//! Corrupt records (checksum failed): `read` and `for_each*` report them as
+//! `StorageError::Corrupt`, never their bytes. `apply` *replaces* a corrupt record with whatever
+//! it is given (LWW cannot compare with a record it cannot read): that is how read repair,
+//! anti-entropy and the scrub heal a replica. Merkle leaves count a corrupt record as a digest
+//! no good record has, so its leaf differs from every healthy replica's and the exchange reaches
+//! it; range answers leave it out (nothing corrupt ever leaves the node).
 
 use super::lww::{self, ApRecord};
 use super::merkle::{leaf_of, LeafBuilder};
@@ -72,6 +79,43 @@ fn decode_stamp(b: &[u8]) -> Option<Hlc> {
         logical: u32::from_be_bytes(b[8..12].try_into().ok()?),
         node_id: u64::from_be_bytes(b[12..].try_into().ok()?),
     })
+}
+
+/// One entry met by a scan: a verified record, or the user key of a record whose checksum
+/// (or decoding) failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scanned {
+    /// A record that passed its checks.
+    Good(ApRecord),
+    /// The user key of a corrupt record.
+    Corrupt(Vec<u8>),
+}
+
+/// This replica's side of one page of a peer's Merkle range answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalSide {
+    /// Our good records in the page's key interval and leaves.
+    pub records: Vec<ApRecord>,
+    /// User keys of our corrupt records there.
+    pub corrupt: Vec<Vec<u8>>,
+}
+
+/// One page of the scrub's walk over the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubPage {
+    /// Records checked in this page.
+    pub checked: usize,
+    /// User keys of the corrupt ones.
+    pub corrupt: Vec<Vec<u8>>,
+    /// Where the next page starts (a storage key), `None` at the end of the store.
+    pub resume_after: Option<Vec<u8>>,
+}
+
+/// What `apply` found stored under the key.
+enum Current {
+    Absent,
+    Good(ApRecord),
+    Corrupt,
 }
 
 /// A tombstone this store holds, as the purge decision sees it.
@@ -159,17 +203,31 @@ impl ApStore {
     /// A tombstone written before `forget_before_ms` (HLC physical time) is not stored for a key
     /// that has no record here: nothing and a tombstone that old read the same, and storing it
     /// would bring back a tombstone this replica already purged (see docs/cap-modes.md).
+    ///
+    /// A corrupt record here is replaced by `record` whatever its timestamp (true is returned):
+    /// the bad bytes cannot be compared, and a replica's copy is the best one left. Such an old
+    /// tombstone removes the corrupt record instead (a key with no record, as above).
     pub fn apply(&self, record: &ApRecord, forget_before_ms: u64) -> Result<bool> {
         let key = self.storage_key(&record.key);
         let _guard = self.write_lock.lock().expect("store lock poisoned");
         let current = match self.records.raw().get(&key)? {
-            Some(bytes) => Some(self.decode(key.clone(), &bytes)?),
-            None => None,
+            Some(bytes) => match self.decode(key.clone(), &bytes) {
+                Ok(r) => Current::Good(r),
+                Err(StorageError::Corrupt { .. }) => Current::Corrupt,
+                Err(e) => return Err(e),
+            },
+            None => Current::Absent,
         };
+        let old_tombstone =
+            record.is_tombstone() && record.hlc.physical_ms < forget_before_ms;
         match &current {
-            Some(current) if !lww::supersedes(record, current) => return Ok(false),
-            None if record.is_tombstone() && record.hlc.physical_ms < forget_before_ms => {
-                return Ok(false)
+            Current::Good(current) if !lww::supersedes(record, current) => return Ok(false),
+            Current::Absent if old_tombstone => return Ok(false),
+            Current::Corrupt if old_tombstone => {
+                self.records.raw().remove(&key)?;
+                self.tombstones.remove(&key)?;
+                self.repaired(&record.key);
+                return Ok(true);
             }
             _ => {}
         }
@@ -179,10 +237,50 @@ impl ApStore {
             // stamp may not have seen it, and the purge rule relies on never thinking so.
             self.tombstones
                 .insert(&key, &encode_stamp((self.stamp)()))?;
-        } else if current.as_ref().is_some_and(ApRecord::is_tombstone) {
+        } else if !matches!(&current, Current::Good(c) if !c.is_tombstone()) {
+            // Over a tombstone or a corrupt record (which may have been one): no stamp is left.
             self.tombstones.remove(&key)?;
         }
+        if matches!(current, Current::Corrupt) {
+            self.repaired(&record.key);
+        }
         Ok(true)
+    }
+
+    /// Removes the record of `key` if it is (still) corrupt; true if it did. This is the repair
+    /// when the replicas asked hold nothing for the key.
+    pub fn remove_corrupt(&self, key: &[u8]) -> Result<bool> {
+        let storage_key = self.storage_key(key);
+        let _guard = self.write_lock.lock().expect("store lock poisoned");
+        let Some(bytes) = self.records.raw().get(&storage_key)? else {
+            return Ok(false);
+        };
+        if self.decode(storage_key.clone(), &bytes).is_ok() {
+            return Ok(false);
+        }
+        self.records.raw().remove(&storage_key)?;
+        self.tombstones.remove(&storage_key)?;
+        self.repaired(key);
+        Ok(true)
+    }
+
+    fn repaired(&self, key: &[u8]) {
+        crate::metrics::metrics().corrupt("ap", "repaired");
+        tracing::warn!(
+            keyspace_id = self.keyspace_id,
+            key = %String::from_utf8_lossy(&key[..key.len().min(64)]),
+            data_dir = self.records.location(),
+            "corrupt AP record replaced with a replica's copy"
+        );
+    }
+
+    /// Whether the stored record of `key` is corrupt (false when absent or good).
+    pub fn is_corrupt(&self, key: &[u8]) -> Result<bool> {
+        let storage_key = self.storage_key(key);
+        Ok(match self.records.raw().get(&storage_key)? {
+            Some(bytes) => self.decode(storage_key, &bytes).is_err(),
+            None => false,
+        })
     }
 
     /// This replica's record of `key` (tombstones included), checksum-verified.
@@ -194,13 +292,27 @@ impl ApStore {
         }
     }
 
-    /// Calls `f` on every record of `partition`, in key order, page by page.
+    /// Calls `f` on every record of `partition`, in key order, page by page; a corrupt record
+    /// stops the walk with `StorageError::Corrupt`.
     pub fn for_each_in_partition(
         &self,
         partition: u32,
         mut f: impl FnMut(ApRecord) -> Result<()>,
     ) -> Result<()> {
-        self.scan_partition(partition, None, |r| f(r).map(|()| true))
+        self.scan_partition(partition, None, |s| f(self.good(s)?).map(|()| true))
+    }
+
+    /// The record of a scanned entry, or the corrupt error naming its key.
+    fn good(&self, scanned: Scanned) -> Result<ApRecord> {
+        match scanned {
+            Scanned::Good(r) => Ok(r),
+            Scanned::Corrupt(key) => Err(StorageError::Corrupt {
+                location: self.records.location().to_string(),
+                tree: self.records.raw().name().to_string(),
+                key: String::from_utf8_lossy(&key).into_owned(),
+                reason: "checksum or format check failed".into(),
+            }),
+        }
     }
 
     /// Calls `f` on the records of `partition` with keys after `after` (all when `None`), in
@@ -209,7 +321,7 @@ impl ApStore {
         &self,
         partition: u32,
         after: Option<&[u8]>,
-        f: impl FnMut(ApRecord) -> Result<bool>,
+        f: impl FnMut(Scanned) -> Result<bool>,
     ) -> Result<()> {
         let mut start = partition.to_be_bytes().to_vec();
         let start = match after {
@@ -223,9 +335,37 @@ impl ApStore {
         self.scan(start, end, f)
     }
 
-    /// Calls `f` on every record of the store.
+    /// Calls `f` on every record of the store; a corrupt record stops the walk with
+    /// `StorageError::Corrupt`.
     pub fn for_each(&self, mut f: impl FnMut(ApRecord) -> Result<()>) -> Result<()> {
-        self.scan(Bound::Unbounded, None, |r| f(r).map(|()| true))
+        self.scan(Bound::Unbounded, None, |s| f(self.good(s)?).map(|()| true))
+    }
+
+    /// Checks up to `limit` records after the storage key `after` (from the first when
+    /// `None`): the scrub's unit of work.
+    pub fn scrub_page(&self, after: Option<&[u8]>, limit: usize) -> Result<ScrubPage> {
+        let start = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let rows = self
+            .records
+            .raw()
+            .range(start, Bound::Unbounded, limit.max(1))?;
+        let full = rows.len() >= limit.max(1);
+        let mut page = ScrubPage {
+            checked: rows.len(),
+            ..Default::default()
+        };
+        for (k, v) in &rows {
+            if self.decode(k.clone(), v).is_err() {
+                page.corrupt.push(k.get(4..).unwrap_or_default().to_vec());
+            }
+        }
+        if full {
+            page.resume_after = rows.last().map(|(k, _)| k.clone());
+        }
+        Ok(page)
     }
 
     /// Calls `f` on the records from `start` to `end` (exclusive), in key order, until it
@@ -234,7 +374,7 @@ impl ApStore {
         &self,
         mut start: Bound<Vec<u8>>,
         end: Option<Vec<u8>>,
-        mut f: impl FnMut(ApRecord) -> Result<bool>,
+        mut f: impl FnMut(Scanned) -> Result<bool>,
     ) -> Result<()> {
         let tree: &Arc<dyn Tree> = self.records.raw();
         loop {
@@ -251,7 +391,14 @@ impl ApStore {
             let full = page.len() == SCAN_BATCH;
             let mut last = None;
             for (k, v) in page {
-                if !f(self.decode(k.clone(), &v)?)? {
+                let scanned = match self.decode(k.clone(), &v) {
+                    Ok(r) => Scanned::Good(r),
+                    Err(StorageError::Corrupt { .. }) => {
+                        Scanned::Corrupt(k.get(4..).unwrap_or_default().to_vec())
+                    }
+                    Err(e) => return Err(e),
+                };
+                if !f(scanned)? {
                     return Ok(());
                 }
                 last = Some(k);
@@ -263,12 +410,16 @@ impl ApStore {
         }
     }
 
-    /// The Merkle leaf hashes of one partition.
+    /// The Merkle leaf hashes of one partition; a corrupt record adds a digest no good record
+    /// has (see `merkle::corrupt_digest`), so its leaf differs from a healthy replica's.
     pub fn merkle_leaves(&self, partition: u32) -> Result<Vec<u64>> {
         let mut builder = LeafBuilder::default();
-        self.for_each_in_partition(partition, |r| {
-            builder.add(&r);
-            Ok(())
+        self.scan_partition(partition, None, |s| {
+            match s {
+                Scanned::Good(r) => builder.add(&r),
+                Scanned::Corrupt(key) => builder.add_corrupt(&key),
+            }
+            Ok(true)
         })?;
         Ok(builder.finish())
     }
@@ -287,7 +438,11 @@ impl ApStore {
         let wanted: BTreeSet<u32> = leaves.iter().copied().collect();
         let mut page = RangePage::default();
         let mut bytes = 0usize;
-        self.scan_partition(partition, after, |r| {
+        self.scan_partition(partition, after, |s| {
+            // Corrupt records never leave the node.
+            let Scanned::Good(r) = s else {
+                return Ok(true);
+            };
             if !wanted.contains(&leaf_of(&r.key)) {
                 return Ok(true);
             }
@@ -315,14 +470,34 @@ impl ApStore {
         after: Option<&[u8]>,
         through: Option<&[u8]>,
     ) -> Result<Vec<ApRecord>> {
+        Ok(self
+            .local_side(partition, leaves, after, through)?
+            .records)
+    }
+
+    /// Like `records_in_leaves_between`, with the keys of our corrupt records there too.
+    pub fn local_side(
+        &self,
+        partition: u32,
+        leaves: &[u32],
+        after: Option<&[u8]>,
+        through: Option<&[u8]>,
+    ) -> Result<LocalSide> {
         let wanted: BTreeSet<u32> = leaves.iter().copied().collect();
-        let mut out = Vec::new();
-        self.scan_partition(partition, after, |r| {
-            if through.is_some_and(|t| r.key.as_slice() > t) {
+        let mut out = LocalSide::default();
+        self.scan_partition(partition, after, |s| {
+            let key = match &s {
+                Scanned::Good(r) => r.key.as_slice(),
+                Scanned::Corrupt(k) => k.as_slice(),
+            };
+            if through.is_some_and(|t| key > t) {
                 return Ok(false);
             }
-            if wanted.contains(&leaf_of(&r.key)) {
-                out.push(r);
+            if wanted.contains(&leaf_of(key)) {
+                match s {
+                    Scanned::Good(r) => out.records.push(r),
+                    Scanned::Corrupt(k) => out.corrupt.push(k),
+                }
             }
             Ok(true)
         })?;
@@ -338,11 +513,14 @@ impl ApStore {
     /// an index entry (a crash came between the two writes) is given one, stamped now, and kept.
     pub fn purge_tombstones(&self, purgeable: impl Fn(&TombstoneInfo) -> bool) -> Result<usize> {
         let mut found = Vec::new();
-        self.for_each(|r| {
-            if r.is_tombstone() {
-                found.push(r);
+        // Corrupt records are skipped: they are the scrub's and anti-entropy's to repair.
+        self.scan(Bound::Unbounded, None, |s| {
+            if let Scanned::Good(r) = s {
+                if r.is_tombstone() {
+                    found.push(r);
+                }
             }
-            Ok(())
+            Ok(true)
         })?;
         let mut purged = 0;
         for r in found {
@@ -350,7 +528,7 @@ impl ApStore {
             // The record and its stamp are read together under the lock: `apply` writes a newer
             // tombstone before its stamp, and the old stamp must never pass for the new one's.
             let _guard = self.write_lock.lock().expect("store lock poisoned");
-            if self.read(&r.key)?.as_ref() != Some(&r) {
+            if self.read(&r.key).ok().flatten().as_ref() != Some(&r) {
                 continue; // replaced since the scan
             }
             let Some(bytes) = self.tombstones.get(&key)? else {
@@ -383,229 +561,5 @@ impl ApStore {
     pub fn tombstone_arrival(&self, key: &[u8]) -> Result<Option<Hlc>> {
         let bytes = self.tombstones.get(&self.storage_key(key))?;
         Ok(bytes.as_deref().and_then(decode_stamp))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ap::testkit::rec;
-    use crate::storage::memory::MemoryEngine;
-
-    /// Arrival stamps 1, 2, 3, … (physical time), one per call.
-    fn counter() -> Stamper {
-        let next = Arc::new(std::sync::atomic::AtomicU64::new(1));
-        Arc::new(move || Hlc {
-            physical_ms: next.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
-            logical: 0,
-            node_id: 1,
-        })
-    }
-
-    fn store(engine: &Arc<dyn Engine>) -> ApStore {
-        // Partition = first byte of the key mod 4.
-        ApStore::open(
-            engine,
-            2,
-            Arc::new(|k: &[u8]| u32::from(k[0]) % 4),
-            counter(),
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn older_writes_never_overwrite_newer_ones() {
-        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
-        let s = store(&engine);
-        assert!(s.apply(&rec("a", 10, Some("new")), 0).unwrap());
-        assert!(!s.apply(&rec("a", 5, Some("old")), 0).unwrap());
-        assert!(
-            !s.apply(&rec("a", 10, Some("new")), 0).unwrap(),
-            "re-apply is a no-op"
-        );
-        assert_eq!(s.read(b"a").unwrap(), Some(rec("a", 10, Some("new"))));
-        assert!(s.apply(&rec("a", 11, None), 0).unwrap());
-        assert!(
-            !s.apply(&rec("a", 10, Some("new")), 0).unwrap(),
-            "delete stays"
-        );
-        assert_eq!(s.read(b"a").unwrap().unwrap().value, None);
-        assert_eq!(s.read(b"b").unwrap(), None);
-    }
-
-    #[test]
-    fn partition_scans_see_only_their_partition_across_pages() {
-        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
-        let s = store(&engine);
-        // 'a' = 97 -> partition 1, 'b' = 98 -> partition 2; enough keys to need several pages.
-        let n = SCAN_BATCH * 2 + 7;
-        for i in 0..n {
-            s.apply(&rec(&format!("a{i:05}"), 1, Some("x")), 0).unwrap();
-            s.apply(&rec(&format!("b{i:05}"), 1, Some("y")), 0).unwrap();
-        }
-        let mut seen = Vec::new();
-        s.for_each_in_partition(1, |r| {
-            seen.push(r.key);
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(seen.len(), n);
-        assert!(seen.iter().all(|k| k[0] == b'a'));
-        assert!(seen.windows(2).all(|w| w[0] < w[1]));
-        let leaves = s.merkle_leaves(1).unwrap();
-        assert_ne!(leaves, s.merkle_leaves(2).unwrap());
-        assert_eq!(
-            s.merkle_leaves(3).unwrap(),
-            vec![0; super::super::merkle::MERKLE_LEAVES]
-        );
-        let leaf = leaf_of(b"a00000");
-        let in_leaf = s.records_in_leaves(1, &[leaf]).unwrap();
-        assert!(!in_leaf.is_empty() && in_leaf.iter().all(|r| leaf_of(&r.key) == leaf));
-    }
-
-    #[test]
-    fn range_pages_stay_within_their_byte_budget_and_cover_every_record_once() {
-        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
-        let s = store(&engine);
-        let big = "x".repeat(100_000);
-        // Partition 1 ('a' keys), every leaf; one tombstone among large values.
-        for i in 0..30 {
-            let value = (i != 7).then_some(big.as_str());
-            s.apply(&rec(&format!("a{i:03}"), 1, value), 0).unwrap();
-        }
-        s.apply(&rec("b-other-partition", 1, Some("y")), 0).unwrap();
-        let leaves: Vec<u32> = (0..super::super::merkle::MERKLE_LEAVES as u32).collect();
-        let budget = 250_000;
-        let (mut after, mut keys, mut pages) = (None::<Vec<u8>>, Vec::new(), 0);
-        loop {
-            let page = s.range_page(1, &leaves, after.as_deref(), budget).unwrap();
-            pages += 1;
-            let bytes: usize = page.records.iter().map(range_record_bytes).sum();
-            assert!(bytes <= budget, "page {pages}: {bytes} bytes");
-            // Our side of the same interval is exactly what the page holds.
-            let ours = s
-                .records_in_leaves_between(
-                    1,
-                    &leaves,
-                    after.as_deref(),
-                    page.resume_after.as_deref(),
-                )
-                .unwrap();
-            assert_eq!(ours, page.records);
-            keys.extend(page.records.iter().map(|r| r.key.clone()));
-            match page.resume_after {
-                Some(next) => after = Some(next),
-                None => break,
-            }
-        }
-        let want: Vec<Vec<u8>> = (0..30).map(|i| format!("a{i:03}").into_bytes()).collect();
-        assert_eq!(keys, want);
-        assert_eq!(pages, 15, "two 100 kB records per 250 kB page");
-        // A record larger than the budget still travels, alone.
-        let page = s.range_page(1, &leaves, None, 10).unwrap();
-        assert_eq!(page.records.len(), 1);
-        assert_eq!(page.resume_after, Some(b"a000".to_vec()));
-    }
-
-    #[test]
-    fn purge_removes_exactly_the_tombstones_the_rule_accepts() {
-        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
-        let s = store(&engine);
-        s.apply(&rec("a", 100, None), 0).unwrap();
-        s.apply(&rec("b", 100, Some("live")), 0).unwrap();
-        s.apply(&rec("c", 900, None), 0).unwrap();
-        // Each tombstone got its arrival stamp when stored (1 for "a", 2 for "c").
-        let stamp = |k: &str| {
-            s.tombstone_arrival(k.as_bytes())
-                .unwrap()
-                .map(|h| h.physical_ms)
-        };
-        assert_eq!(
-            (stamp("a"), stamp("b"), stamp("c")),
-            (Some(1), None, Some(2))
-        );
-        let seen = Mutex::new(Vec::new());
-        let purged = s
-            .purge_tombstones(|t| {
-                seen.lock()
-                    .unwrap()
-                    .push((t.key.clone(), t.partition, t.written.physical_ms));
-                t.key == b"a"
-            })
-            .unwrap();
-        assert_eq!(purged, 1);
-        assert_eq!(
-            seen.into_inner().unwrap(),
-            vec![(b"a".to_vec(), 1, 100), (b"c".to_vec(), 3, 900)],
-            "only tombstones are offered, with their partition and timestamp"
-        );
-        assert_eq!(s.read(b"a").unwrap(), None);
-        assert_eq!(stamp("a"), None, "its index entry went with it");
-        assert!(s.read(b"c").unwrap().is_some(), "refused tombstone kept");
-        assert!(s.read(b"b").unwrap().is_some(), "values are never offered");
-        // A value over a tombstone drops its index entry; a newer tombstone is stamped anew.
-        s.apply(&rec("c", 901, Some("back")), 0).unwrap();
-        assert_eq!(stamp("c"), None);
-        s.apply(&rec("c", 902, None), 0).unwrap();
-        assert_eq!(stamp("c"), Some(3));
-    }
-
-    #[test]
-    fn a_tombstone_without_an_index_entry_is_stamped_at_the_next_purge_and_kept() {
-        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
-        let s = store(&engine);
-        s.apply(&rec("a", 100, None), 0).unwrap();
-        // As after a crash between the tombstone's write and its stamp's.
-        engine
-            .open_tree(&ApStore::tombstone_tree_name(2))
-            .unwrap()
-            .clear()
-            .unwrap();
-        assert_eq!(
-            s.purge_tombstones(|_| true).unwrap(),
-            0,
-            "no stamp, no purge"
-        );
-        assert_eq!(
-            s.tombstone_arrival(b"a").unwrap().map(|h| h.physical_ms),
-            Some(2),
-            "stamped at the purge, later than its real arrival"
-        );
-        assert_eq!(s.purge_tombstones(|_| true).unwrap(), 1);
-    }
-
-    #[test]
-    fn an_old_tombstone_is_not_stored_for_a_key_this_replica_does_not_hold() {
-        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
-        let s = store(&engine);
-        // Absent key: a tombstone written before the horizon is dropped, a younger one kept.
-        assert!(!s.apply(&rec("a", 99, None), 100).unwrap());
-        assert_eq!(s.read(b"a").unwrap(), None);
-        assert!(s.apply(&rec("b", 100, None), 100).unwrap());
-        // A key held with an older value takes the old tombstone: that is the delete it missed.
-        s.apply(&rec("c", 10, Some("old")), 0).unwrap();
-        assert!(s.apply(&rec("c", 50, None), 100).unwrap());
-        assert_eq!(s.read(b"c").unwrap(), Some(rec("c", 50, None)));
-        // Old values are never dropped.
-        assert!(s.apply(&rec("d", 1, Some("v")), 100).unwrap());
-    }
-
-    #[test]
-    fn data_survives_reopening_and_corruption_is_reported() {
-        let mem = MemoryEngine::new();
-        let engine: Arc<dyn Engine> = Arc::new(mem.clone());
-        store(&engine).apply(&rec("a", 1, Some("v")), 0).unwrap();
-        let reopened: Arc<dyn Engine> = Arc::new(mem);
-        let s = store(&reopened);
-        assert_eq!(s.read(b"a").unwrap(), Some(rec("a", 1, Some("v"))));
-        let tree = reopened.open_tree(&ApStore::tree_name(2)).unwrap();
-        let (k, mut v) = tree.last().unwrap().unwrap();
-        v[5] ^= 0x40;
-        tree.insert(&k, &v).unwrap();
-        assert!(matches!(s.read(b"a"), Err(StorageError::Corrupt { .. })));
-        assert!(
-            s.apply(&rec("a", 2, Some("w")), 0).is_err(),
-            "never merges over corrupt data"
-        );
     }
 }

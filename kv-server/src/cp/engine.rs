@@ -33,6 +33,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 mod backup;
+mod repair;
+
+pub use repair::{CpRepair, RecordFetcher};
 
 /// How many times one call waits for a new leader before giving up (the deadline bounds it too).
 pub const MAX_LEADER_WAITS: usize = 3;
@@ -60,6 +63,8 @@ pub struct CpEngine {
     unsafe_skip_read_index: AtomicBool,
     /// The leader-balance task (`cp::balance`), stopped at shutdown.
     balancer: tokio::task::AbortHandle,
+    /// How a corrupt record is fetched from a peer (`repair.rs`); unset, it stays `DATA_LOSS`.
+    fetcher: std::sync::OnceLock<Arc<dyn RecordFetcher>>,
 }
 
 impl CpEngine {
@@ -139,6 +144,7 @@ impl CpEngine {
             groups: map,
             unsafe_skip_read_index: AtomicBool::new(false),
             balancer: balancer.abort_handle(),
+            fetcher: std::sync::OnceLock::new(),
         })
     }
 
@@ -342,7 +348,7 @@ impl CpEngine {
                 self.read_index(group, deadline).await?;
             }
         }
-        Ok(group.reader.get(key)?)
+        self.read_or_repair(group, key, deadline).await
     }
 
     /// Confirms leadership with a quorum and waits until the read index is applied.

@@ -30,15 +30,121 @@ use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom, Write};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Reads the key-value records of one group's state machine (shared with the engine for reads).
 #[derive(Clone)]
 pub struct SmReader {
     records: RecordTree,
+    /// Held while applied entries (or a snapshot install) are written, and while a repair
+    /// checks and rewrites a corrupt record: a repair never overwrites a newer apply.
+    apply_lock: Arc<Mutex<()>>,
+    /// Index of the last applied entry (0 before any), updated under `apply_lock`.
+    applied: Arc<AtomicU64>,
+}
+
+/// A state-machine record as one replica holds it, for repairing another's corrupt copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordAt {
+    /// The live value and revision, `None` when the key has no record.
+    pub record: Option<(Vec<u8>, u64)>,
+    /// The replica's applied index when it read the record: the record is the key's state at
+    /// some index at or below it (and at or above the index it waited for).
+    pub applied: u64,
 }
 
 impl SmReader {
+    /// The index of the last applied entry (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// The record of `key` with the applied index it was read at (see `RecordAt`); a corrupt
+    /// record is `StorageError::Corrupt`.
+    pub fn record_at(&self, key: &[u8]) -> Result<RecordAt, StorageError> {
+        let _guard = self.apply_lock.lock().expect("apply lock poisoned");
+        let record = self.get(key)?;
+        Ok(RecordAt {
+            record,
+            applied: self.applied_index(),
+        })
+    }
+
+    /// Checks up to `limit` data records after the record key `after` (from the first when
+    /// `None`): the scrub's unit of work. Returns how many were checked, the record keys of the
+    /// corrupt ones, and where to resume (`None` at the end).
+    pub fn scrub_page(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(usize, Vec<Vec<u8>>, Option<Vec<u8>>), StorageError> {
+        let tree = self.records.raw();
+        let start = after.map(data_key);
+        let lower = match &start {
+            Some(k) => Bound::Excluded(k.as_slice()),
+            None => Bound::Included(&[DATA_PREFIX][..]),
+        };
+        let rows = tree.range(lower, Bound::Excluded(DATA_END), limit.max(1))?;
+        let mut corrupt = Vec::new();
+        for (k, v) in &rows {
+            let key = &k[1..];
+            if record::decode(v, key, tree.name(), self.records.location()).is_err() {
+                corrupt.push(key.to_vec());
+            }
+        }
+        let resume = (rows.len() >= limit.max(1))
+            .then(|| rows.last().map(|(k, _)| k[1..].to_vec()))
+            .flatten();
+        Ok((rows.len(), corrupt, resume))
+    }
+
+    /// The stored bytes of `key` when they fail their checks (`None` when absent or good).
+    pub fn corrupt_bytes(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let k = data_key(key);
+        let tree = self.records.raw();
+        Ok(tree.get(&k)?.filter(|bytes| {
+            record::decode(bytes, key, tree.name(), self.records.location()).is_err()
+        }))
+    }
+
+    /// Replaces the corrupt record of `key` (whose bytes were `bad`) with `good`, a replica's
+    /// copy; true if it was written. Written only when it is the key's state at this
+    /// replica's applied index — the bytes are still `bad` (no apply touched the key since
+    /// they were read, at an index at or below the one the replica waited for) and either the
+    /// replica had applied no further than here, or its record's revision is at or below our
+    /// applied index (no write to the key lies between). Otherwise writing it could let an
+    /// entry not yet applied here (a CAS) see a later state than the other replicas saw.
+    pub fn replace_corrupt(
+        &self,
+        key: &[u8],
+        bad: &[u8],
+        good: &RecordAt,
+    ) -> Result<bool, StorageError> {
+        let k = data_key(key);
+        let tree = self.records.raw();
+        let _guard = self.apply_lock.lock().expect("apply lock poisoned");
+        if tree.get(&k)?.as_deref() != Some(bad) {
+            return Ok(false);
+        }
+        let here = self.applied_index();
+        let at_our_index = good.applied <= here
+            || good.record.as_ref().is_some_and(|(_, rev)| *rev <= here);
+        if !at_our_index {
+            return Ok(false);
+        }
+        match &good.record {
+            Some((value, revision)) => self.records.put(
+                &k,
+                &StoredRecord {
+                    version: Version::Revision(*revision),
+                    value: Some(value.clone()),
+                },
+            )?,
+            None => tree.remove(&k)?,
+        }
+        Ok(true)
+    }
+
     /// The live value and revision of a key, checksum-verified.
     pub fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>, StorageError> {
         Ok(self.records.get(&data_key(key))?.and_then(live))
@@ -161,6 +267,8 @@ impl StateMachineStore {
             group,
             reader: SmReader {
                 records: RecordTree::new(sm.clone(), location),
+                apply_lock: Arc::new(Mutex::new(())),
+                applied: Arc::new(AtomicU64::new(applied.map_or(0, |l| l.index))),
             },
             sm,
             snap,
@@ -212,6 +320,8 @@ impl StateMachineStore {
     /// sets the applied log id and membership from `meta`. Marked in the sm tree while under
     /// way; the snapshot must be current and durable before.
     fn replace_records(&mut self, meta: &SnapshotMeta, slot: u64) -> Result<(), RaftStorageError> {
+        let lock = self.reader.apply_lock.clone();
+        let _guard = lock.lock().expect("apply lock poisoned");
         self.sm.insert(SM_INSTALLING, &[1]).map_err(io_write)?;
         self.sm.flush().map_err(io_write)?;
         // Every key the state machine holds goes, a page at a time.
@@ -250,6 +360,9 @@ impl StateMachineStore {
         ops.extend(self.meta_ops()?);
         ops.push(BatchOp::Remove(SM_INSTALLING.to_vec()));
         self.sm.apply_batch(&ops).map_err(io_write)?;
+        self.reader
+            .applied
+            .store(self.applied.map_or(0, |l| l.index), Ordering::Release);
         self.sm.flush().map_err(io_write)
     }
 
@@ -454,7 +567,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         ops.extend(self.meta_ops()?);
         // Not flushed here: the log holds every applied entry until a snapshot (which flushes
         // this tree first) lets it be purged, so a lost apply is replayed at startup.
+        let _guard = self.reader.apply_lock.lock().expect("apply lock poisoned");
         self.sm.apply_batch(&ops).map_err(io_write)?;
+        self.reader
+            .applied
+            .store(self.applied.map_or(0, |l| l.index), Ordering::Release);
         Ok(responses)
     }
 

@@ -129,6 +129,7 @@ impl From<ApError> for NodeError {
             e @ ApError::Clock(_) => NodeError::FailedPrecondition(e.to_string()),
             e @ ApError::Overloaded { .. } => NodeError::ResourceExhausted(e.to_string()),
             ApError::Storage(s) => s.into(),
+            e @ ApError::Lost { .. } => NodeError::DataLoss(e.to_string()),
             e @ (ApError::Unavailable { .. }
             | ApError::HintsFull { .. }
             | ApError::Transport(_)) => NodeError::Unavailable(e.to_string()),

@@ -256,4 +256,42 @@ impl ipb::internal_server::Internal for InternalService {
         self.node.clock.set_skew_ms(req.clock_skew_ms);
         Ok(Response::new(ipb::ChaosResponse {}))
     }
+
+    async fn cp_record(
+        &self,
+        req: Request<ipb::CpRecordRequest>,
+    ) -> Result<Response<ipb::CpRecordResponse>, Status> {
+        let req = req.into_inner();
+        let result = async {
+            let cp = self.node.cp()?;
+            // A peer's wait is bounded here whatever it asks: it never holds a handler longer.
+            let wait = std::time::Duration::from_millis(req.wait_ms.min(MAX_CP_RECORD_WAIT_MS));
+            let deadline = tokio::time::Instant::now() + wait;
+            cp.record_for_repair(req.group, &req.key, req.min_applied, deadline)
+                .await
+                .map_err(|e| match e {
+                    CpError::UnknownRaftGroup { .. } => NodeError::InvalidArgument(e.to_string()),
+                    CpError::Storage(s) => s.into(),
+                    other => NodeError::Unavailable(other.to_string()),
+                })
+        }
+        .await;
+        result
+            .map(|at| {
+                let (found, (value, revision)) = match at.record {
+                    Some(r) => (true, r),
+                    None => (false, (Vec::new(), 0)),
+                };
+                Response::new(ipb::CpRecordResponse {
+                    found,
+                    value,
+                    revision,
+                    applied: at.applied,
+                })
+            })
+            .map_err(|e| self.status(e))
+    }
 }
+
+/// Longest a peer's `CpRecord` call waits for this node to apply far enough.
+pub const MAX_CP_RECORD_WAIT_MS: u64 = 10_000;

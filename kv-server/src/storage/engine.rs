@@ -56,4 +56,12 @@ pub trait Engine: Send + Sync + 'static {
     fn group_commit(&self) -> Option<Arc<GroupCommit>> {
         None
     }
+    /// The names of every tree this engine holds, in name order (offline tools such as the
+    /// corruption fault walk them). Engines that cannot list their trees say so.
+    fn tree_names(&self) -> Result<Vec<String>> {
+        Err(super::error::StorageError::Engine {
+            location: self.location().to_string(),
+            message: "this storage engine cannot list its trees".to_string(),
+        })
+    }
 }

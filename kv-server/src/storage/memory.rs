@@ -45,6 +45,11 @@ impl Engine for MemoryEngine {
     fn location(&self) -> &str {
         "memory"
     }
+
+    fn tree_names(&self) -> Result<Vec<String>> {
+        let trees = self.trees.lock().expect("memory engine lock poisoned");
+        Ok(trees.keys().cloned().collect())
+    }
 }
 
 /// True when no key can lie in the range (start after end, or equal with one side excluded).

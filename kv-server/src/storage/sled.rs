@@ -96,6 +96,17 @@ impl Engine for SledEngine {
     fn group_commit(&self) -> Option<Arc<GroupCommit>> {
         Some(self.commit.clone())
     }
+
+    fn tree_names(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .db
+            .tree_names()
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
 }
 
 /// One sled tree.
