@@ -12,6 +12,7 @@
 //! 4. `peers`: the peer links (dialer, per-peer channels, faults, liveness), built before the
 //!    node and handed to the transports and to the node.
 //! 5. `ap`, `cp`: the engines, each behind its own transport seam.
+//! 5b. `repair`: the corruption fault on a stopped node's data and the scrub over both engines.
 //! 6. `transport`: both engines' seams over gRPC and the peer links.
 //! 7. `config`, `error`, `security`: node configuration; node errors and their one conversion
 //!    to a status; tokens, roles, the request gate and TLS.
@@ -32,6 +33,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod peers;
+pub mod repair;
 pub mod ring;
 pub mod security;
 pub mod server;
@@ -60,6 +62,7 @@ mod layering_tests {
         "peers",
         "ap",
         "cp",
+        "repair",
         "transport",
         "config",
         "error",

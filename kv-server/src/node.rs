@@ -20,6 +20,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, RwLock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Delay from start to the scrub's first pass over this node's records.
+pub const SCRUB_FIRST_DELAY: std::time::Duration = std::time::Duration::from_secs(3);
+/// Time between scrub passes.
+pub const SCRUB_PERIOD: std::time::Duration = std::time::Duration::from_secs(6 * 60 * 60);
+/// Time before another pass when one left corrupt records unrepaired.
+pub const SCRUB_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Metadata key marking a request forwarded by another node (it is never forwarded again).
 pub const FORWARDED_HEADER: &str = "kv-forwarded";
 /// Keyspace id whose Raft groups every CP keyspace uses (the built-in `cp`).
@@ -234,7 +241,40 @@ impl Node {
                 let _ = node.refresh_keyspaces().await;
             }
         });
-        vec![self.ap.spawn_background(keyspaces), refresh]
+        let weak = Arc::downgrade(self);
+        let scrub = tokio::spawn(async move {
+            // The first pass soon after start (a byte flipped while the node was down is found
+            // then), later ones every period; a pass that left records unrepaired (their
+            // replicas were not reachable yet) is followed sooner by another.
+            let mut wait = SCRUB_FIRST_DELAY;
+            loop {
+                tokio::time::sleep(wait).await;
+                let Some(node) = weak.upgrade() else { return };
+                let keyspaces: Vec<KeyspaceDef> = node
+                    .keyspaces
+                    .read()
+                    .expect("keyspace lock")
+                    .values()
+                    .cloned()
+                    .collect();
+                let stats = crate::repair::scrub::scrub_pass(
+                    &node.ap,
+                    node.cp.get(),
+                    &keyspaces,
+                    crate::repair::scrub::DEFAULT_SCRUB_RECORDS_PER_SECOND,
+                )
+                .await;
+                if stats.corrupt > 0 {
+                    tracing::warn!(node = %node.me.name, checked = stats.checked, corrupt = stats.corrupt, repaired = stats.repaired, unrepaired = stats.unrepaired, "scrub pass found corrupt records");
+                }
+                wait = if stats.unrepaired > 0 {
+                    SCRUB_RETRY
+                } else {
+                    SCRUB_PERIOD
+                };
+            }
+        });
+        vec![self.ap.spawn_background(keyspaces), refresh, scrub]
     }
 
     /// The keyspace with this id.

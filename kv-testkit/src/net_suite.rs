@@ -122,6 +122,12 @@ impl ipb::internal_server::Internal for EchoService {
     ) -> Result<Response<ipb::ChaosResponse>, Status> {
         unimplemented()
     }
+    async fn cp_record(
+        &self,
+        _: Request<ipb::CpRecordRequest>,
+    ) -> Result<Response<ipb::CpRecordResponse>, Status> {
+        unimplemented()
+    }
 }
 
 /// Serves the echo service on `incoming` with the keep-alive settings nodes use, until

@@ -615,3 +615,75 @@ fn tombstones_purgeable() {
         );
     }
 }
+
+/// One answer of a read in `corrupt_answers`: a good record (or none), a corrupt copy, or a
+/// failed ask.
+enum Answer {
+    Good(Option<ApRecord>),
+    Corrupt,
+    Failed,
+}
+
+#[test]
+fn corrupt_answers() {
+    use Answer::{Corrupt, Failed, Good};
+    let v = || Some(rec("k", 5, Some("v")));
+    // (name, r, n, answers from nodes 1, 2, 3 in order) → outcome.
+    let cases: Vec<(&str, usize, Vec<Answer>, ReadOutcome)> = vec![
+        (
+            "R=1: a corrupt own copy is not the answer; the next replica's is, and it is repaired",
+            1,
+            vec![Corrupt, Good(v())],
+            ReadOutcome::Resolved {
+                newest: v(),
+                stale: vec![1],
+            },
+        ),
+        (
+            "R=2 with one corrupt and one failed: not enough good answers",
+            2,
+            vec![Corrupt, Good(v()), Failed],
+            ReadOutcome::Unavailable { answered: 1 },
+        ),
+        (
+            "R=3: all N answered, one corrupt: the good ones decide",
+            3,
+            vec![Good(v()), Corrupt, Good(None)],
+            ReadOutcome::Resolved {
+                newest: v(),
+                stale: vec![3, 2],
+            },
+        ),
+        (
+            "all N corrupt: lost",
+            2,
+            vec![Corrupt, Corrupt, Corrupt],
+            ReadOutcome::Lost {
+                corrupt: vec![1, 2, 3],
+            },
+        ),
+        (
+            "corrupt and unreachable: unavailable, not lost (the unreachable one may hold it)",
+            1,
+            vec![Corrupt, Failed, Corrupt],
+            ReadOutcome::Unavailable { answered: 0 },
+        ),
+    ];
+    for (name, r, answers, expected) in cases {
+        let (q, _) = ReadQuorum::start(VecDeque::from(vec![1, 2, 3]), r);
+        let mut q = q.with_replicas(3);
+        for (i, a) in answers.into_iter().enumerate() {
+            let node = i as NodeId + 1;
+            match a {
+                Good(r) => q.answer(node, r),
+                Corrupt => {
+                    q.corrupt(node);
+                }
+                Failed => {
+                    q.fail();
+                }
+            }
+        }
+        assert_eq!(q.finish(), expected, "{name}");
+    }
+}

@@ -64,14 +64,14 @@ impl ApEngine {
         }
         let outcome = match (good_answers, newest) {
             (0, _) => LocalRepair::Unrepaired,
-            (_, Some(r)) => {
-                store.apply(&r, self.forget_before_ms())?;
-                LocalRepair::Replaced
-            }
-            (_, None) => {
-                store.remove_corrupt(key)?;
-                LocalRepair::Removed
-            }
+            (_, Some(r)) => match store.apply(&r, self.forget_before_ms())? {
+                true => LocalRepair::Replaced,
+                false => LocalRepair::NotCorrupt,
+            },
+            (_, None) => match store.remove_corrupt(key)? {
+                true => LocalRepair::Removed,
+                false => LocalRepair::NotCorrupt,
+            },
         };
         self.inner.engine.flush()?;
         Ok(outcome)

@@ -173,6 +173,11 @@ impl ApStore {
         })
     }
 
+    /// Where the data lives (the data directory, or "memory").
+    pub fn location(&self) -> &str {
+        self.records.location()
+    }
+
     /// The keyspace this store holds.
     pub fn keyspace_id(&self) -> u32 {
         self.keyspace_id

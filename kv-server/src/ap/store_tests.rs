@@ -219,8 +219,63 @@ fn data_survives_reopening_and_corruption_is_reported() {
     v[5] ^= 0x40;
     tree.insert(&k, &v).unwrap();
     assert!(matches!(s.read(b"a"), Err(StorageError::Corrupt { .. })));
-    assert!(
-        s.apply(&rec("a", 2, Some("w")), 0).is_err(),
-        "never merges over corrupt data"
-    );
+    // A replica's copy replaces the corrupt one whatever its timestamp: the bad bytes cannot
+    // be compared (this one is older than what was stored).
+    assert!(s.apply(&rec("a", 0, Some("w")), 0).unwrap());
+    assert_eq!(s.read(b"a").unwrap(), Some(rec("a", 0, Some("w"))));
+}
+
+/// Flips one byte of `key`'s stored record.
+fn flip(engine: &Arc<dyn Engine>, key: &str) {
+    let tree = engine.open_tree(&ApStore::tree_name(2)).unwrap();
+    let rows = tree
+        .range(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, 1000)
+        .unwrap();
+    let (k, mut v) = rows
+        .into_iter()
+        .find(|(k, _)| &k[4..] == key.as_bytes())
+        .unwrap();
+    v[3] ^= 0x10;
+    tree.insert(&k, &v).unwrap();
+}
+
+#[test]
+fn corrupt_records_are_replaced_by_any_copy_and_never_leave_the_node() {
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let s = store(&engine);
+    s.apply(&rec("a1", 10, Some("v")), 0).unwrap();
+    s.apply(&rec("a2", 10, None), 0).unwrap();
+    s.apply(&rec("a3", 10, Some("v")), 0).unwrap();
+    let healthy = s.merkle_leaves(1).unwrap();
+    flip(&engine, "a1");
+    flip(&engine, "a2");
+    assert!(s.is_corrupt(b"a1").unwrap() && !s.is_corrupt(b"a3").unwrap());
+    // The leaves of the corrupt records differ from a healthy replica's; scans skip them.
+    let leaves = s.merkle_leaves(1).unwrap();
+    assert_ne!(leaves[leaf_of(b"a1") as usize], healthy[leaf_of(b"a1") as usize]);
+    let all: Vec<u32> = (0..MERKLE_LEAVES as u32).collect();
+    let page = s.range_page(1, &all, None, 1 << 20).unwrap();
+    assert_eq!(page.records, vec![rec("a3", 10, Some("v"))], "nothing corrupt is sent");
+    let side = s.local_side(1, &all, None, None).unwrap();
+    assert_eq!(side.corrupt, vec![b"a1".to_vec(), b"a2".to_vec()]);
+    assert!(s.for_each(|_| Ok(())).is_err(), "a backup still refuses");
+    assert_eq!(s.purge_tombstones(|_| true).unwrap(), 0, "a corrupt tombstone is never purged");
+    let scrub = s.scrub_page(None, 2).unwrap();
+    assert_eq!((scrub.checked, scrub.corrupt.len()), (2, 2));
+    assert_eq!(s.scrub_page(scrub.resume_after.as_deref(), 2).unwrap().checked, 1);
+    // An old tombstone (before the forget horizon) removes a corrupt record: nothing and a
+    // tombstone that old read the same.
+    assert!(s.apply(&rec("a2", 5, None), 100).unwrap());
+    assert_eq!(s.read(b"a2").unwrap(), None);
+    assert_eq!(s.tombstone_arrival(b"a2").unwrap(), None);
+    // `remove_corrupt` removes only a corrupt record.
+    assert!(!s.remove_corrupt(b"a3").unwrap());
+    assert!(s.remove_corrupt(b"a1").unwrap());
+    assert_eq!(s.read(b"a1").unwrap(), None);
+    assert_eq!(s.merkle_leaves(1).unwrap()[leaf_of(b"a3") as usize], healthy[leaf_of(b"a3") as usize]);
+    // Replacing a corrupt record with a tombstone stamps it like any stored tombstone.
+    s.apply(&rec("a4", 10, Some("v")), 0).unwrap();
+    flip(&engine, "a4");
+    assert!(s.apply(&rec("a4", 1, None), 0).unwrap());
+    assert!(s.tombstone_arrival(b"a4").unwrap().is_some());
 }

@@ -29,7 +29,7 @@ pub mod store;
 pub mod types;
 
 pub use engine::{
-    group_id, CpConfig, CpEngine, CpError, GroupSpec, GroupStatus, META_GROUP, META_KEYSPACE,
+    group_id, CpConfig, CpEngine, CpError, CpRepair, RecordFetcher, GroupSpec, GroupStatus, META_GROUP, META_KEYSPACE,
     META_PARTITION,
 };
 pub use network::{RaftKind, RaftTransport, TransportError};

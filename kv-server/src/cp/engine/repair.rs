@@ -110,6 +110,29 @@ impl CpEngine {
         }
     }
 
+    /// One page of the scrub over `group`'s records (see `SmReader::scrub_page`), read on the
+    /// blocking pool.
+    pub async fn scrub_page(
+        &self,
+        group: u64,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(usize, Vec<Vec<u8>>, Option<Vec<u8>>), CpError> {
+        let g = self.groups.get(&group).ok_or(CpError::UnknownRaftGroup {
+            node: self.node_id,
+            group,
+        })?;
+        let reader = g.reader.clone();
+        let page =
+            tokio::task::spawn_blocking(move || reader.scrub_page(after.as_deref(), limit))
+                .await
+                .map_err(|e| CpError::Raft {
+                    partition: g.spec.partition,
+                    message: format!("scrub task failed: {e}"),
+                })?;
+        Ok(page?)
+    }
+
     /// Repairs this node's record of `key` in `group` if it is corrupt (the scrub's step).
     pub async fn repair_record(
         &self,
