@@ -270,7 +270,9 @@ async fn cp_reads_fetch_a_corrupt_record_from_the_group_and_rewrite_it() {
             .open_tree(&kv_server::cp::keys::tree_name(group, "sm"))
             .unwrap();
         let bytes = tree
-            .get(&kv_server::cp::keys::data_key(key.as_bytes()))
+            .get(&kv_server::cp::keys::data_key(
+                &[&1u32.to_be_bytes()[..], key.as_bytes()].concat(),
+            ))
             .unwrap()
             .unwrap();
         kv_server::storage::record::decode(&bytes, key.as_bytes(), "sm", "memory").is_err()

@@ -65,6 +65,30 @@ pub enum ChaosCmd {
         #[arg(long, allow_negative_numbers = true)]
         ms: i64,
     },
+    /// Flips one byte inside stored records of a STOPPED local node's data (corruption that got
+    /// past the storage engine: bad memory, a bug). The node detects each by its checksum on
+    /// the next read or in its start-up scrub, and repairs it from the other replicas.
+    #[command(after_help = "Examples:\n  \
+        kv local stop n2 && kv chaos corrupt n2 --count 5 --seed 7 && kv local start n2\n  \
+        kv chaos corrupt n2 --keyspace ap --key user:1 --key user:2 -o json\n\n\
+        Not undone by `kv chaos heal`: the node repairs it (read repair, anti-entropy, its\n\
+        scrub; see docs/operations.md). A key whose every replica was flipped reads DATA_LOSS.")]
+    Corrupt {
+        /// Node name (its process must be stopped).
+        node: String,
+        /// Keyspace of the --key records.
+        #[arg(long, requires = "key")]
+        keyspace: Option<String>,
+        /// Key whose record to flip (repeat for several); needs --keyspace.
+        #[arg(long, requires = "keyspace", conflicts_with = "count")]
+        key: Vec<String>,
+        /// Flip this many records chosen at random from every keyspace.
+        #[arg(long, required_unless_present = "key")]
+        count: Option<usize>,
+        /// Seed of the random choice (records and bytes): the same seed picks the same ones.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Undoes every network fault (on every node) and resumes paused nodes.
     #[command(after_help = "Example:\n  kv chaos heal")]
     Heal,

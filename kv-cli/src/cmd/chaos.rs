@@ -20,6 +20,7 @@ use chaos::faults::{ClusterFaults, FaultError, NodeFaults};
 use kv_client::{Client, ClientConfig};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use kv_server::repair::flip::Selection;
 use target::{fault_error, is_paused, RecordedNode, Target};
 
 /// The record of injected faults in a local cluster's folder.
@@ -93,6 +94,28 @@ pub async fn run(ctx: &Ctx, command: ChaosCmd) -> Result<Exit, CliError> {
             network(ctx, &target, "skew", what, |f| f.skew(&node, ms)).await?
         }
         ChaosCmd::Heal => heal(ctx, &target).await?,
+        ChaosCmd::Corrupt {
+            node,
+            keyspace,
+            key,
+            count,
+            seed,
+        } => {
+            let selection = match (keyspace, count) {
+                (Some(ks), _) => Selection::Keys(
+                    key.into_iter()
+                        .map(|k| (ks.clone(), k.into_bytes()))
+                        .collect(),
+                ),
+                (None, Some(count)) => Selection::Random { count, seed },
+                (None, None) => {
+                    return Err(CliError::BadInput(
+                        "say which records to flip: --keyspace K --key KEY, or --count N".into(),
+                    ))
+                }
+            };
+            corrupt(ctx, &mut target, &node, &selection)?
+        }
         ChaosCmd::Status => {
             let record = target.load_record(ctx);
             let held = target.held(&record)?;
@@ -196,6 +219,57 @@ fn kill(ctx: &Ctx, target: &mut Target, node: &str) -> Result<(), CliError> {
     }
     let held = target.held(&record)?;
     print(ctx, target, "kill", what, &held)
+}
+
+/// `kv chaos corrupt NODE`: flips bytes in records of the stopped node's data directory.
+fn corrupt(
+    ctx: &Ctx,
+    target: &mut Target,
+    node: &str,
+    selection: &Selection,
+) -> Result<(), CliError> {
+    let n = target.local_node("corrupt", node)?;
+    let data = n.dir.path.join(node);
+    if let Some(pid) = target.running_pid(node) {
+        return Err(CliError::BadInput(format!(
+            "node {node} is running (pid {pid}): corruption is written into a stopped node's data; stop it first (`kv local stop {node}` or `kv chaos kill {node}`), then start it again after"
+        )));
+    }
+    if !data.is_dir() {
+        return Err(CliError::BadInput(format!(
+            "node {node} has no data directory at {} (it never started?)",
+            data.display()
+        )));
+    }
+    let engine = kv_server::storage::open_engine(kv_server::storage::EngineKind::Sled, Some(&data))
+        .map_err(|e| CliError::Other(e.into()))?;
+    let flipped = kv_server::repair::flip::flip(&engine, selection).map_err(|e| match e {
+        kv_server::repair::flip::FlipError::Storage(s) => CliError::Other(s.into()),
+        other => CliError::BadInput(other.to_string()),
+    })?;
+    drop(engine);
+    let what = format!(
+        "flipped one byte in {} record(s) of {node} (data in {}); start it again (`kv local start {node}`): reads and its start-up scrub repair them from the other replicas",
+        flipped.len(),
+        data.display()
+    );
+    let result = json!({
+        "action": "corrupt",
+        "node": node,
+        "data_dir": data,
+        "message": what,
+        "flipped": flipped,
+    });
+    ctx.out.result(result, || {
+        let mut text = what.clone();
+        for f in &flipped {
+            text.push_str(&format!(
+                "\n  {node}  {}/{}  ({}, tree {}, byte {})",
+                f.keyspace, f.key, f.mode, f.tree, f.offset
+            ));
+        }
+        text
+    })
 }
 
 /// `kv chaos pause NODE` (`pause`) or `kv chaos resume NODE`.

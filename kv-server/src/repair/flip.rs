@@ -9,7 +9,7 @@
 
 use crate::ap::store::ApStore;
 use crate::cp::group::META_GROUP;
-use crate::cp::keys::{data_key, tree_name, DATA_END, DATA_PREFIX};
+use crate::cp::keys::{data_key, tree_name, DATA_END};
 use crate::cp::state_machine::keyspace_key;
 use crate::storage::record::{self, RecordTree};
 use crate::storage::{Engine, StorageError};
@@ -19,8 +19,6 @@ use std::sync::Arc;
 
 /// Most records one `flip_random` call flips.
 pub const MAX_FLIPS: usize = 10_000;
-/// Prefix of the CP state machine's request-id records (not user keys; never chosen at random).
-const DEDUP_PREFIX: &[u8] = b"\0\0\0\0req";
 
 /// Which records to flip.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,22 +166,27 @@ fn records_of(
                 else {
                     continue;
                 };
-                if group == META_GROUP || (group >> 32) as u32 != ks.id {
+                // Every CP keyspace lives in the data groups, its keys prefixed with its id
+                // (request-id records carry id 0, never a keyspace's).
+                if group == META_GROUP {
                     continue;
                 }
                 let tree = engine.open_tree(&name)?;
+                let prefix = data_key(&ks.id.to_be_bytes());
                 let rows = match key {
-                    Some(k) => tree
-                        .get(&data_key(k))?
-                        .map(|v| vec![(data_key(k), v)])
-                        .unwrap_or_default(),
-                    None => crate::cp::keys::scan(&*tree, &[DATA_PREFIX], Bound::Excluded(DATA_END))?,
+                    Some(k) => {
+                        let stored = [prefix.as_slice(), k].concat();
+                        tree.get(&stored)?
+                            .map(|v| vec![(stored, v)])
+                            .unwrap_or_default()
+                    }
+                    None => crate::cp::keys::scan(&*tree, &prefix, Bound::Excluded(DATA_END))?
+                        .into_iter()
+                        .take_while(|(k, _)| k.starts_with(&prefix))
+                        .collect(),
                 };
                 for (k, _) in rows {
-                    let user = k[1..].to_vec();
-                    if key.is_none() && user.starts_with(DEDUP_PREFIX) {
-                        continue;
-                    }
+                    let user = k[prefix.len()..].to_vec();
                     out.push(Candidate {
                         ks: ks.clone(),
                         tree: name.clone(),
