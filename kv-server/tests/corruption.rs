@@ -93,9 +93,7 @@ async fn cluster() -> Vec<Running> {
             stop: Some(stop),
         });
     }
-    let starts = running
-        .iter()
-        .map(|r| r.node.start_cp(CpConfig::default()));
+    let starts = running.iter().map(|r| r.node.start_cp(CpConfig::default()));
     for s in futures::future::join_all(starts).await {
         s.unwrap();
     }
@@ -175,7 +173,11 @@ fn corrupt(node: &Running, keyspace: &str, key: &str) {
         &Selection::Keys(vec![(keyspace.into(), key.as_bytes().to_vec())]),
     )
     .unwrap();
-    assert!(!flipped.is_empty(), "{keyspace}/{key} on {}", node.node.me.name);
+    assert!(
+        !flipped.is_empty(),
+        "{keyspace}/{key} on {}",
+        node.node.me.name
+    );
 }
 
 fn ap_corrupt(node: &Running, key: &str) -> bool {
@@ -215,7 +217,10 @@ async fn ap_reads_answer_from_good_replicas_and_repair_the_corrupt_one() {
         .anti_entropy_once(2, partition, 1)
         .await
         .unwrap();
-    assert!(stats.differing_leaves >= 1 && stats.records_applied >= 1, "{stats:?}");
+    assert!(
+        stats.differing_leaves >= 1 && stats.records_applied >= 1,
+        "{stats:?}"
+    );
     assert!(!ap_corrupt(&nodes[2], "ae"));
 
     // The scrub finds it without any read.
@@ -282,15 +287,25 @@ async fn cp_reads_fetch_a_corrupt_record_from_the_group_and_rewrite_it() {
     let (group, leader) = leader_of("cp-lin");
     corrupt(leader, "cp", "cp-lin");
     assert!(cp_corrupt(leader, group, "cp-lin"));
-    let got = get(&nodes[0].addr, "cp", "cp-lin", C::Default, false).await.unwrap();
+    let got = get(&nodes[0].addr, "cp", "cp-lin", C::Default, false)
+        .await
+        .unwrap();
     assert!(got.found && got.value == b"good", "{got:?}");
-    assert!(!cp_corrupt(leader, group, "cp-lin"), "rewritten on the leader");
+    assert!(
+        !cp_corrupt(leader, group, "cp-lin"),
+        "rewritten on the leader"
+    );
 
     // Stale read on a follower whose copy is corrupt.
     let (group, leader) = leader_of("cp-stale");
-    let follower = nodes.iter().find(|n| n.node.me.id != leader.node.me.id).unwrap();
+    let follower = nodes
+        .iter()
+        .find(|n| n.node.me.id != leader.node.me.id)
+        .unwrap();
     corrupt(follower, "cp", "cp-stale");
-    let got = get(&follower.addr, "cp", "cp-stale", C::Default, true).await.unwrap();
+    let got = get(&follower.addr, "cp", "cp-stale", C::Default, true)
+        .await
+        .unwrap();
     assert!(got.found && got.value == b"good", "{got:?}");
     assert!(!cp_corrupt(follower, group, "cp-stale"));
 
@@ -299,8 +314,7 @@ async fn cp_reads_fetch_a_corrupt_record_from_the_group_and_rewrite_it() {
     let n3 = &nodes[2];
     corrupt(n3, "cp", "cp-scrub");
     let stats =
-        kv_server::repair::scrub::scrub_pass(&n3.node.ap, n3.node.cp().ok(), &[], 1_000_000)
-            .await;
+        kv_server::repair::scrub::scrub_pass(&n3.node.ap, n3.node.cp().ok(), &[], 1_000_000).await;
     assert!(stats.corrupt >= 1 && stats.repaired >= 1, "{stats:?}");
     assert!(!cp_corrupt(n3, group, "cp-scrub"));
 
@@ -308,8 +322,12 @@ async fn cp_reads_fetch_a_corrupt_record_from_the_group_and_rewrite_it() {
     for n in &nodes {
         corrupt(n, "cp", "cp-lost");
     }
-    let err = get(&nodes[0].addr, "cp", "cp-lost", C::Default, false).await.unwrap_err();
+    let err = get(&nodes[0].addr, "cp", "cp-lost", C::Default, false)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::DataLoss, "{err:?}");
-    let err = get(&nodes[1].addr, "cp", "cp-lost", C::Default, true).await.unwrap_err();
+    let err = get(&nodes[1].addr, "cp", "cp-lost", C::Default, true)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::DataLoss, "{err:?}");
 }

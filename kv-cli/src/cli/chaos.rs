@@ -70,17 +70,14 @@ pub enum ChaosCmd {
     /// the next read or in its start-up scrub, and repairs it from the other replicas.
     #[command(after_help = "Examples:\n  \
         kv local stop n2 && kv chaos corrupt n2 --count 5 --seed 7 && kv local start n2\n  \
-        kv chaos corrupt n2 --keyspace ap --key user:1 --key user:2 -o json\n\n\
+        kv chaos corrupt n2 -k ap --key user:1 --key user:2 -o json\n\n\
         Not undone by `kv chaos heal`: the node repairs it (read repair, anti-entropy, its\n\
         scrub; see docs/operations.md). A key whose every replica was flipped reads DATA_LOSS.")]
     Corrupt {
         /// Node name (its process must be stopped).
         node: String,
-        /// Keyspace of the --key records.
-        #[arg(long, requires = "key")]
-        keyspace: Option<String>,
-        /// Key whose record to flip (repeat for several); needs --keyspace.
-        #[arg(long, requires = "keyspace", conflicts_with = "count")]
+        /// Key whose record to flip (repeat for several), in the keyspace of -k/--keyspace.
+        #[arg(long, conflicts_with = "count")]
         key: Vec<String>,
         /// Flip this many records chosen at random from every keyspace.
         #[arg(long, required_unless_present = "key")]

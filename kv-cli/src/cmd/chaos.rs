@@ -18,9 +18,9 @@ use crate::output::{CliError, Exit};
 use anyhow::anyhow;
 use chaos::faults::{ClusterFaults, FaultError, NodeFaults};
 use kv_client::{Client, ClientConfig};
+use kv_server::repair::flip::Selection;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use kv_server::repair::flip::Selection;
 use target::{fault_error, is_paused, RecordedNode, Target};
 
 /// The record of injected faults in a local cluster's folder.
@@ -96,21 +96,20 @@ pub async fn run(ctx: &Ctx, command: ChaosCmd) -> Result<Exit, CliError> {
         ChaosCmd::Heal => heal(ctx, &target).await?,
         ChaosCmd::Corrupt {
             node,
-            keyspace,
             key,
             count,
             seed,
         } => {
-            let selection = match (keyspace, count) {
-                (Some(ks), _) => Selection::Keys(
+            let selection = match count {
+                _ if !key.is_empty() => Selection::Keys(
                     key.into_iter()
-                        .map(|k| (ks.clone(), k.into_bytes()))
+                        .map(|k| (ctx.global.keyspace.clone(), k.into_bytes()))
                         .collect(),
                 ),
-                (None, Some(count)) => Selection::Random { count, seed },
-                (None, None) => {
+                Some(count) => Selection::Random { count, seed },
+                None => {
                     return Err(CliError::BadInput(
-                        "say which records to flip: --keyspace K --key KEY, or --count N".into(),
+                        "say which records to flip: -k KEYSPACE --key KEY, or --count N".into(),
                     ))
                 }
             };

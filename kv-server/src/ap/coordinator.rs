@@ -315,10 +315,7 @@ impl ApEngine {
                 partition,
                 first_failure,
             }),
-            ReadOutcome::Lost { corrupt } => Err(ApError::Lost {
-                partition,
-                corrupt,
-            }),
+            ReadOutcome::Lost { corrupt } => Err(ApError::Lost { partition, corrupt }),
             ReadOutcome::Resolved { newest: None, .. } => Ok(None),
             ReadOutcome::Resolved {
                 newest: Some(newest),

@@ -28,11 +28,7 @@ pub enum LocalRepair {
 impl ApEngine {
     /// Repairs this node's record of `key` in keyspace `ks` if it is corrupt, from the other
     /// live replicas of its partition.
-    pub async fn repair_local(
-        &self,
-        ks: &KeyspaceDef,
-        key: &[u8],
-    ) -> Result<LocalRepair, ApError> {
+    pub async fn repair_local(&self, ks: &KeyspaceDef, key: &[u8]) -> Result<LocalRepair, ApError> {
         let store = self.store(ks.id)?;
         if !store.is_corrupt(key)? {
             return Ok(LocalRepair::NotCorrupt);
@@ -54,7 +50,10 @@ impl ApEngine {
         while let Some(answer) = asks.next().await {
             let Ok(rec) = answer else { continue };
             // A copy from beyond the maximum clock offset is not taken, as everywhere else.
-            if rec.as_ref().is_some_and(|r| self.inner.clock.observe(r.hlc).is_err()) {
+            if rec
+                .as_ref()
+                .is_some_and(|r| self.inner.clock.observe(r.hlc).is_err())
+            {
                 continue;
             }
             good_answers += 1;

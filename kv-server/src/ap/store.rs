@@ -223,8 +223,7 @@ impl ApStore {
             },
             None => Current::Absent,
         };
-        let old_tombstone =
-            record.is_tombstone() && record.hlc.physical_ms < forget_before_ms;
+        let old_tombstone = record.is_tombstone() && record.hlc.physical_ms < forget_before_ms;
         match &current {
             Current::Good(current) if !lww::supersedes(record, current) => return Ok(false),
             Current::Absent if old_tombstone => return Ok(false),
@@ -475,9 +474,7 @@ impl ApStore {
         after: Option<&[u8]>,
         through: Option<&[u8]>,
     ) -> Result<Vec<ApRecord>> {
-        Ok(self
-            .local_side(partition, leaves, after, through)?
-            .records)
+        Ok(self.local_side(partition, leaves, after, through)?.records)
     }
 
     /// Like `records_in_leaves_between`, with the keys of our corrupt records there too.

@@ -2,11 +2,11 @@
 
 use super::merkle::{leaf_of, MERKLE_LEAVES};
 use super::store::*;
+use crate::ap::testkit::rec;
+use crate::storage::memory::MemoryEngine;
 use crate::storage::{Engine, StorageError};
 use crate::types::Hlc;
 use std::sync::{Arc, Mutex};
-use crate::ap::testkit::rec;
-use crate::storage::memory::MemoryEngine;
 
 /// Arrival stamps 1, 2, 3, … (physical time), one per call.
 fn counter() -> Stamper {
@@ -70,10 +70,7 @@ fn partition_scans_see_only_their_partition_across_pages() {
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
     let leaves = s.merkle_leaves(1).unwrap();
     assert_ne!(leaves, s.merkle_leaves(2).unwrap());
-    assert_eq!(
-        s.merkle_leaves(3).unwrap(),
-        vec![0; MERKLE_LEAVES]
-    );
+    assert_eq!(s.merkle_leaves(3).unwrap(), vec![0; MERKLE_LEAVES]);
     let leaf = leaf_of(b"a00000");
     let in_leaf = s.records_in_leaves(1, &[leaf]).unwrap();
     assert!(!in_leaf.is_empty() && in_leaf.iter().all(|r| leaf_of(&r.key) == leaf));
@@ -100,12 +97,7 @@ fn range_pages_stay_within_their_byte_budget_and_cover_every_record_once() {
         assert!(bytes <= budget, "page {pages}: {bytes} bytes");
         // Our side of the same interval is exactly what the page holds.
         let ours = s
-            .records_in_leaves_between(
-                1,
-                &leaves,
-                after.as_deref(),
-                page.resume_after.as_deref(),
-            )
+            .records_in_leaves_between(1, &leaves, after.as_deref(), page.resume_after.as_deref())
             .unwrap();
         assert_eq!(ours, page.records);
         keys.extend(page.records.iter().map(|r| r.key.clone()));
@@ -252,17 +244,33 @@ fn corrupt_records_are_replaced_by_any_copy_and_never_leave_the_node() {
     assert!(s.is_corrupt(b"a1").unwrap() && !s.is_corrupt(b"a3").unwrap());
     // The leaves of the corrupt records differ from a healthy replica's; scans skip them.
     let leaves = s.merkle_leaves(1).unwrap();
-    assert_ne!(leaves[leaf_of(b"a1") as usize], healthy[leaf_of(b"a1") as usize]);
+    assert_ne!(
+        leaves[leaf_of(b"a1") as usize],
+        healthy[leaf_of(b"a1") as usize]
+    );
     let all: Vec<u32> = (0..MERKLE_LEAVES as u32).collect();
     let page = s.range_page(1, &all, None, 1 << 20).unwrap();
-    assert_eq!(page.records, vec![rec("a3", 10, Some("v"))], "nothing corrupt is sent");
+    assert_eq!(
+        page.records,
+        vec![rec("a3", 10, Some("v"))],
+        "nothing corrupt is sent"
+    );
     let side = s.local_side(1, &all, None, None).unwrap();
     assert_eq!(side.corrupt, vec![b"a1".to_vec(), b"a2".to_vec()]);
     assert!(s.for_each(|_| Ok(())).is_err(), "a backup still refuses");
-    assert_eq!(s.purge_tombstones(|_| true).unwrap(), 0, "a corrupt tombstone is never purged");
+    assert_eq!(
+        s.purge_tombstones(|_| true).unwrap(),
+        0,
+        "a corrupt tombstone is never purged"
+    );
     let scrub = s.scrub_page(None, 2).unwrap();
     assert_eq!((scrub.checked, scrub.corrupt.len()), (2, 2));
-    assert_eq!(s.scrub_page(scrub.resume_after.as_deref(), 2).unwrap().checked, 1);
+    assert_eq!(
+        s.scrub_page(scrub.resume_after.as_deref(), 2)
+            .unwrap()
+            .checked,
+        1
+    );
     // An old tombstone (before the forget horizon) removes a corrupt record: nothing and a
     // tombstone that old read the same.
     assert!(s.apply(&rec("a2", 5, None), 100).unwrap());
@@ -272,7 +280,10 @@ fn corrupt_records_are_replaced_by_any_copy_and_never_leave_the_node() {
     assert!(!s.remove_corrupt(b"a3").unwrap());
     assert!(s.remove_corrupt(b"a1").unwrap());
     assert_eq!(s.read(b"a1").unwrap(), None);
-    assert_eq!(s.merkle_leaves(1).unwrap()[leaf_of(b"a3") as usize], healthy[leaf_of(b"a3") as usize]);
+    assert_eq!(
+        s.merkle_leaves(1).unwrap()[leaf_of(b"a3") as usize],
+        healthy[leaf_of(b"a3") as usize]
+    );
     // Replacing a corrupt record with a tombstone stamps it like any stored tombstone.
     s.apply(&rec("a4", 10, Some("v")), 0).unwrap();
     flip(&engine, "a4");

@@ -29,8 +29,8 @@ pub mod store;
 pub mod types;
 
 pub use engine::{
-    group_id, CpConfig, CpEngine, CpError, CpRepair, RecordFetcher, GroupSpec, GroupStatus, META_GROUP, META_KEYSPACE,
-    META_PARTITION,
+    group_id, CpConfig, CpEngine, CpError, CpRepair, GroupSpec, GroupStatus, RecordFetcher,
+    META_GROUP, META_KEYSPACE, META_PARTITION,
 };
 pub use network::{RaftKind, RaftTransport, TransportError};
 pub use types::{CasOutcome, Expected, KeyspaceOutcome, Request, Response, TypeConfig};

@@ -127,8 +127,8 @@ impl SmReader {
             return Ok(false);
         }
         let here = self.applied_index();
-        let at_our_index = good.applied <= here
-            || good.record.as_ref().is_some_and(|(_, rev)| *rev <= here);
+        let at_our_index =
+            good.applied <= here || good.record.as_ref().is_some_and(|(_, rev)| *rev <= here);
         if !at_our_index {
             return Ok(false);
         }

@@ -100,7 +100,11 @@ pub fn keyspaces(engine: &Arc<dyn Engine>) -> Result<Vec<KeyspaceDef>, StorageEr
     );
     let tree = sm.raw().clone();
     let start = data_key(&keyspace_key(""));
-    for (k, v) in tree.range(Bound::Included(&start), Bound::Excluded(DATA_END), MAX_FLIPS)? {
+    for (k, v) in tree.range(
+        Bound::Included(&start),
+        Bound::Excluded(DATA_END),
+        MAX_FLIPS,
+    )? {
         if !k.starts_with(&start) {
             break;
         }
@@ -222,7 +226,11 @@ pub fn flip(engine: &Arc<dyn Engine>, selection: &Selection) -> Result<Vec<Flipp
             .ok_or_else(|| FlipError::UnknownKeyspace {
                 name: name.to_string(),
                 location: engine.location().to_string(),
-                known: known.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(", "),
+                known: known
+                    .iter()
+                    .map(|k| k.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
     };
     let (chosen, mut rng) = match selection {
@@ -288,4 +296,90 @@ pub fn flip(engine: &Arc<dyn Engine>, selection: &Selection) -> Result<Vec<Flipp
     }
     engine.flush()?;
     Ok(flipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ap::lww::ApRecord;
+    use crate::storage::memory::MemoryEngine;
+    use crate::storage::record::StoredRecord;
+    use crate::types::{Hlc, Version};
+
+    fn engine_with_records() -> Arc<dyn Engine> {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let stamp = Arc::new(|| Hlc::default());
+        let ap = ApStore::open(&engine, 2, Arc::new(|_: &[u8]| 0), stamp).unwrap();
+        for k in ["a1", "a2"] {
+            let r = ApRecord {
+                key: k.into(),
+                hlc: Hlc {
+                    physical_ms: 1,
+                    logical: 0,
+                    node_id: 1,
+                },
+                value: Some(b"v".to_vec()),
+            };
+            ap.apply(&r, 0).unwrap();
+        }
+        let sm = RecordTree::new(
+            engine.open_tree(&tree_name(1 << 32, "sm")).unwrap(),
+            "memory",
+        );
+        let rec = StoredRecord {
+            version: Version::Revision(3),
+            value: Some(b"v".to_vec()),
+        };
+        sm.put(&data_key(&[&1u32.to_be_bytes()[..], b"c1"].concat()), &rec)
+            .unwrap();
+        // A request-id record (keyspace id 0) is never chosen.
+        sm.put(&data_key(b"\0\0\0\0req/x"), &rec).unwrap();
+        engine
+    }
+
+    #[test]
+    fn random_flips_are_distinct_user_records_and_named_ones_must_exist() {
+        let engine = engine_with_records();
+        let flipped = flip(&engine, &Selection::Random { count: 10, seed: 5 }).unwrap();
+        let mut keys: Vec<_> = flipped.iter().map(|f| (f.mode, f.key.clone())).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![
+                ("ap", "a1".into()),
+                ("ap", "a2".into()),
+                ("cp", "c1".into())
+            ]
+        );
+        let ap = ApStore::open(
+            &engine,
+            2,
+            Arc::new(|_: &[u8]| 0),
+            Arc::new(|| Hlc::default()),
+        )
+        .unwrap();
+        assert!(ap.is_corrupt(b"a1").unwrap() && ap.is_corrupt(b"a2").unwrap());
+
+        let engine = engine_with_records();
+        let named = Selection::Keys(vec![("cp".into(), b"c1".to_vec())]);
+        assert_eq!(flip(&engine, &named).unwrap().len(), 1);
+        let missing = Selection::Keys(vec![("ap".into(), b"nope".to_vec())]);
+        assert!(matches!(
+            flip(&engine, &missing),
+            Err(FlipError::NoRecord { .. })
+        ));
+        let unknown = Selection::Keys(vec![("nope".into(), b"a1".to_vec())]);
+        let err = flip(&engine, &unknown).unwrap_err().to_string();
+        assert!(err.contains("cp, ap"), "{err}");
+        assert!(matches!(
+            flip(
+                &engine,
+                &Selection::Random {
+                    count: MAX_FLIPS + 1,
+                    seed: 1
+                }
+            ),
+            Err(FlipError::TooMany { .. })
+        ));
+    }
 }

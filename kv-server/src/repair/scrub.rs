@@ -89,7 +89,10 @@ pub async fn scrub_pass(
     for group in cp.group_ids() {
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page = match cp.scrub_page(group, after.clone(), SCRUB_PAGE_RECORDS).await {
+            let page = match cp
+                .scrub_page(group, after.clone(), SCRUB_PAGE_RECORDS)
+                .await
+            {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(group, error = %e, "scrub could not read a page; going on with the next group");
@@ -108,9 +111,7 @@ pub async fn scrub_pass(
                     Ok(CpRepair::Rewritten) => stats.repaired += 1,
                     Ok(CpRepair::NotCorrupt) => {}
                     // Counted as unrepaired by the engine (or deferred: retried next pass).
-                    Ok(CpRepair::Deferred | CpRepair::Unrepaired) | Err(_) => {
-                        stats.unrepaired += 1
-                    }
+                    Ok(CpRepair::Deferred | CpRepair::Unrepaired) | Err(_) => stats.unrepaired += 1,
                 }
             }
             tokio::time::sleep(pace(checked, records_per_second)).await;

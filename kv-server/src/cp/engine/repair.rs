@@ -74,16 +74,14 @@ impl CpEngine {
         while g.reader.applied_index() < min_applied {
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
-                _ => {
-                    return Err(CpError::Unavailable {
-                        partition: g.spec.partition,
-                        reason: format!(
-                            "node {} has applied up to {} and could not reach {min_applied} in time",
-                            self.node_id,
-                            g.reader.applied_index()
-                        ),
-                    })
-                }
+                _ => return Err(CpError::Unavailable {
+                    partition: g.spec.partition,
+                    reason: format!(
+                        "node {} has applied up to {} and could not reach {min_applied} in time",
+                        self.node_id,
+                        g.reader.applied_index()
+                    ),
+                }),
             }
         }
         Ok(g.reader.record_at(key)?)
@@ -123,13 +121,12 @@ impl CpEngine {
             group,
         })?;
         let reader = g.reader.clone();
-        let page =
-            tokio::task::spawn_blocking(move || reader.scrub_page(after.as_deref(), limit))
-                .await
-                .map_err(|e| CpError::Raft {
-                    partition: g.spec.partition,
-                    message: format!("scrub task failed: {e}"),
-                })?;
+        let page = tokio::task::spawn_blocking(move || reader.scrub_page(after.as_deref(), limit))
+            .await
+            .map_err(|e| CpError::Raft {
+                partition: g.spec.partition,
+                message: format!("scrub task failed: {e}"),
+            })?;
         Ok(page?)
     }
 
@@ -165,7 +162,10 @@ impl CpEngine {
             return Ok((CpRepair::Unrepaired, None));
         };
         // The peer must answer before our own deadline: it waits at most half of what is left.
-        let wait_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64 / 2;
+        let wait_ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64
+            / 2;
         let mut asks: FuturesUnordered<_> = group
             .spec
             .members
@@ -187,7 +187,13 @@ impl CpEngine {
             };
             let outcome = if group.reader.replace_corrupt(key, &bad, &good)? {
                 crate::metrics::metrics().corrupt("cp", "repaired");
-                tracing::warn!(node_id = self.node_id, peer, partition = group.spec.partition, data_dir = group.reader.location(), "corrupt CP record rewritten from a peer's copy");
+                tracing::warn!(
+                    node_id = self.node_id,
+                    peer,
+                    partition = group.spec.partition,
+                    data_dir = group.reader.location(),
+                    "corrupt CP record rewritten from a peer's copy"
+                );
                 CpRepair::Rewritten
             } else {
                 CpRepair::Deferred
