@@ -12,14 +12,14 @@
 //! 4. `peers`: the peer links (dialer, per-peer channels, faults, liveness), built before the
 //!    node and handed to the transports and to the node.
 //! 5. `ap`, `cp`: the engines, each behind its own transport seam.
-//! 5b. `repair`: the corruption fault on a stopped node's data and the scrub over both engines.
-//! 6. `transport`: both engines' seams over gRPC and the peer links.
-//! 7. `config`, `error`, `security`: node configuration; node errors and their one conversion
+//! 6. `repair`: the corruption fault on a stopped node's data and the scrub over both engines.
+//! 7. `transport`: both engines' seams over gRPC and the peer links.
+//! 8. `config`, `error`, `security`: node configuration; node errors and their one conversion
 //!    to a status; tokens, roles, the request gate and TLS.
-//! 8. `node`: owns the ring, storage, engines and peer links; the request paths.
-//! 9. `service`: the gRPC services over the node.
-//! 10. `server`: serving a listener, heartbeats.
-//! 11. `http`: the HTTP port (metrics, health, status page, JSON API) over the node and the
+//! 9. `node`: owns the ring, storage, engines and peer links; the request paths.
+//! 10. `service`: the gRPC services over the node.
+//! 11. `server`: serving a listener, heartbeats.
+//! 12. `http`: the HTTP port (metrics, health, status page, JSON API) over the node and the
 //!     gRPC service.
 
 pub mod ap;

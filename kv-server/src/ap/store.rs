@@ -22,6 +22,7 @@
 use super::lww::{self, ApRecord};
 use super::merkle::{leaf_of, LeafBuilder};
 use crate::storage::record::RecordTree;
+pub use crate::storage::record::ScrubPage;
 use crate::storage::{Engine, Result, StorageError, Tree};
 use crate::types::Hlc;
 use std::collections::BTreeSet;
@@ -98,17 +99,6 @@ pub struct LocalSide {
     pub records: Vec<ApRecord>,
     /// User keys of our corrupt records there.
     pub corrupt: Vec<Vec<u8>>,
-}
-
-/// One page of the scrub's walk over the store.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ScrubPage {
-    /// Records checked in this page.
-    pub checked: usize,
-    /// User keys of the corrupt ones.
-    pub corrupt: Vec<Vec<u8>>,
-    /// Where the next page starts (a storage key), `None` at the end of the store.
-    pub resume_after: Option<Vec<u8>>,
 }
 
 /// What `apply` found stored under the key.

@@ -6,6 +6,7 @@
 //!
 //! Map: `types` (openraft type config, requests and responses), `codec` (every bincode use),
 //! `keys` (the trees' layout), `store` (the log store), `state_machine` (records, snapshots),
+//! `sm_reader` (reads of the records, and the rewrite of a corrupt one from a peer's copy),
 //! `snapshot` (snapshot bodies in chunks),
 //! `dedup` (at-most-once request ids), `network` (the `RaftTransport` seam
 //! and openraft's network on top of it), `runtime` (tokio with a seedable election RNG),
@@ -23,6 +24,7 @@ pub mod group;
 pub mod keys;
 pub mod network;
 pub mod runtime;
+pub mod sm_reader;
 pub mod snapshot;
 pub mod state_machine;
 pub mod store;

@@ -308,7 +308,7 @@ mod tests {
 
     fn engine_with_records() -> Arc<dyn Engine> {
         let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
-        let stamp = Arc::new(|| Hlc::default());
+        let stamp = Arc::new(Hlc::default);
         let ap = ApStore::open(&engine, 2, Arc::new(|_: &[u8]| 0), stamp).unwrap();
         for k in ["a1", "a2"] {
             let r = ApRecord {
@@ -351,13 +351,7 @@ mod tests {
                 ("cp", "c1".into())
             ]
         );
-        let ap = ApStore::open(
-            &engine,
-            2,
-            Arc::new(|_: &[u8]| 0),
-            Arc::new(|| Hlc::default()),
-        )
-        .unwrap();
+        let ap = ApStore::open(&engine, 2, Arc::new(|_: &[u8]| 0), Arc::new(Hlc::default)).unwrap();
         assert!(ap.is_corrupt(b"a1").unwrap() && ap.is_corrupt(b"a2").unwrap());
 
         let engine = engine_with_records();

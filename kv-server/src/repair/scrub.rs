@@ -99,7 +99,11 @@ pub async fn scrub_pass(
                     break;
                 }
             };
-            let (checked, corrupt, resume) = page;
+            let crate::storage::record::ScrubPage {
+                checked,
+                corrupt,
+                resume_after: resume,
+            } = page;
             stats.checked += checked as u64;
             m.scrub_records.inc_by(checked as u64);
             for key in &corrupt {

@@ -126,6 +126,17 @@ pub fn decode(bytes: &[u8], key: &[u8], tree: &str, location: &str) -> Result<St
     })
 }
 
+/// One page of a scrub's walk over a tree of records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubPage {
+    /// Records checked in this page.
+    pub checked: usize,
+    /// Keys (as the caller names them) of the corrupt ones.
+    pub corrupt: Vec<Vec<u8>>,
+    /// Where the next page starts, `None` at the end.
+    pub resume_after: Option<Vec<u8>>,
+}
+
 /// A tree of checksummed records.
 #[derive(Clone)]
 pub struct RecordTree {

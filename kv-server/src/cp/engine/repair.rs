@@ -74,14 +74,16 @@ impl CpEngine {
         while g.reader.applied_index() < min_applied {
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
-                _ => return Err(CpError::Unavailable {
-                    partition: g.spec.partition,
-                    reason: format!(
+                _ => {
+                    return Err(CpError::Unavailable {
+                        partition: g.spec.partition,
+                        reason: format!(
                         "node {} has applied up to {} and could not reach {min_applied} in time",
                         self.node_id,
                         g.reader.applied_index()
                     ),
-                }),
+                    })
+                }
             }
         }
         Ok(g.reader.record_at(key)?)
@@ -115,7 +117,7 @@ impl CpEngine {
         group: u64,
         after: Option<Vec<u8>>,
         limit: usize,
-    ) -> Result<(usize, Vec<Vec<u8>>, Option<Vec<u8>>), CpError> {
+    ) -> Result<crate::storage::record::ScrubPage, CpError> {
         let g = self.groups.get(&group).ok_or(CpError::UnknownRaftGroup {
             node: self.node_id,
             group,
