@@ -257,13 +257,14 @@ impl Node {
                     .values()
                     .cloned()
                     .collect();
-                let stats = crate::repair::scrub::scrub_pass(
-                    &node.ap,
-                    node.cp.get(),
-                    &keyspaces,
-                    crate::repair::scrub::DEFAULT_SCRUB_RECORDS_PER_SECOND,
-                )
-                .await;
+                let options = crate::repair::scrub::ScrubOptions {
+                    records_per_second: crate::repair::scrub::DEFAULT_SCRUB_RECORDS_PER_SECOND,
+                    // Engines that flush inline (memory, simulated disks) are read inline too.
+                    offload: node.engine.group_commit().is_some(),
+                };
+                let stats =
+                    crate::repair::scrub::scrub_pass(&node.ap, node.cp.get(), &keyspaces, options)
+                        .await;
                 if stats.corrupt > 0 {
                     tracing::warn!(node = %node.me.name, checked = stats.checked, corrupt = stats.corrupt, repaired = stats.repaired, unrepaired = stats.unrepaired, "scrub pass found corrupt records");
                 }

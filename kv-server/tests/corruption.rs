@@ -27,6 +27,11 @@ use tonic::{Code, Status};
 const EVENTUALLY: Duration = Duration::from_secs(60);
 /// Deadline of ordinary test requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The scrub as the tests run it: unpaced, pages on the blocking pool as on a real disk.
+const FAST_SCRUB: kv_server::repair::scrub::ScrubOptions = kv_server::repair::scrub::ScrubOptions {
+    records_per_second: 1_000_000,
+    offload: true,
+};
 /// Partitions of the test cluster (few: every node holds every partition with N = 3 anyway).
 const PARTITIONS: u32 = 4;
 
@@ -228,7 +233,7 @@ async fn ap_reads_answer_from_good_replicas_and_repair_the_corrupt_one() {
     corrupt(n2, "ap", "scrubbed");
     let keyspaces = kv_server::types::KeyspaceDef::builtin();
     let stats =
-        kv_server::repair::scrub::scrub_pass(&n2.node.ap, None, &keyspaces, 1_000_000).await;
+        kv_server::repair::scrub::scrub_pass(&n2.node.ap, None, &keyspaces, FAST_SCRUB).await;
     assert!(stats.corrupt >= 1 && stats.repaired >= 1, "{stats:?}");
     assert!(!ap_corrupt(n2, "scrubbed"));
 
@@ -314,7 +319,7 @@ async fn cp_reads_fetch_a_corrupt_record_from_the_group_and_rewrite_it() {
     let n3 = &nodes[2];
     corrupt(n3, "cp", "cp-scrub");
     let stats =
-        kv_server::repair::scrub::scrub_pass(&n3.node.ap, n3.node.cp().ok(), &[], 1_000_000).await;
+        kv_server::repair::scrub::scrub_pass(&n3.node.ap, n3.node.cp().ok(), &[], FAST_SCRUB).await;
     assert!(stats.corrupt >= 1 && stats.repaired >= 1, "{stats:?}");
     assert!(!cp_corrupt(n3, group, "cp-scrub"));
 

@@ -111,18 +111,22 @@ impl CpEngine {
     }
 
     /// One page of the scrub over `group`'s records (see `SmReader::scrub_page`), read on the
-    /// blocking pool.
+    /// blocking pool when `offload`.
     pub async fn scrub_page(
         &self,
         group: u64,
         after: Option<Vec<u8>>,
         limit: usize,
+        offload: bool,
     ) -> Result<crate::storage::record::ScrubPage, CpError> {
         let g = self.groups.get(&group).ok_or(CpError::UnknownRaftGroup {
             node: self.node_id,
             group,
         })?;
         let reader = g.reader.clone();
+        if !offload {
+            return Ok(reader.scrub_page(after.as_deref(), limit)?);
+        }
         let page = tokio::task::spawn_blocking(move || reader.scrub_page(after.as_deref(), limit))
             .await
             .map_err(|e| CpError::Raft {
