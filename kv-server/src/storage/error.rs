@@ -12,7 +12,7 @@ pub enum StorageError {
         message: String,
     },
     /// A stored record failed its checksum or could not be decoded: it is never returned.
-    #[error("corrupt record for key {key:?} in tree {tree} of {location}: {reason}; the node's data directory needs repair (restore the replica from its peers)")]
+    #[error("corrupt record for key {key:?} in tree {tree} of {location}: {reason}; it is repaired from another replica when one holds a good copy (docs/operations.md, \"Corrupt records and the scrub\")")]
     Corrupt {
         /// Data directory (or "memory").
         location: String,
