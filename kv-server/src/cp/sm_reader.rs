@@ -164,3 +164,76 @@ pub(crate) fn live(record: StoredRecord) -> Option<(Vec<u8>, u64)> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryEngine;
+    use crate::storage::Engine;
+
+    /// A reader whose state machine applied up to index 10, holding key "k" corrupt.
+    fn corrupt_reader() -> (SmReader, Vec<u8>) {
+        let engine = MemoryEngine::new();
+        let tree = engine.open_tree("raft/1/sm").unwrap();
+        let reader = SmReader {
+            records: RecordTree::new(tree.clone(), "memory"),
+            apply_lock: Arc::new(Mutex::new(())),
+            applied: Arc::new(AtomicU64::new(10)),
+        };
+        let good = StoredRecord {
+            version: Version::Revision(4),
+            value: Some(b"v".to_vec()),
+        };
+        reader.records.put(&data_key(b"k"), &good).unwrap();
+        let mut bad = tree.get(&data_key(b"k")).unwrap().unwrap();
+        bad[3] ^= 0x01;
+        tree.insert(&data_key(b"k"), &bad).unwrap();
+        (reader, bad)
+    }
+
+    fn at(record: Option<u64>, applied: u64) -> RecordAt {
+        RecordAt {
+            record: record.map(|rev| (b"v".to_vec(), rev)),
+            applied,
+        }
+    }
+
+    #[test]
+    fn a_corrupt_record_is_rewritten_only_with_the_state_at_our_applied_index() {
+        // (peer's record revision, peer's applied index) -> rewritten?
+        let cases = [
+            (Some(4), 10, true),   // the peer is where we are
+            (None, 9, true),       // deleted at or before our index: absent here too
+            (Some(4), 15, true),   // peer ahead, but the key's last write is at or below ours
+            (Some(12), 15, false), // a write we have not applied yet: deferred
+            (None, 15, false),     // absent there, but maybe deleted after our index: deferred
+        ];
+        for (rev, peer_applied, want) in cases {
+            let (reader, bad) = corrupt_reader();
+            let good = at(rev, peer_applied);
+            let got = reader.replace_corrupt(b"k", &bad, &good).unwrap();
+            assert_eq!(got, want, "{rev:?} at {peer_applied}");
+            if want {
+                assert_eq!(reader.get(b"k").unwrap(), good.record);
+            } else {
+                assert!(reader.get(b"k").is_err(), "left corrupt");
+            }
+        }
+        // An apply that rewrote the key since the corrupt bytes were read wins.
+        let (reader, bad) = corrupt_reader();
+        let newer = StoredRecord {
+            version: Version::Revision(11),
+            value: Some(b"new".to_vec()),
+        };
+        reader.records.put(&data_key(b"k"), &newer).unwrap();
+        assert!(!reader
+            .replace_corrupt(b"k", &bad, &at(Some(4), 10))
+            .unwrap());
+        assert_eq!(reader.get(b"k").unwrap(), Some((b"new".to_vec(), 11)));
+        // The scrub sees the corrupt one.
+        let (reader, _) = corrupt_reader();
+        let page = reader.scrub_page(None, 10).unwrap();
+        assert_eq!((page.checked, page.corrupt), (1, vec![b"k".to_vec()]));
+        assert_eq!(reader.corrupt_bytes(b"missing").unwrap(), None);
+    }
+}
