@@ -228,6 +228,21 @@ async fn ap_reads_answer_from_good_replicas_and_repair_the_corrupt_one() {
     );
     assert!(!ap_corrupt(&nodes[2], "ae"));
 
+    // A corrupt record the peer has no copy of is removed by the exchange: the peer's
+    // "nothing" is the only copy left (here the record was only ever on n3).
+    let n3 = &nodes[2];
+    let solo = kv_server::ap::ApRecord {
+        key: b"solo".to_vec(),
+        hlc: n3.node.ap.hlc().now().unwrap(),
+        value: Some(b"only here".to_vec()),
+    };
+    n3.node.ap.apply_replica(2, solo, None).unwrap();
+    corrupt(n3, "ap", "solo");
+    let partition = n3.node.ring.partition_for_key(b"solo");
+    n3.node.ap.anti_entropy_once(2, partition, 1).await.unwrap();
+    assert!(!ap_corrupt(n3, "solo"));
+    assert_eq!(n3.node.ap.read_replica(2, b"solo").unwrap(), None);
+
     // The scrub finds it without any read.
     put(&nodes[0].addr, "ap", "scrubbed", "good", C::All).await;
     corrupt(n2, "ap", "scrubbed");
