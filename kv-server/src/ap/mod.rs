@@ -13,7 +13,8 @@
 //!   engine/runtime split, driven from tables in `plan_tests`;
 //! - `engine` (`ApEngine`, its shared state) and the runtime that carries out `plan`'s decisions,
 //!   one `impl ApEngine` per file: `replica`, `coordinator`, `background` (hint replay,
-//!   anti-entropy and tombstone purge, each its own task).
+//!   anti-entropy and tombstone purge, each its own task); `stragglers`, the one task that
+//!   finishes the sends a write leaves running after its caller was answered.
 
 pub mod background;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod plan;
 mod replica;
 pub mod seams;
 pub mod store;
+mod stragglers;
 
 #[cfg(test)]
 mod plan_tests;
