@@ -64,6 +64,12 @@ pub(super) fn rounds(raft: Raft, round_timeout: Duration) -> ReadRounds<Confirma
 }
 
 impl CpEngine {
+    /// Read-index rounds a group has started on this node (diagnostics and tests: with many
+    /// reads waiting, far fewer than the reads served).
+    pub fn read_rounds(&self, group: u64) -> Option<u64> {
+        self.groups.get(&group).map(|g| g.reads.rounds_started())
+    }
+
     /// Confirms leadership with a quorum (in a round that started after this call, shared with
     /// the other reads waiting for it) and waits until the read index is applied.
     pub(super) async fn read_index(&self, group: &Group, deadline: Instant) -> Result<(), CpError> {
