@@ -384,8 +384,11 @@ impl WriteSends {
                 self.first_failure
                     .get_or_insert_with(|| bounded(&e.to_string()));
                 if let Some(t) = self.quorum.fail(target) {
-                    self.pending
-                        .push(self.engine.send_write(t, self.keyspace_id, self.record.clone()));
+                    self.pending.push(self.engine.send_write(
+                        t,
+                        self.keyspace_id,
+                        self.record.clone(),
+                    ));
                 }
                 None
             }

@@ -93,11 +93,7 @@ async fn one_round_serves_every_read_that_waited_for_it() {
     first.finish.send(Ok(1)).unwrap();
     assert_eq!(first_reader.await.unwrap(), Some(Ok(1)));
 
-    next_started(&mut started)
-        .await
-        .finish
-        .send(Ok(7))
-        .unwrap();
+    next_started(&mut started).await.finish.send(Ok(7)).unwrap();
     for r in waiting {
         assert_eq!(r.await.unwrap(), Some(Ok(7)));
     }
@@ -124,11 +120,7 @@ async fn an_error_reaches_every_read_of_the_round_and_the_next_round_starts_afre
     }
 
     let later = reader(&rounds);
-    next_started(&mut started)
-        .await
-        .finish
-        .send(Ok(3))
-        .unwrap();
+    next_started(&mut started).await.finish.send(Ok(3)).unwrap();
     assert_eq!(later.await.unwrap(), Some(Ok(3)));
 }
 
@@ -172,11 +164,7 @@ fn a_driver_dropped_with_its_runtime_fails_its_reads_and_the_next_read_starts_a_
 
     rt().block_on(async {
         let r = reader(&rounds);
-        next_started(&mut started)
-            .await
-            .finish
-            .send(Ok(9))
-            .unwrap();
+        next_started(&mut started).await.finish.send(Ok(9)).unwrap();
         assert_eq!(r.await.unwrap(), Some(Ok(9)));
     });
 }
