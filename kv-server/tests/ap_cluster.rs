@@ -682,3 +682,32 @@ async fn a_replica_that_never_answers_times_out_and_is_replaced_by_a_hint() {
     let got = c.node(1).get(&c.ks, &pref, &k, QUORUM).await.unwrap();
     assert_eq!(got.map(|(v, _)| v), Some(b"v".to_vec()));
 }
+
+/// A caller that gives up before W acks does not stop the write: its remaining sends and the
+/// hint that replaces a hung replica still complete (on the engine's straggler task), and
+/// `wait_writes_idle` waits for them.
+#[tokio::test]
+async fn a_write_whose_caller_gives_up_still_reaches_every_replica_or_its_hint() {
+    let c = ApCluster::new(5, |cfg| {
+        cfg.write_timeout_ms = TEST_TIMEOUT_MS;
+    });
+    let k = key("abandoned");
+    let pref = c.pref(&k);
+    assert_eq!(pref, vec![1, 2, 3, 4, 5]);
+    c.hang(3);
+    // W = 3 needs node 3's ack or, after the write timeout, node 4's hint: the caller's own
+    // deadline, far shorter, passes first and drops the put.
+    let n1 = c.node(1);
+    let put = n1.put(&c.ks, &pref, &k, b"v".to_vec(), ALL);
+    let gave_up = tokio::time::timeout(std::time::Duration::from_millis(1), put).await;
+    assert!(gave_up.is_err(), "W cannot be met before the write timeout");
+    c.node(1).wait_writes_idle().await;
+    for replica in [1, 2, 3] {
+        assert_eq!(
+            c.local(replica, &k).and_then(|r| r.value).as_deref(),
+            Some(&b"v"[..]),
+            "replica {replica}"
+        );
+    }
+    assert_eq!(c.node(4).hint_counts(), BTreeMap::from([(3, 1)]));
+}

@@ -828,3 +828,56 @@ async fn leadership_returns_to_the_owners_when_a_node_comes_back() {
     let rev = cluster.put(0, "after", "x", &[1, 2, 3]).await;
     assert_eq!(cluster.get(0, "after", 1).await, value("x", rev));
 }
+
+/// Many linearizable reads at once while writes go on: each sees every write acknowledged
+/// before it began, and they share leadership confirmations (far fewer rounds than reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_linearizable_reads_share_rounds_and_see_every_earlier_write() {
+    const READS: u64 = 200;
+    const WRITES: u64 = 20;
+    let cluster = Arc::new(Cluster::new(3, 1, test_config()).await);
+    let leader = cluster.leader(0, &[1, 2, 3]).await;
+    let first = cluster.put(0, "k", "v0", &[leader]).await;
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(first));
+    let group = group_id(KS, 0);
+    let rounds = |c: &Cluster| -> u64 {
+        [1, 2, 3]
+            .iter()
+            .filter_map(|id| c.node(*id).read_rounds(group))
+            .sum()
+    };
+    let rounds_before = rounds(&cluster);
+
+    let writer = {
+        let (cluster, acked) = (cluster.clone(), acked.clone());
+        tokio::spawn(async move {
+            for i in 1..=WRITES {
+                let rev = cluster.put(0, "k", &format!("v{i}"), &[leader]).await;
+                acked.store(rev, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    let readers: Vec<_> = (0..READS)
+        .map(|_| {
+            let (cluster, acked) = (cluster.clone(), acked.clone());
+            tokio::spawn(async move {
+                let floor = acked.load(std::sync::atomic::Ordering::SeqCst);
+                let (_, rev) = cluster.get(0, "k", leader).await.expect("k was written");
+                assert!(
+                    rev >= floor,
+                    "a read that began after revision {floor} was acknowledged returned revision {rev}"
+                );
+            })
+        })
+        .collect();
+    for r in readers {
+        r.await.unwrap();
+    }
+    writer.await.unwrap();
+    let used = rounds(&cluster) - rounds_before;
+    println!("{READS} linearizable reads took {used} read-index rounds");
+    assert!(
+        used < READS,
+        "{READS} concurrent reads took {used} rounds: no confirmation was shared"
+    );
+}

@@ -3,10 +3,12 @@
 //! `WriteQuorum` / `ReadQuorum`, and writing the newest record back to stale replicas (read
 //! repair).
 //!
-//! Invariants: a write returns after W distinct nodes acked (a durable hint counts) while its
-//! remaining sends run on in their own task, tracked by `wait_writes_idle`; at most
-//! `max_writes_in_flight` such tasks run, and a write beyond that is refused before anything is
-//! written; every remote call has a timeout; a read answer whose timestamp is beyond the maximum
+//! Invariants: a write returns after W distinct nodes acked (a durable hint counts); its sends
+//! run in the request's own future until then, and what is left (replicas still to answer,
+//! fallbacks for failed sends) runs on in the engine's one straggler task (`stragglers.rs`),
+//! also when the caller goes away first; `wait_writes_idle` waits for all of it; at most
+//! `max_writes_in_flight` writes are in flight, and a write beyond that is refused before
+//! anything is written; every remote call has a timeout; a read answer whose timestamp is beyond the maximum
 //! clock offset counts as a failed answer (it is neither returned nor repaired onto others);
 //! read repair is best effort (anti-entropy repairs what it misses).
 
@@ -133,15 +135,22 @@ impl ApEngine {
                 self.is_alive(n)
             });
         let quorum = WriteQuorum::new(self.node_id(), w, fallbacks);
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        // The writes run in their own task (its slot in `writes_in_flight` reserved above): the
-        // caller returns after W acks while the remaining replicas (and fallbacks for failed
-        // ones) still get the write.
-        tokio::spawn(
-            self.clone()
-                .drive_write(ks.id, record, targets, quorum, done_tx),
-        );
-        let (answered, first_failure) = done_rx.await.unwrap_or((0, None));
+        // The sends run in this request's future until W acks; what is left then (or when the
+        // caller goes away first) is handed to the straggler task, so the remaining replicas
+        // and the fallbacks of failed sends still get the write (its slot in
+        // `writes_in_flight`, reserved above, is released when the last send ended).
+        let mut sends = HandOff(Some(WriteSends::start(
+            self.clone(),
+            ks.id,
+            record,
+            targets,
+            quorum,
+        )));
+        let (answered, first_failure) = match sends.0.as_mut() {
+            Some(s) => s.until_quorum().await,
+            None => (0, None),
+        };
+        drop(sends);
         if answered >= w {
             Ok(hlc)
         } else {
@@ -152,50 +161,6 @@ impl ApEngine {
                 partition,
                 first_failure,
             })
-        }
-    }
-
-    /// Sends the write to `targets`, hands each answer to `quorum` and carries out what it
-    /// decides; reports the ack count (and the first failure) on `done` once W is reached, or
-    /// when every send ended.
-    async fn drive_write(
-        self,
-        keyspace_id: u32,
-        record: ApRecord,
-        targets: Vec<WriteTarget>,
-        mut quorum: WriteQuorum,
-        done: tokio::sync::oneshot::Sender<(usize, Option<String>)>,
-    ) {
-        let mut pending = FuturesUnordered::new();
-        for t in targets {
-            pending.push(self.send_write(t, keyspace_id, record.clone()));
-        }
-        let mut done = Some(done);
-        let mut first_failure = None;
-        while let Some((target, result)) = pending.next().await {
-            match result {
-                Ok(()) => {
-                    if let Some(acks) = quorum.ack(target.node) {
-                        if let Some(d) = done.take() {
-                            let _ = d.send((acks, None));
-                        }
-                    }
-                }
-                Err(e) => {
-                    let owner = target.hint_for.unwrap_or(target.node);
-                    tracing::warn!(node_id = self.node_id(), to = target.node, owner, error = %e, "AP write failed; trying a fallback");
-                    first_failure.get_or_insert_with(|| bounded(&e.to_string()));
-                    if let Some(t) = quorum.fail(target) {
-                        pending.push(self.send_write(t, keyspace_id, record.clone()));
-                    }
-                }
-            }
-        }
-        if let Some(d) = done.take() {
-            let _ = d.send((quorum.acks(), first_failure));
-        }
-        if self.inner.writes_in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.inner.writes_idle.notify_waiters();
         }
     }
 
@@ -353,6 +318,108 @@ impl ApEngine {
                 Err(e) => {
                     tracing::warn!(node_id = self.node_id(), to = target.node, error = %e, "read repair failed")
                 }
+            }
+        }
+    }
+}
+
+type SendFuture = BoxFuture<'static, (WriteTarget, Result<(), TransportError>)>;
+
+/// The sends of one write still in flight, with the quorum that counts their answers and
+/// chooses a fallback for each one that fails. Dropping it releases the write's slot in
+/// `writes_in_flight`.
+struct WriteSends {
+    engine: ApEngine,
+    keyspace_id: u32,
+    record: ApRecord,
+    quorum: WriteQuorum,
+    pending: FuturesUnordered<SendFuture>,
+    first_failure: Option<String>,
+}
+
+impl WriteSends {
+    /// Starts a send to each of `targets` (the coordinator's own store is written right here).
+    fn start(
+        engine: ApEngine,
+        keyspace_id: u32,
+        record: ApRecord,
+        targets: Vec<WriteTarget>,
+        quorum: WriteQuorum,
+    ) -> Self {
+        let pending = targets
+            .into_iter()
+            .map(|t| engine.send_write(t, keyspace_id, record.clone()))
+            .collect();
+        Self {
+            engine,
+            keyspace_id,
+            record,
+            quorum,
+            pending,
+            first_failure: None,
+        }
+    }
+
+    /// Drives the sends until W distinct nodes acked, or until every send ended; returns the
+    /// acks then (and the first failure when W was not reached).
+    async fn until_quorum(&mut self) -> (usize, Option<String>) {
+        while let Some((target, result)) = self.pending.next().await {
+            if let Some(acks) = self.answer(target, result) {
+                return (acks, None);
+            }
+        }
+        (self.quorum.acks(), self.first_failure.clone())
+    }
+
+    /// Drives the remaining sends, and the fallbacks they call for, to their end.
+    async fn finish(mut self) {
+        while let Some((target, result)) = self.pending.next().await {
+            self.answer(target, result);
+        }
+    }
+
+    /// Counts one answer; a failure sends the write to the fallback the quorum chooses.
+    /// Returns the ack count the moment it reaches W.
+    fn answer(&mut self, target: WriteTarget, result: Result<(), TransportError>) -> Option<usize> {
+        match result {
+            Ok(()) => self.quorum.ack(target.node),
+            Err(e) => {
+                let owner = target.hint_for.unwrap_or(target.node);
+                tracing::warn!(node_id = self.engine.node_id(), to = target.node, owner, error = %e, "AP write failed; trying a fallback");
+                self.first_failure
+                    .get_or_insert_with(|| bounded(&e.to_string()));
+                if let Some(t) = self.quorum.fail(target) {
+                    self.pending.push(self.engine.send_write(
+                        t,
+                        self.keyspace_id,
+                        self.record.clone(),
+                    ));
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Drop for WriteSends {
+    fn drop(&mut self) {
+        let inner = &self.engine.inner;
+        if inner.writes_in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            inner.writes_idle.notify_waiters();
+        }
+    }
+}
+
+/// Hands a write's unfinished sends to the engine's straggler task when the request stops
+/// driving them: answered after W acks, or dropped by its caller before that.
+struct HandOff(Option<WriteSends>);
+
+impl Drop for HandOff {
+    fn drop(&mut self) {
+        if let Some(sends) = self.0.take() {
+            if !sends.pending.is_empty() {
+                let engine = sends.engine.clone();
+                engine.inner.stragglers.run(Box::pin(sends.finish()));
             }
         }
     }

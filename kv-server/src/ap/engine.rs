@@ -1,6 +1,7 @@
 //! `ApEngine`, one node's AP engine: the state its parts share and how it is opened. The parts
 //! are in sibling files, each an `impl ApEngine` block: `coordinator.rs` (put/get/delete with
-//! sloppy quorums, hinted handoff and read repair), `replica.rs` (what a replica answers) and
+//! sloppy quorums, hinted handoff and read repair; `stragglers.rs` finishes a write's sends after
+//! its caller was answered), `replica.rs` (what a replica answers) and
 //! `background.rs` (hint replay, anti-entropy, tombstone purge, each its own task); the decisions
 //! they carry out are the pure functions of `plan.rs`.
 //!
@@ -17,6 +18,7 @@ use super::flush::GroupFlush;
 use super::hints::HintStore;
 use super::hlc::{HlcClock, LATEST};
 use super::store::ApStore;
+use super::stragglers::Stragglers;
 use crate::clock::Clock;
 use crate::storage::Engine;
 use crate::types::{Hlc, NodeId};
@@ -60,6 +62,8 @@ pub(super) struct Inner {
     /// `config.max_writes_in_flight`.
     pub(super) writes_in_flight: AtomicUsize,
     pub(super) writes_idle: tokio::sync::Notify,
+    /// Finishes the sends writes leave running after their caller was answered.
+    pub(super) stragglers: Stragglers,
     /// Group commit of replica writes.
     pub(super) flusher: GroupFlush,
     /// Per (keyspace, partition, co-replica): the local stamp taken at the start of the latest
@@ -123,6 +127,7 @@ impl ApEngine {
                 read_repairs: AtomicU64::new(0),
                 writes_in_flight: AtomicUsize::new(0),
                 writes_idle: tokio::sync::Notify::new(),
+                stragglers: Stragglers::default(),
                 flusher: GroupFlush::default(),
                 synced: Mutex::new(BTreeMap::new()),
             }),

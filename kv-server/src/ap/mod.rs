@@ -13,8 +13,9 @@
 //!   engine/runtime split, driven from tables in `plan_tests`;
 //! - `engine` (`ApEngine`, its shared state) and the runtime that carries out `plan`'s decisions,
 //!   one `impl ApEngine` per file: `replica`, `coordinator`, `background` (hint replay,
-//!   anti-entropy and tombstone purge, each its own task), `repair` (a corrupt local record
-//!   replaced from the other replicas, for the scrub).
+//!   anti-entropy and tombstone purge, each its own task); `stragglers`, the one task that
+//!   finishes the sends a write leaves running after its caller was answered; `repair` (a
+//!   corrupt local record replaced from the other replicas, for the scrub).
 
 pub mod background;
 pub mod config;
@@ -31,6 +32,7 @@ pub mod repair;
 mod replica;
 pub mod seams;
 pub mod store;
+mod stragglers;
 
 #[cfg(test)]
 mod plan_tests;

@@ -17,13 +17,14 @@ pub use crate::cp::group::{
 };
 use crate::cp::keys::KEYSPACE_PREFIX;
 use crate::cp::network::{self, NetworkFactory, RaftKind, RaftTransport};
+use crate::cp::read_index::ReadRounds;
 use crate::cp::runtime::{self, derive_seed};
 use crate::cp::state_machine::SmReader;
 use crate::cp::store::open_group;
 use crate::cp::types::{CasOutcome, Expected, KeyspaceOutcome, Raft, Request, Response};
 use crate::storage::Engine;
 use crate::types::{KeyspaceDef, NodeId};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::ServerState;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,6 +34,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 mod backup;
+mod read;
 mod repair;
 
 pub use repair::{CpRepair, RecordFetcher};
@@ -53,6 +55,8 @@ struct Group {
     boot_term: u64,
     /// Set once `boot_last_log` has been applied, so later reads skip the check.
     caught_up: AtomicBool,
+    /// Leadership confirmations shared by the linearizable reads waiting on them.
+    reads: ReadRounds<read::Confirmation>,
 }
 
 /// The multi-Raft manager of one node.
@@ -123,6 +127,7 @@ impl CpEngine {
                 group,
                 Group {
                     spec,
+                    reads: read::rounds(raft.clone(), config.request_timeout()),
                     raft,
                     reader,
                     caught_up: AtomicBool::new(boot_last_log.is_none()),
@@ -349,98 +354,6 @@ impl CpEngine {
             }
         }
         self.read_or_repair(group, key, deadline).await
-    }
-
-    /// Confirms leadership with a quorum and waits until the read index is applied.
-    async fn read_index(&self, group: &Group, deadline: Instant) -> Result<(), CpError> {
-        let partition = group.spec.partition;
-        let budget = deadline.saturating_duration_since(Instant::now());
-        for _ in 0..=MAX_LEADER_WAITS {
-            let res = tokio::time::timeout_at(deadline, group.raft.ensure_linearizable()).await;
-            match res {
-                Err(_) => {
-                    return Err(self.expired(
-                        group,
-                        budget,
-                        "no quorum confirmed the read index before the deadline",
-                    ))
-                }
-                Ok(Ok(_)) => return self.caught_up_since_boot(group, deadline, budget).await,
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                    self.not_leader_or_wait(group, f.leader_id, deadline, budget)
-                        .await?;
-                }
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
-                    return Err(self.unavailable(group, &q.to_string()));
-                }
-                Ok(Err(RaftError::Fatal(e))) => {
-                    return Err(CpError::Raft {
-                        partition,
-                        message: e.to_string(),
-                    })
-                }
-            }
-        }
-        Err(self.unavailable(group, "leadership kept changing"))
-    }
-
-    /// Waits (by `deadline`) until the log this node had at start-up is applied.
-    ///
-    /// Why: applies and the committed index are not flushed (the log is, and replays them), so
-    /// a restarted node's state machine and `committed` can be behind writes it acknowledged.
-    /// A leader restored at start-up in its old term (openraft does this when its vote was
-    /// committed) takes max(its first entry of that term, committed) as the read index, which
-    /// can then lie below acknowledged writes: the read would miss them (found as a write lost
-    /// "at the snapshot index" by the all-nodes restart test, where the snapshot is what the
-    /// state machine falls back to). Every acknowledged write is in a leader's log, so once a
-    /// leader applied its whole boot-time log a read index covers them. openraft's
-    /// `save_committed` documents this duty: "do not serve reads until a new commit".
-    async fn caught_up_since_boot(
-        &self,
-        group: &Group,
-        deadline: Instant,
-        budget: Duration,
-    ) -> Result<(), CpError> {
-        let Some(boot) = group.boot_last_log else {
-            return Ok(());
-        };
-        if group.caught_up.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let mut rx = group.raft.metrics();
-        let applied = tokio::time::timeout_at(deadline, async {
-            loop {
-                // Elected after start-up: a log entry the boot-time log may hold that never
-                // committed can be gone, so the index alone could wait for a later write.
-                let done = {
-                    let m = rx.borrow_and_update();
-                    m.last_applied.map(|l| l.index) >= Some(boot)
-                        || m.current_term > group.boot_term
-                };
-                if done {
-                    return true;
-                }
-                if rx.changed().await.is_err() {
-                    return false;
-                }
-            }
-        })
-        .await;
-        match applied {
-            Ok(true) => {
-                group.caught_up.store(true, Ordering::Release);
-                Ok(())
-            }
-            Ok(false) => Err(CpError::Raft {
-                partition: group.spec.partition,
-                message: "raft stopped".into(),
-            }),
-            Err(_) => Err(self.expired(
-                group,
-                budget,
-                "the log this node had at start-up was not applied before the deadline",
-            )),
-        }
     }
 
     /// A known other leader is a `NotLeader`; no known leader means waiting (until the

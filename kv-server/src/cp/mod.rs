@@ -12,7 +12,8 @@
 //! and openraft's network on top of it), `runtime` (tokio with a seedable election RNG),
 //! `config` (`CpConfig`), `error` (`CpError`), `group` (group ids, specs, status), `engine`
 //! (`CpEngine`, the multi-Raft manager; its child `engine/backup.rs` takes the consistent cut of
-//! a partition for backups), `balance` (owners take back the lead of their groups).
+//! a partition for backups), `balance` (owners take back the lead of their groups), `read_index` (leadership
+//! confirmations shared by the reads waiting on them; `engine/read.rs` uses them).
 
 pub mod balance;
 pub mod codec;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod group;
 pub mod keys;
 pub mod network;
+pub mod read_index;
 pub mod runtime;
 pub mod sm_reader;
 pub mod snapshot;
