@@ -15,6 +15,7 @@ use crate::cp::group;
 pub use crate::cp::group::{
     group_id, GroupSpec, GroupStatus, META_GROUP, META_KEYSPACE, META_PARTITION,
 };
+use crate::cp::heartbeat;
 use crate::cp::keys::KEYSPACE_PREFIX;
 use crate::cp::network::{self, NetworkFactory, RaftKind, RaftTransport};
 use crate::cp::runtime::{self, derive_seed};
@@ -58,7 +59,8 @@ pub struct CpEngine {
     config: CpConfig,
     groups: BTreeMap<u64, Group>,
     unsafe_skip_read_index: AtomicBool,
-    /// The leader-balance task (`cp::balance`), stopped at shutdown.
+    /// The leader-balance task (`cp::balance`) and the heartbeat tick (`cp::heartbeat`),
+    /// stopped at shutdown.
     balancer: tokio::task::AbortHandle,
 }
 
@@ -132,7 +134,20 @@ impl CpEngine {
             .filter(|(_, g)| g.spec.members.first() == Some(&node_id))
             .map(|(id, g)| (*id, g.raft.clone()))
             .collect();
-        let balancer = tokio::spawn(balance::run(node_id, owned, config.election_timeout_max_ms));
+        let balance = balance::run(node_id, owned, config.election_timeout_max_ms);
+        // The heartbeat tick shares the balancer's task, so one abort stops both.
+        let ticked = config
+            .shared_heartbeat
+            .then(|| map.iter().map(|(id, g)| (*id, g.raft.clone())).collect());
+        let heartbeat_interval_ms = config.heartbeat_interval_ms;
+        let balancer = tokio::spawn(async move {
+            match ticked {
+                Some(groups) => {
+                    tokio::join!(balance, heartbeat::run(groups, heartbeat_interval_ms));
+                }
+                None => balance.await,
+            }
+        });
         Ok(CpEngine {
             node_id,
             config,

@@ -11,15 +11,19 @@
 //! and openraft's network on top of it), `runtime` (tokio with a seedable election RNG),
 //! `config` (`CpConfig`), `error` (`CpError`), `group` (group ids, specs, status), `engine`
 //! (`CpEngine`, the multi-Raft manager; its child `engine/backup.rs` takes the consistent cut of
-//! a partition for backups), `balance` (owners take back the lead of their groups).
+//! a partition for backups), `balance` (owners take back the lead of their groups), `batch`
+//! (many groups' Raft messages to one peer in one call), `heartbeat` (one node-wide heartbeat
+//! tick for every group led here).
 
 pub mod balance;
+pub mod batch;
 pub mod codec;
 pub mod config;
 pub mod dedup;
 pub mod engine;
 pub mod error;
 pub mod group;
+pub mod heartbeat;
 pub mod keys;
 pub mod network;
 pub mod runtime;

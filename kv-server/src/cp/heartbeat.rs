@@ -1,0 +1,29 @@
+//! The shared heartbeat tick: one timer per node sends the heartbeats of every group it leads
+//! at the same moment, instead of 32 openraft timers firing at scattered times. Sent together,
+//! they meet in the per-peer batcher (`cp::batch`) and leave as one call per peer. Invariant:
+//! a leader's heartbeats go out every `heartbeat_interval_ms` (the same interval openraft's own
+//! timer uses, which `CpConfig::shared_heartbeat` switches off), so election timeouts are
+//! unchanged.
+
+use crate::cp::types::Raft;
+use openraft::ServerState;
+use std::time::Duration;
+use tokio::time::MissedTickBehavior;
+
+/// Runs the tick forever (the engine aborts the task at shutdown) over `groups`, by id.
+pub async fn run(groups: Vec<(u64, Raft)>, heartbeat_interval_ms: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(heartbeat_interval_ms.max(1)));
+    // A late tick (a stalled runtime) sends once, then keeps the interval from there.
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for (group, raft) in &groups {
+            let leading = raft.metrics().borrow().state == ServerState::Leader;
+            if leading {
+                if let Err(e) = raft.trigger().heartbeat().await {
+                    tracing::debug!(group, error = %e, "heartbeat not sent");
+                }
+            }
+        }
+    }
+}
