@@ -4,8 +4,8 @@
 //! waits and leaves with everything queued behind the call in flight, up to a byte budget and
 //! [`MAX_BATCH_MESSAGES`]. Invariants: every caller gets exactly one answer — its own result,
 //! or the whole call's error — and every call is bounded by the batcher's timeout, so a hung
-//! peer holds a call slot for at most that long; a message whose caller has given up is not
-//! sent. Order per group is not kept across the concurrent calls: openraft never has two
+//! peer holds a call slot for at most that long; a call whose callers have all given up is
+//! cancelled at once, and a message whose caller has given up is not sent. Order per group is not kept across the concurrent calls: openraft never has two
 //! AppendEntries of one group to one peer outstanding, and votes and snapshot chunks do not go
 //! through here.
 
@@ -140,11 +140,25 @@ impl RaftBatcher {
                 }
                 batch
             };
-            let (items, replies): (Vec<_>, Vec<_>) =
+            let (items, mut replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.item, p.reply)).unzip();
             let count = items.len();
-            let sent = self.sender.send_batch(self.to, items);
-            let results = match tokio::time::timeout(self.call_timeout, sent).await {
+            let sent =
+                tokio::time::timeout(self.call_timeout, self.sender.send_batch(self.to, items));
+            // openraft gives an AppendEntries one heartbeat interval: once every caller of this
+            // call has given up, the call is dropped (cancelled) rather than held to its
+            // timeout, so the slot serves the retries.
+            let outcome = {
+                let all_gone = futures::future::join_all(replies.iter_mut().map(|r| r.closed()));
+                tokio::select! {
+                    outcome = sent => Some(outcome),
+                    _ = all_gone => None,
+                }
+            };
+            let Some(outcome) = outcome else {
+                continue;
+            };
+            let results = match outcome {
                 Ok(Ok(results)) if results.len() == count => results.into_iter().collect(),
                 Ok(Ok(results)) => vec![
                     Err(TransportError::Network {

@@ -260,3 +260,25 @@ async fn a_full_queue_refuses_more_as_unreachable() {
         .iter()
         .all(Result::is_ok));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_whose_callers_all_gave_up_frees_its_slot_at_once() {
+    let mut r = rig(Script::Hang, BIG, 1000);
+    for g in 1..=2 {
+        // Each caller waits 100 ms (openraft's AppendEntries timeout), then gives up.
+        let answer = tokio::time::timeout(Duration::from_millis(100), r.batcher.send(item(g, 5)));
+        assert!(answer.await.is_err());
+        assert_eq!(r.seen.recv().await.unwrap(), vec![item(g, 5)]);
+    }
+    // Both hung calls were cancelled when their callers left, long before the 1 s timeout:
+    // the next message is sent at once.
+    let start = tokio::time::Instant::now();
+    let third = r.batcher.send(item(3, 5));
+    assert_eq!(r.seen.recv().await.unwrap(), vec![item(3, 5)]);
+    assert!(
+        start.elapsed() < Duration::from_millis(10),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(third);
+}
