@@ -135,19 +135,10 @@ impl CpEngine {
             .map(|(id, g)| (*id, g.raft.clone()))
             .collect();
         let balance = balance::run(node_id, owned, config.election_timeout_max_ms);
-        // The heartbeat tick shares the balancer's task, so one abort stops both.
-        let ticked = config
-            .shared_heartbeat
-            .then(|| map.iter().map(|(id, g)| (*id, g.raft.clone())).collect());
-        let heartbeat_interval_ms = config.heartbeat_interval_ms;
-        let balancer = tokio::spawn(async move {
-            match ticked {
-                Some(groups) => {
-                    tokio::join!(balance, heartbeat::run(groups, heartbeat_interval_ms));
-                }
-                None => balance.await,
-            }
-        });
+        let ticked = (config.shared_heartbeat).then(|| map.values().map(|g| g.raft.clone()));
+        let tick_ms = config.heartbeat_interval_ms;
+        let with_tick = heartbeat::alongside(balance, ticked.map(Iterator::collect), tick_ms);
+        let balancer = tokio::spawn(with_tick);
         Ok(CpEngine {
             node_id,
             config,
