@@ -93,6 +93,10 @@ pub struct Metrics {
     pub tombstones_purged: Counter,
     /// Flushes (fsyncs) of the storage engine by the group commit.
     pub storage_flushes: Counter,
+    /// gRPC calls carrying Raft messages to peers (`Internal.Raft` and `Internal.RaftBatch`).
+    pub raft_calls: Counter,
+    /// Raft messages sent to peers (a batch call carries several).
+    pub raft_messages_sent: Counter,
     /// Time one group-commit flush took.
     pub storage_flush_seconds: Histogram,
     /// Stored records whose checksum failed, by mode and what was done about them.
@@ -118,6 +122,8 @@ impl Metrics {
             tombstones_written: Counter::default(),
             tombstones_purged: Counter::default(),
             storage_flushes: Counter::default(),
+            raft_calls: Counter::default(),
+            raft_messages_sent: Counter::default(),
             storage_flush_seconds: latency_histogram(),
             corrupt_records: Family::default(),
             scrub_records: Counter::default(),
@@ -193,6 +199,16 @@ impl Metrics {
             "storage_flushes",
             "Storage engine flushes (fsyncs) by the group commit",
             c.storage_flushes,
+        );
+        r.register(
+            "raft_calls",
+            "gRPC calls carrying Raft messages to peers (single and batched)",
+            c.raft_calls,
+        );
+        r.register(
+            "raft_messages_sent",
+            "Raft messages sent to peers (a batch call carries several)",
+            c.raft_messages_sent,
         );
         r.register(
             "storage_flush_duration_seconds",

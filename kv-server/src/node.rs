@@ -149,7 +149,10 @@ impl Node {
         cp_config.max_append_bytes =
             kv_core::limits::max_raft_append_bytes(self.config.max_value_bytes);
         let groups = self.cp_group_specs();
-        let transport = Arc::new(GrpcTransport::new(self.links.clone()));
+        let transport = Arc::new(GrpcTransport::with_raft_rpc_timeout(
+            self.links.clone(),
+            std::time::Duration::from_millis(cp_config.rpc_timeout_ms),
+        ));
         let cp = CpEngine::start(
             self.me.id,
             self.engine.clone(),

@@ -6,8 +6,9 @@
 //! `PeerLinks::open`, the one place where `--chaos` drops and delays apply; heartbeats check
 //! `Faults::drops` themselves because they are never delayed.
 //!
-//! Per-peer concerns (Raft message batching, socket options of dialed connections) belong on
-//! `PeerLink`. Every client made here has explicit message size limits derived from the value
+//! Per-peer concerns (socket options of dialed connections) belong on `PeerLink`; Raft
+//! message batching is per peer too, in the gRPC transport (`transport.rs`, one `RaftBatcher`
+//! per member), which sends every batch through `open` like any other message. Every client made here has explicit message size limits derived from the value
 //! limit (`kv_core::limits`), never tonic's 4 MiB default.
 
 use crate::faults::Faults;

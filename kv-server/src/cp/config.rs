@@ -13,6 +13,10 @@ pub struct CpConfig {
     pub cluster_name: String,
     /// Leader heartbeat interval.
     pub heartbeat_interval_ms: u64,
+    /// Whether one node-wide tick sends the heartbeats of every group this node leads at once
+    /// (`cp::heartbeat`), so they leave together and share one batch call per peer; `false`
+    /// leaves each group's heartbeat on its own openraft timer.
+    pub shared_heartbeat: bool,
     /// Lower bound of the randomized election timeout.
     pub election_timeout_min_ms: u64,
     /// Upper bound of the randomized election timeout.
@@ -46,6 +50,7 @@ impl Default for CpConfig {
         Self {
             cluster_name: "kv".into(),
             heartbeat_interval_ms: 100,
+            shared_heartbeat: true,
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
             request_timeout_ms: 3000,
@@ -67,6 +72,8 @@ impl CpConfig {
         let config = Config {
             cluster_name: self.cluster_name.clone(),
             heartbeat_interval: self.heartbeat_interval_ms,
+            // The shared tick sends them instead (openraft still tracks `heartbeat_interval`).
+            enable_heartbeat: !self.shared_heartbeat,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),

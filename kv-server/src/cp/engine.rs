@@ -15,6 +15,7 @@ use crate::cp::group;
 pub use crate::cp::group::{
     group_id, GroupSpec, GroupStatus, META_GROUP, META_KEYSPACE, META_PARTITION,
 };
+use crate::cp::heartbeat;
 use crate::cp::keys::KEYSPACE_PREFIX;
 use crate::cp::network::{self, NetworkFactory, RaftKind, RaftTransport};
 use crate::cp::read_index::ReadRounds;
@@ -65,7 +66,8 @@ pub struct CpEngine {
     config: CpConfig,
     groups: BTreeMap<u64, Group>,
     unsafe_skip_read_index: AtomicBool,
-    /// The leader-balance task (`cp::balance`), stopped at shutdown.
+    /// The leader-balance task (`cp::balance`) and the heartbeat tick (`cp::heartbeat`),
+    /// stopped at shutdown.
     balancer: tokio::task::AbortHandle,
     /// How a corrupt record is fetched from a peer (`repair.rs`); unset, it stays `DATA_LOSS`.
     fetcher: std::sync::OnceLock<Arc<dyn RecordFetcher>>,
@@ -142,7 +144,11 @@ impl CpEngine {
             .filter(|(_, g)| g.spec.members.first() == Some(&node_id))
             .map(|(id, g)| (*id, g.raft.clone()))
             .collect();
-        let balancer = tokio::spawn(balance::run(node_id, owned, config.election_timeout_max_ms));
+        let balance = balance::run(node_id, owned, config.election_timeout_max_ms);
+        let ticked = (config.shared_heartbeat).then(|| map.values().map(|g| g.raft.clone()));
+        let tick_ms = config.heartbeat_interval_ms;
+        let with_tick = heartbeat::alongside(balance, ticked.map(Iterator::collect), tick_ms);
+        let balancer = tokio::spawn(with_tick);
         Ok(CpEngine {
             node_id,
             config,

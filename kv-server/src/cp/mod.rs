@@ -13,15 +13,19 @@
 //! `config` (`CpConfig`), `error` (`CpError`), `group` (group ids, specs, status), `engine`
 //! (`CpEngine`, the multi-Raft manager; its child `engine/backup.rs` takes the consistent cut of
 //! a partition for backups), `balance` (owners take back the lead of their groups), `read_index` (leadership
-//! confirmations shared by the reads waiting on them; `engine/read.rs` uses them).
+//! confirmations shared by the reads waiting on them; `engine/read.rs` uses them), `batch`
+//! (many groups' Raft messages to one peer in one call), `heartbeat` (one node-wide heartbeat
+//! tick for every group led here).
 
 pub mod balance;
+pub mod batch;
 pub mod codec;
 pub mod config;
 pub mod dedup;
 pub mod engine;
 pub mod error;
 pub mod group;
+pub mod heartbeat;
 pub mod keys;
 pub mod network;
 pub mod read_index;

@@ -1,6 +1,7 @@
 //! The Raft transport seam and openraft's network on top of it. `RaftTransport` carries one
 //! opaque, codec-encoded Raft message for one group to one node and returns the encoded answer;
-//! the gRPC layer implements it with `Internal.Raft`, tests with an in-memory router that can
+//! the gRPC layer implements it with `Internal.Raft` and, for AppendEntries, batched per peer
+//! (`cp::batch`) in `Internal.RaftBatch` calls; tests with an in-memory router that can
 //! drop traffic between chosen nodes. Invariants: every outgoing call has a timeout (a partitioned
 //! peer never blocks replication); transport failures reach openraft as `Unreachable`
 //! (back off) or `NetworkError` (retry), never as a panic; an AppendEntries whose encoding is

@@ -1,6 +1,7 @@
 //! The node-to-node `Internal` service: handshake (cluster identity and liveness), Raft
-//! messages, AP replica calls and anti-entropy, fault injection.
+//! messages (one by one and in batches), AP replica calls and anti-entropy, fault injection.
 
+use crate::cp::batch::MAX_BATCH_MESSAGES;
 use crate::cp::CpError;
 use crate::error::{NodeError, NodeResult};
 use crate::node::Node;
@@ -62,6 +63,19 @@ impl InternalService {
     }
 }
 
+/// The node error of a Raft message that could not be handled.
+fn raft_error(e: CpError) -> NodeError {
+    match e {
+        // A payload that does not decode is bad input from the network, not a bug.
+        CpError::UnknownRaftGroup { .. }
+        | CpError::UnknownKind(_)
+        | CpError::Codec(crate::cp::codec::CodecError::Decode { .. }) => {
+            NodeError::InvalidArgument(e.to_string())
+        }
+        other => NodeError::Internal(other.to_string()),
+    }
+}
+
 /// Compares a peer's handshake with this node's config; `Err` says what differs.
 pub fn check_handshake(node: &Node, req: &ipb::HandshakeRequest) -> Result<(), String> {
     if req.cluster_name != node.config.cluster_name {
@@ -119,20 +133,39 @@ impl ipb::internal_server::Internal for InternalService {
             let cp = self.node.cp()?;
             cp.handle_raft(req.group, req.kind, &req.payload)
                 .await
-                .map_err(|e| match e {
-                    // A payload that does not decode is bad input from the network, not a bug.
-                    CpError::UnknownRaftGroup { .. }
-                    | CpError::UnknownKind(_)
-                    | CpError::Codec(crate::cp::codec::CodecError::Decode { .. }) => {
-                        NodeError::InvalidArgument(e.to_string())
-                    }
-                    other => NodeError::Internal(other.to_string()),
-                })
+                .map_err(raft_error)
         }
         .await;
         result
             .map(|payload| Response::new(ipb::RaftResponse { payload }))
             .map_err(|e| self.status(e))
+    }
+
+    async fn raft_batch(
+        &self,
+        req: Request<ipb::RaftBatchRequest>,
+    ) -> Result<Response<ipb::RaftBatchResponse>, Status> {
+        let messages = req.into_inner().messages;
+        if messages.len() > MAX_BATCH_MESSAGES {
+            return Err(self.status(NodeError::InvalidArgument(format!(
+                "a Raft batch holds at most {MAX_BATCH_MESSAGES} messages; this one has {}",
+                messages.len()
+            ))));
+        }
+        let cp = self.node.cp().map_err(|e| self.status(e))?;
+        // Groups are independent: their messages are handled concurrently, so their log
+        // appends meet in one group commit, and the answer waits for the slowest.
+        let results = futures::future::join_all(messages.iter().map(|m| async move {
+            let result = match cp.handle_raft(m.group, m.kind, &m.payload).await {
+                Ok(payload) => ipb::raft_batch_result::Result::Payload(payload),
+                Err(e) => ipb::raft_batch_result::Result::Error(raft_error(e).to_string()),
+            };
+            ipb::RaftBatchResult {
+                result: Some(result),
+            }
+        }))
+        .await;
+        Ok(Response::new(ipb::RaftBatchResponse { results }))
     }
 
     async fn ap_write(
@@ -295,3 +328,120 @@ impl ipb::internal_server::Internal for InternalService {
 
 /// Longest a peer's `CpRecord` call waits for this node to apply far enough.
 pub const MAX_CP_RECORD_WAIT_MS: u64 = 10_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::config::NodeConfig;
+    use crate::cp::codec;
+    use crate::cp::{CpConfig, RaftKind};
+    use crate::storage::memory::MemoryEngine;
+    use crate::types::Member;
+    use ipb::internal_server::Internal;
+    use ipb::raft_batch_result::Result as Item;
+    use kv_core::net::TcpDialer;
+    use openraft::raft::{VoteRequest, VoteResponse};
+    use openraft::Vote;
+
+    /// A one-node cluster's internal service; its CP engine is started when `cp` is set.
+    async fn service(cp: bool) -> InternalService {
+        let peers = vec![Member {
+            id: 1,
+            name: "n1".into(),
+            addr: "127.0.0.1:1".into(),
+            peer_addr: "127.0.0.1:1".into(),
+        }];
+        let node = Node::new(
+            NodeConfig::new("n1", "c", peers),
+            Arc::new(MemoryEngine::new()),
+            Arc::new(TcpDialer),
+            Arc::new(SystemClock::default()),
+        )
+        .unwrap();
+        if cp {
+            node.start_cp(CpConfig::default()).await.unwrap();
+        }
+        InternalService::new(node)
+    }
+
+    fn message(group: u64, kind: u32, payload: Vec<u8>) -> ipb::RaftRequest {
+        ipb::RaftRequest {
+            group,
+            kind,
+            payload,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_answers_each_message_and_a_bad_one_fails_alone() {
+        let s = service(true).await;
+        let group = s.node.cp().unwrap().group_ids()[0];
+        let vote = VoteRequest::<NodeId> {
+            vote: Vote::new(0, 2),
+            last_log_id: None,
+        };
+        let vote = codec::encode("vote", &vote).unwrap();
+        let batch = ipb::RaftBatchRequest {
+            messages: vec![
+                message(group, RaftKind::Vote.code(), vote.clone()),
+                message(12345, RaftKind::Vote.code(), vote.clone()),
+                message(group, 9, vote),
+                message(group, RaftKind::Append.code(), b"not bincode".to_vec()),
+            ],
+        };
+        let results = s
+            .raft_batch(Request::new(batch))
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        assert_eq!(results.len(), 4);
+        let items: Vec<_> = results.into_iter().map(|r| r.result.unwrap()).collect();
+        match &items[0] {
+            Item::Payload(p) => {
+                let answer: Result<VoteResponse<NodeId>, openraft::error::RaftError<NodeId>> =
+                    codec::decode("vote response", p).unwrap();
+                assert!(
+                    !answer.unwrap().vote_granted,
+                    "a stale candidate is refused"
+                );
+            }
+            other => panic!("expected an answer, got {other:?}"),
+        }
+        for (i, expected) in [(1, "12345"), (2, "9"), (3, "decod")] {
+            match &items[i] {
+                Item::Error(e) => assert!(e.contains(expected), "{i}: {e}"),
+                other => panic!("{i}: expected an error, got {other:?}"),
+            }
+        }
+        s.node.cp().unwrap().shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_oversized_batch_or_a_node_without_raft_is_refused_whole() {
+        let s = service(false).await;
+        let refused = s
+            .raft_batch(Request::new(ipb::RaftBatchRequest {
+                messages: vec![message(1, 1, vec![])],
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        assert!(refused.message().contains("starting"), "{refused:?}");
+
+        let refused = s
+            .raft_batch(Request::new(ipb::RaftBatchRequest {
+                messages: vec![message(1, 1, vec![]); MAX_BATCH_MESSAGES + 1],
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert_eq!(
+            refused.message(),
+            format!(
+                "[n1] a Raft batch holds at most {MAX_BATCH_MESSAGES} messages; this one has 257"
+            )
+        );
+    }
+}
