@@ -199,7 +199,7 @@ bench() {
         # For the warm-up and the measured time, not to a signal: a signal that comes while perf
         # is still attaching to a busy process's threads leaves an empty profile.
         perf record -F 499 -g -p "$victim" -o "$ROUND_DIR/$name.perf.data" \
-            -- sleep "$(seconds "$WARMUP" "$DURATION")" >/dev/null 2>&1 &
+            -- sleep "$(seconds "$WARMUP" "$DURATION")" >"$ROUND_DIR/$name.perf.log" 2>&1 &
         perf_pid=$!
     fi
     before=$(cpu_us "${pids[@]}")
