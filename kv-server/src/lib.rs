@@ -9,7 +9,8 @@
 //!    seam; the process's event counters.
 //! 2. `storage`: the `Engine` seam (sled, memory).
 //! 3. `ring`, `faults`, `membership`: placement; injected faults; peers' liveness.
-//! 4. `peers`: the peer links (dialer, per-peer channels, faults, liveness), built before the
+//! 4. `batch`, `peers`: the per-peer batcher (many callers' messages to one peer in few calls);
+//!    the peer links (dialer, per-peer channels, faults, liveness), built before the
 //!    node and handed to the transports and to the node.
 //! 5. `ap`, `cp`: the engines, each behind its own transport seam.
 //! 6. `repair`: the corruption fault on a stopped node's data and the scrub over both engines.
@@ -23,6 +24,7 @@
 //!     gRPC service.
 
 pub mod ap;
+pub mod batch;
 pub mod clock;
 pub mod config;
 pub mod cp;
@@ -59,6 +61,7 @@ mod layering_tests {
         "ring",
         "faults",
         "membership",
+        "batch",
         "peers",
         "ap",
         "cp",

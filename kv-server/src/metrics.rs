@@ -97,6 +97,10 @@ pub struct Metrics {
     pub raft_calls: Counter,
     /// Raft messages sent to peers (a batch call carries several).
     pub raft_messages_sent: Counter,
+    /// gRPC calls carrying AP replica writes to peers (`Internal.ApWriteBatch`).
+    pub ap_write_calls: Counter,
+    /// AP replica writes and hints sent to peers (a batch call carries several).
+    pub ap_writes_sent: Counter,
     /// Time one group-commit flush took.
     pub storage_flush_seconds: Histogram,
     /// Stored records whose checksum failed, by mode and what was done about them.
@@ -124,6 +128,8 @@ impl Metrics {
             storage_flushes: Counter::default(),
             raft_calls: Counter::default(),
             raft_messages_sent: Counter::default(),
+            ap_write_calls: Counter::default(),
+            ap_writes_sent: Counter::default(),
             storage_flush_seconds: latency_histogram(),
             corrupt_records: Family::default(),
             scrub_records: Counter::default(),
@@ -209,6 +215,16 @@ impl Metrics {
             "raft_messages_sent",
             "Raft messages sent to peers (a batch call carries several)",
             c.raft_messages_sent,
+        );
+        r.register(
+            "ap_write_calls",
+            "gRPC calls carrying AP replica writes to peers (batched)",
+            c.ap_write_calls,
+        );
+        r.register(
+            "ap_writes_sent",
+            "AP replica writes and hints sent to peers (a batch call carries several)",
+            c.ap_writes_sent,
         );
         r.register(
             "storage_flush_duration_seconds",

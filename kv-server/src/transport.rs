@@ -3,12 +3,14 @@
 //! fault-injection filter applies to all of them, a batch being one message to it).
 //! **Architecture invariant:** the engines never see gRPC; only this file and `service/`
 //! convert between engine types and protobuf. AppendEntries (heartbeats included) of every
-//! group go to a peer through its `RaftBatcher` as `Internal.RaftBatch` calls; votes and
-//! snapshot chunks keep their own `Internal.Raft` call (rare, and a snapshot chunk is as large
-//! as a whole batch).
+//! group go to a peer through its `RaftBatcher` as `Internal.RaftBatch` calls, and AP replica
+//! writes (hints included) through its AP write batcher as `Internal.ApWriteBatch` calls; votes
+//! and snapshot chunks keep their own `Internal.Raft` call (rare, and a snapshot chunk is as
+//! large as a whole batch).
 
 use crate::ap::{ApRecord, ApTransport, Liveness, RangePage, TransportError as ApTransportError};
-use crate::cp::batch::{BatchItem, BatchSend, ItemResult, RaftBatcher};
+use crate::batch::{BatchError, BatchSend, Batcher};
+use crate::cp::batch::{BatchItem, ItemResult, RaftBatcher};
 use crate::cp::{RaftKind, RaftTransport, TransportError as RaftTransportError};
 use crate::metrics::metrics;
 use crate::peers::PeerLinks;
@@ -25,6 +27,35 @@ use tonic::transport::Channel;
 /// Deadline of one `Internal.RaftBatch` call unless set with
 /// `GrpcTransport::with_raft_rpc_timeout` (the CP engine's default `rpc_timeout_ms`).
 pub const DEFAULT_RAFT_BATCH_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Deadline of one `Internal.ApWriteBatch` call: a bound on a hung peer's hold on a call slot.
+/// Coordinators give each write their own (shorter) write timeout, and a call whose callers
+/// have all given up is cancelled at once.
+pub const AP_WRITE_BATCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes one AP replica write adds to a batch beside its key and value (keyspace id, clock,
+/// hint owner, sender, tags and lengths).
+const AP_WRITE_OVERHEAD_BYTES: usize = 96;
+
+/// One AP replica write of a batch.
+pub struct ApWriteItem(ipb::ApWriteRequest);
+
+impl crate::batch::BatchItem for ApWriteItem {
+    fn payload_bytes(&self) -> usize {
+        let r = self.0.record.as_ref();
+        r.map_or(0, |r| r.key.len() + r.value.len()) + AP_WRITE_OVERHEAD_BYTES
+    }
+}
+
+impl BatchError for ApTransportError {
+    fn unreachable(node: NodeId, reason: String) -> Self {
+        ApTransportError::Unreachable { node, reason }
+    }
+    fn network(node: NodeId, message: String) -> Self {
+        ApTransportError::Remote { node, message }
+    }
+}
+
+/// The batching sender of AP replica writes to one peer.
+type ApWriteBatcher = Batcher<ApWriteItem, (), ApTransportError>;
 
 /// Converts an AP record to its wire form.
 pub fn record_to_pb(r: &ApRecord) -> ipb::Record {
@@ -62,6 +93,8 @@ pub struct GrpcTransport {
     links: Arc<PeerLinks>,
     /// One batcher per peer, for AppendEntries.
     raft_batchers: Arc<BTreeMap<NodeId, Arc<RaftBatcher>>>,
+    /// One batcher per peer, for AP replica writes.
+    ap_batchers: Arc<BTreeMap<NodeId, Arc<ApWriteBatcher>>>,
 }
 
 impl GrpcTransport {
@@ -76,20 +109,45 @@ impl GrpcTransport {
         // A batch is never larger than one AppendEntries may be, so batching never makes a
         // message the peer refuses (`kv_core::limits`), nor one slower than openraft allows.
         let budget = kv_core::limits::max_raft_append_bytes(links.max_value_bytes());
-        let calls: Arc<dyn BatchSend> = Arc::new(RaftBatchCalls {
-            links: links.clone(),
-        });
-        let raft_batchers = links
+        let calls: Arc<dyn BatchSend<BatchItem, Vec<u8>, RaftTransportError>> =
+            Arc::new(RaftBatchCalls {
+                links: links.clone(),
+            });
+        let peers: Vec<NodeId> = links
             .members()
             .filter(|m| m.id != links.me())
-            .map(|m| {
-                let batcher = RaftBatcher::new(m.id, calls.clone(), budget, timeout);
-                (m.id, Arc::new(batcher))
+            .map(|m| m.id)
+            .collect();
+        let raft_batchers = peers
+            .iter()
+            .map(|&id| {
+                let batcher = RaftBatcher::new(id, "Raft messages", calls.clone(), budget, timeout);
+                (id, Arc::new(batcher))
+            })
+            .collect();
+        // A batch of AP writes is never larger than one write may be.
+        let ap_budget = kv_core::limits::max_peer_message_bytes(links.max_value_bytes());
+        let ap_calls: Arc<dyn BatchSend<ApWriteItem, (), ApTransportError>> =
+            Arc::new(ApWriteBatchCalls {
+                links: links.clone(),
+            });
+        let ap_batchers = peers
+            .iter()
+            .map(|&id| {
+                let batcher = Batcher::new(
+                    id,
+                    "AP replica writes",
+                    ap_calls.clone(),
+                    ap_budget,
+                    AP_WRITE_BATCH_TIMEOUT,
+                );
+                (id, Arc::new(batcher))
             })
             .collect();
         Self {
             links,
             raft_batchers: Arc::new(raft_batchers),
+            ap_batchers: Arc::new(ap_batchers),
         }
     }
 
@@ -147,21 +205,21 @@ impl ApTransport for GrpcTransport {
         record: ApRecord,
         hint_for: Option<NodeId>,
     ) -> BoxFuture<'static, Result<(), ApTransportError>> {
-        let this = self.clone();
-        Box::pin(async move {
-            let mut client = this.client(to, ap_unreachable(to)).await?;
-            client
-                .ap_write(ipb::ApWriteRequest {
-                    keyspace: keyspace_id.to_string(),
-                    record: Some(record_to_pb(&record)),
-                    hint_for: hint_for.unwrap_or(0),
-                    from: this.links.me(),
+        let request = ipb::ApWriteRequest {
+            keyspace: keyspace_id.to_string(),
+            record: Some(record_to_pb(&record)),
+            hint_for: hint_for.unwrap_or(0),
+            from: self.links.me(),
+        };
+        match self.ap_batchers.get(&to) {
+            Some(batcher) => batcher.send(ApWriteItem(request)),
+            None => Box::pin(async move {
+                Err(ApTransportError::Unreachable {
+                    node: to,
+                    reason: "not a member of this cluster".into(),
                 })
-                .await
-                .map_err(|s| ap_err(to, s))?;
-            this.links.membership().heard_from(to);
-            Ok(())
-        })
+            }),
+        }
     }
 
     fn read(
@@ -330,7 +388,7 @@ struct RaftBatchCalls {
     links: Arc<PeerLinks>,
 }
 
-impl BatchSend for RaftBatchCalls {
+impl BatchSend<BatchItem, Vec<u8>, RaftTransportError> for RaftBatchCalls {
     fn send_batch(
         &self,
         to: NodeId,
@@ -373,6 +431,59 @@ impl BatchSend for RaftBatchCalls {
                     None => Err(RaftTransportError::Network {
                         to,
                         reason: "the peer answered a batched Raft message with nothing".into(),
+                    }),
+                })
+                .collect())
+        })
+    }
+}
+
+/// Sends AP replica writes as `Internal.ApWriteBatch` calls, through the fault filter.
+struct ApWriteBatchCalls {
+    links: Arc<PeerLinks>,
+}
+
+impl BatchSend<ApWriteItem, (), ApTransportError> for ApWriteBatchCalls {
+    fn send_batch(
+        &self,
+        to: NodeId,
+        items: Vec<ApWriteItem>,
+    ) -> BoxFuture<'static, Result<Vec<Result<(), ApTransportError>>, ApTransportError>> {
+        let links = self.links.clone();
+        Box::pin(async move {
+            let channel = links
+                .open(to)
+                .await
+                .map_err(|e| ApTransportError::Unreachable {
+                    node: to,
+                    reason: e.to_string(),
+                })?;
+            let mut client = links.internal_client_on(channel);
+            metrics().ap_write_calls.inc();
+            metrics().ap_writes_sent.inc_by(items.len() as u64);
+            let writes = items.into_iter().map(|i| i.0).collect();
+            let resp = client
+                .ap_write_batch(ipb::ApWriteBatchRequest {
+                    writes,
+                    from: links.me(),
+                })
+                .await
+                .map_err(|s| ap_err(to, s))?;
+            links.membership().heard_from(to);
+            Ok(resp
+                .into_inner()
+                .results
+                .into_iter()
+                .map(|r| match tonic::Code::from(r.code) {
+                    tonic::Code::Ok => Ok(()),
+                    // The replica's record failed its checksum: no usable copy there.
+                    tonic::Code::DataLoss => Err(ApTransportError::Corrupt {
+                        node: to,
+                        message: r.message,
+                    }),
+                    _ => Err(ApTransportError::Remote {
+                        node: to,
+                        message: r.message,
                     }),
                 })
                 .collect())

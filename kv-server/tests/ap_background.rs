@@ -50,7 +50,9 @@ async fn background_work_replays_hints_and_repairs_a_wiped_replica() {
             .await
             .unwrap();
     }
-    // With 3 nodes there is no fallback beyond N: the coordinator keeps the hints for node 3.
+    // With 3 nodes there is no fallback beyond N: the coordinator keeps the hints for node 3
+    // (stored once the writes' unfinished sends are, after the acknowledgements).
+    c.node(1).wait_writes_idle().await;
     assert_eq!(c.node(1).hint_counts(), BTreeMap::from([(3, keys.len())]));
     assert!(c.node(2).hint_counts().is_empty());
     // Node 1's hint replay does not run here: only anti-entropy can refill the wiped node.
@@ -73,6 +75,7 @@ async fn background_work_replays_hints_and_repairs_a_wiped_replica() {
         .put(&c.ks, &c.pref(&k), &k, b"v".to_vec(), ALL)
         .await
         .unwrap();
+    c.node(1).wait_writes_idle().await;
     assert_eq!(c.node(4).hint_counts(), BTreeMap::from([(3, 1)]));
     c.revive(3);
     let task = c.node(4).spawn_background(Arc::new(Vec::new));
@@ -134,7 +137,9 @@ async fn hint_replay_proceeds_while_an_anti_entropy_round_is_blocked() {
     // Only now does node 1 take a hint for node 2: a replay that had to wait for the
     // anti-entropy round would not deliver it before the Merkle timeout, an hour away.
     let record = rec("k", 1_000_000, Some("v"));
-    n1.apply_replica(ks.id, record.clone(), Some(2)).unwrap();
+    n1.apply_replica(ks.id, record.clone(), Some(2))
+        .await
+        .unwrap();
     assert_eq!(n1.hint_counts(), BTreeMap::from([(2, 1)]));
     wait_for("the hint delivered", || n1.hint_counts().is_empty()).await;
     let n2 = c.node(2);
@@ -162,6 +167,7 @@ async fn aborting_the_background_handle_stops_every_job() {
 
     // Many replay periods pass (paused time jumps ahead): no replay task is left to deliver.
     n1.apply_replica(ks.id, rec("k", 1_000_000, Some("v")), Some(2))
+        .await
         .unwrap();
     let replay_period = Duration::from_millis(ApConfig::new(1).hint_replay_interval_ms);
     tokio::time::sleep(10 * replay_period).await;

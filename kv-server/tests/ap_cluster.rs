@@ -182,7 +182,8 @@ async fn the_hint_bound_moves_hints_to_the_next_fallback_then_refuses() {
     );
     let direct = c
         .node(4)
-        .apply_replica(c.ks.id, c.local(1, &k).unwrap(), Some(3));
+        .apply_replica(c.ks.id, c.local(1, &k).unwrap(), Some(3))
+        .await;
     let msg = direct.unwrap_err().to_string();
     assert!(
         msg.contains("hint store full for node 3") && msg.contains("2 hints"),
@@ -224,6 +225,7 @@ async fn read_repair_fixes_stale_and_missing_replicas() {
     });
     c.node(2)
         .apply_replica(c.ks.id, rec.unwrap(), None)
+        .await
         .unwrap();
     let got = c.node(1).get(&c.ks, &pref, &lone, ALL).await.unwrap();
     assert_eq!(got.map(|(v, _)| v), Some(b"new".to_vec()));
@@ -248,7 +250,7 @@ async fn anti_entropy_exchanges_large_values_both_ways_page_by_page() {
             hlc: c.node(owner).hlc().now().unwrap(),
             value: Some(value.clone()),
         };
-        c.node(owner).apply_replica(c.ks.id, r, None).unwrap();
+        c.node(owner).apply_replica(c.ks.id, r, None).await.unwrap();
     }
     let s = c.node(3).anti_entropy_once(c.ks.id, 0, 1).await.unwrap();
     assert_eq!((s.records_fetched, s.records_applied), (10, 10), "{s:?}");
@@ -322,7 +324,7 @@ async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves(
         let mut r = c.local(1, k).unwrap();
         r.hlc = c.node(1).hlc().now().unwrap();
         r.value = Some(b"changed".to_vec());
-        c.node(1).apply_replica(c.ks.id, r, None).unwrap();
+        c.node(1).apply_replica(c.ks.id, r, None).await.unwrap();
     }
     let p_a = u32::from(b'a') % 3;
     let s = n3.anti_entropy_once(c.ks.id, p_a, 1).await.unwrap();
@@ -357,7 +359,7 @@ async fn anti_entropy_converges_a_wiped_replica_and_syncs_only_differing_leaves(
         hlc: n3.hlc().now().unwrap(),
         value: Some(b"x".to_vec()),
     };
-    n3.apply_replica(c.ks.id, rec.clone(), None).unwrap();
+    n3.apply_replica(c.ks.id, rec.clone(), None).await.unwrap();
     let s = n3
         .anti_entropy_once(c.ks.id, u32::from(b'c') % 3, 1)
         .await

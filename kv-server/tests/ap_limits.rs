@@ -29,13 +29,15 @@ async fn an_acknowledged_replica_write_survives_a_crash_even_when_it_superseded_
     let same = rec("k", 1_000_000, Some("v"));
     store.apply(&same, 0).unwrap();
     // The coordinator's write of it supersedes nothing here, and is acknowledged.
-    assert!(!n1.apply_replica(c.ks.id, same.clone(), None).unwrap());
+    assert!(!n1.apply_replica(c.ks.id, same.clone(), None).await.unwrap());
+    // A hint is acknowledged too.
+    let hinted = rec("h", 1_000_000, Some("hinted"));
+    n1.apply_replica(c.ks.id, hinted.clone(), Some(2))
+        .await
+        .unwrap();
     // A record stored but never acknowledged, written after the last flush.
     let unacked = rec("u", 1_000_000, Some("never acked"));
     store.apply(&unacked, 0).unwrap();
-    // A hint is acknowledged too.
-    let hinted = rec("h", 1_000_000, Some("hinted"));
-    n1.apply_replica(c.ks.id, hinted.clone(), Some(2)).unwrap();
 
     c.disks[&1].crash();
     let n1 = c.start(1);
@@ -103,6 +105,7 @@ async fn a_hint_for_a_node_that_is_not_a_member_is_refused() {
     let err = c
         .node(1)
         .apply_replica(c.ks.id, rec("k", 1_000_000, Some("v")), Some(99))
+        .await
         .unwrap_err();
     assert!(
         matches!(
@@ -125,6 +128,7 @@ async fn a_hint_for_a_node_that_is_not_a_member_is_refused() {
     // A member's hint is kept.
     c.node(1)
         .apply_replica(c.ks.id, rec("k", 1_000_000, Some("v")), Some(2))
+        .await
         .unwrap();
     assert_eq!(c.node(1).hint_counts(), BTreeMap::from([(2, 1)]));
 }
@@ -153,6 +157,7 @@ async fn a_replica_refuses_a_timestamp_beyond_the_maximum_offset_and_keeps_its_c
     ] {
         let err = n1
             .apply_replica(c.ks.id, from_node_9(key, physical_ms), hint_for)
+            .await
             .unwrap_err();
         assert!(
             matches!(
@@ -184,6 +189,7 @@ async fn a_replica_refuses_a_timestamp_beyond_the_maximum_offset_and_keeps_its_c
     assert_eq!(h.physical_ms, 1_000_000);
     // Within the bound a timestamp is taken, and the clock moves past it.
     n1.apply_replica(c.ks.id, from_node_9("near", 1_000_400), None)
+        .await
         .unwrap();
     let h = n1
         .put(&c.ks, &c.pref(&k), &k, b"w".to_vec(), Default::default())

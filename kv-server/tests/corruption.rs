@@ -236,7 +236,7 @@ async fn ap_reads_answer_from_good_replicas_and_repair_the_corrupt_one() {
         hlc: n3.node.ap.hlc().now().unwrap(),
         value: Some(b"only here".to_vec()),
     };
-    n3.node.ap.apply_replica(2, solo, None).unwrap();
+    n3.node.ap.apply_replica(2, solo, None).await.unwrap();
     corrupt(n3, "ap", "solo");
     let partition = n3.node.ring.partition_for_key(b"solo");
     n3.node.ap.anti_entropy_once(2, partition, 1).await.unwrap();

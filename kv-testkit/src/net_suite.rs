@@ -98,6 +98,12 @@ impl ipb::internal_server::Internal for EchoService {
     ) -> Result<Response<ipb::ApWriteResponse>, Status> {
         unimplemented()
     }
+    async fn ap_write_batch(
+        &self,
+        _: Request<ipb::ApWriteBatchRequest>,
+    ) -> Result<Response<ipb::ApWriteBatchResponse>, Status> {
+        unimplemented()
+    }
     async fn ap_read(
         &self,
         _: Request<ipb::ApReadRequest>,

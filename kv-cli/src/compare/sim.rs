@@ -1,8 +1,9 @@
 //! `kv compare --sim`: the comparison inside the turmoil simulation, through the partition
 //! suite's runner (`chaos::scenario`): one case per mode with the same seed, the same
-//! workload and the same schedule (the last node cut off, then healed). Meant to be
-//! deterministic; FIXME: the histories of one seed still drift after the workload's start
-//! (see tests/tests/same_seed.rs and docs/compare.md for what is closed and what is left).
+//! workload and the same schedule (the last node cut off, then healed). Deterministic: one
+//! seed writes byte-identical histories in two processes (tests/tests/same_seed.rs, and
+//! `kv compare --sim` itself in kv-cli/tests/compare_report.rs; docs/compare.md says what it
+//! took).
 
 use super::judge::{check_ap_report, check_cp, ModeRun};
 use super::{Comparison, FaultSpan};

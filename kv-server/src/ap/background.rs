@@ -247,7 +247,7 @@ impl ApEngine {
             }
         }
         // One flush per page rather than per record; nothing here is acknowledged to anyone.
-        self.inner.engine.flush()?;
+        self.flushed().await?;
         let pushes = futures::stream::iter(to_push.into_iter().map(|r| {
             let fut = self.inner.transport.write(peer, keyspace_id, r, None);
             with_timeout(peer, self.inner.config.write_timeout_ms, fut)

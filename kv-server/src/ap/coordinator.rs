@@ -186,11 +186,15 @@ impl ApEngine {
         record: ApRecord,
     ) -> BoxFuture<'static, (WriteTarget, Result<(), TransportError>)> {
         if target.node == self.node_id() {
-            let result = self
-                .apply_replica(keyspace_id, record, target.hint_for)
-                .map(|_| ())
-                .map_err(|e| TransportError::local(target.node, e));
-            return Box::pin(async move { (target, result) });
+            let this = self.clone();
+            return Box::pin(async move {
+                let result = this
+                    .apply_replica(keyspace_id, record, target.hint_for)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| TransportError::local(target.node, e));
+                (target, result)
+            });
         }
         let fut = self
             .inner

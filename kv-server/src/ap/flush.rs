@@ -13,9 +13,9 @@ use std::sync::{Condvar, Mutex};
 
 /// Blocks until the group commit's next flush covers the caller's writes.
 ///
-/// FIXME: `apply_replica` is synchronous, so this blocks the calling worker (tokio moves its
-/// other tasks away first on a multi-threaded runtime); an async replica path would await
-/// `GroupCommit::sync` instead.
+/// Only `ApEngine::apply_replica_blocking` (the in-memory test network) comes here with a group
+/// commit; the served path awaits `GroupCommit::sync` instead (`ApEngine::flushed`). On a
+/// multi-threaded runtime tokio moves the worker's other tasks away first.
 fn wait_for_flush(commit: &GroupCommit) -> Result<(), StorageError> {
     let (tx, rx) = std::sync::mpsc::channel();
     commit.after_flush(Box::new(move |r| {

@@ -100,7 +100,9 @@ impl HintStore {
         Ok(store)
     }
 
-    /// Stores a hint for `owner` durably; fails with `Full` beyond `max_per_node`.
+    /// Stores a hint for `owner`; fails with `Full` beyond `max_per_node`. The hint is durable
+    /// after the engine's next flush: callers wait for one before acknowledging it
+    /// (`ApEngine::apply_replica`), so hints stored together share one fsync.
     pub fn add(&self, owner: NodeId, keyspace_id: u32, record: ApRecord) -> Result<u64, HintError> {
         let mut state = self.state.lock().expect("hint lock poisoned");
         let count = state.counts.get(&owner).copied().unwrap_or(0);
@@ -118,7 +120,6 @@ impl HintStore {
         };
         self.records
             .put(&hint.storage_key(), &hint.record.to_stored())?;
-        self.records.raw().flush()?;
         state.next_seq += 1;
         *state.counts.entry(owner).or_default() += 1;
         Ok(hint.seq)

@@ -72,7 +72,7 @@ impl ApEngine {
                 false => LocalRepair::NotCorrupt,
             },
         };
-        self.inner.engine.flush()?;
+        self.flushed().await?;
         Ok(outcome)
     }
 }

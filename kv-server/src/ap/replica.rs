@@ -6,7 +6,7 @@
 //! the caller counts the answer as a durable ack — a record that superseded nothing too, since
 //! what superseded it may not be durable yet (an anti-entropy batch before its flush, or a
 //! concurrent write whose flush is still running); the flushes of writes ready together are
-//! one (`GroupFlush`). A record whose timestamp is beyond the maximum clock offset, and a hint
+//! one (the engine's group commit, awaited, or `GroupFlush`). A record whose timestamp is beyond the maximum clock offset, and a hint
 //! for a node that is not a member, are refused before anything is stored.
 
 use super::engine::ApEngine;
@@ -17,9 +17,46 @@ use crate::storage::StorageError;
 use crate::types::NodeId;
 
 impl ApEngine {
-    /// Stores a record sent by a coordinator, a repair or a hint replay; true if it superseded
-    /// what was stored. With `hint_for` naming another node it is kept as a durable hint instead.
-    pub fn apply_replica(
+    /// Stores a record sent by a coordinator, a repair or a hint replay and returns once it is
+    /// durable; true if it superseded what was stored. With `hint_for` naming another node it is
+    /// kept as a durable hint instead. Waiting for the flush does not hold an async worker: on
+    /// sled it awaits the engine's group commit (shared with the Raft log appends).
+    pub async fn apply_replica(
+        &self,
+        keyspace_id: u32,
+        record: ApRecord,
+        hint_for: Option<NodeId>,
+    ) -> Result<bool, ApError> {
+        let applied = self.store_replica(keyspace_id, record, hint_for)?;
+        self.flushed().await?;
+        Ok(applied)
+    }
+
+    /// Returns after a flush that started after the call made every earlier write of this
+    /// node durable: the engine's group commit where it has one (sled: awaited, off the async
+    /// workers), else one shared inline flush (`GroupFlush`; memory and simulated disks).
+    pub(super) async fn flushed(&self) -> Result<(), StorageError> {
+        match self.inner.engine.group_commit() {
+            Some(commit) => commit.sync().await,
+            None => self.inner.flusher.flush(&*self.inner.engine),
+        }
+    }
+
+    /// `apply_replica` for callers that cannot await (the in-memory test network): the same
+    /// store and the same flush, waited for on the calling thread.
+    pub fn apply_replica_blocking(
+        &self,
+        keyspace_id: u32,
+        record: ApRecord,
+        hint_for: Option<NodeId>,
+    ) -> Result<bool, ApError> {
+        let applied = self.store_replica(keyspace_id, record, hint_for)?;
+        self.inner.flusher.flush(&*self.inner.engine)?;
+        Ok(applied)
+    }
+
+    /// Validates and stores a record or a hint, not yet flushed.
+    fn store_replica(
         &self,
         keyspace_id: u32,
         record: ApRecord,
@@ -41,15 +78,12 @@ impl ApEngine {
         self.inner.clock.observe(record.hlc)?;
         match hint_for {
             Some(owner) => {
-                // `HintStore::add` flushes before it returns.
                 self.inner.hints.add(owner, keyspace_id, record)?;
                 Ok(true)
             }
             None => {
                 let store = self.store(keyspace_id)?;
-                let applied = store.apply(&record, self.forget_before_ms())?;
-                self.inner.flusher.flush(&*self.inner.engine)?;
-                Ok(applied)
+                Ok(store.apply(&record, self.forget_before_ms())?)
             }
         }
     }

@@ -1,6 +1,9 @@
 //! Tests of `RaftBatcher` against a scripted peer.
 
 use super::*;
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 
 /// What the scripted peer does with a batch.
@@ -23,7 +26,7 @@ struct Peer {
     script: Script,
 }
 
-impl BatchSend for Peer {
+impl BatchSend<BatchItem, Vec<u8>, TransportError> for Peer {
     fn send_batch(
         &self,
         to: NodeId,
@@ -73,6 +76,7 @@ fn rig(script: Script, budget_bytes: usize, open: usize) -> Rig {
     Rig {
         batcher: Arc::new(RaftBatcher::new(
             2,
+            "Raft messages",
             Arc::new(peer),
             budget_bytes,
             Duration::from_secs(1),

@@ -47,6 +47,30 @@ impl InternalService {
         Ok(id)
     }
 
+    /// Stores one replica write from coordinator `from` (alone or from a batch) durably.
+    async fn apply_ap_write(&self, from: NodeId, req: ipb::ApWriteRequest) -> NodeResult<()> {
+        if req.from != from {
+            return Err(NodeError::InvalidArgument(format!(
+                "a write of a batch from node {from} claims to come from node {}",
+                req.from
+            )));
+        }
+        let ks = self.keyspace_id(&req.keyspace)?;
+        let record = req
+            .record
+            .ok_or_else(|| NodeError::InvalidArgument("ApWrite without a record".into()))?;
+        self.node.validate_key(&record.key)?;
+        let hint_for = (req.hint_for != 0).then_some(req.hint_for);
+        if !self.node.links.faults().drops(from) {
+            self.node.links.membership().heard_from(from);
+        }
+        self.node
+            .ap
+            .apply_replica(ks, record_from_pb(record), hint_for)
+            .await?;
+        Ok(())
+    }
+
     fn check_partition(&self, p: u32) -> NodeResult<()> {
         if p >= self.node.ring.partition_count() {
             return Err(NodeError::InvalidArgument(format!(
@@ -174,23 +198,41 @@ impl ipb::internal_server::Internal for InternalService {
     ) -> Result<Response<ipb::ApWriteResponse>, Status> {
         self.check_sender(&req, req.get_ref().from)?;
         let req = req.into_inner();
-        let result = async {
-            let ks = self.keyspace_id(&req.keyspace)?;
-            let record = req
-                .record
-                .ok_or_else(|| NodeError::InvalidArgument("ApWrite without a record".into()))?;
-            self.node.validate_key(&record.key)?;
-            let hint_for = (req.hint_for != 0).then_some(req.hint_for);
-            if !self.node.links.faults().drops(req.from) {
-                self.node.links.membership().heard_from(req.from);
-            }
-            self.node
-                .ap
-                .apply_replica(ks, record_from_pb(record), hint_for)?;
-            Ok(ipb::ApWriteResponse {})
+        let from = req.from;
+        self.apply_ap_write(from, req)
+            .await
+            .map(|()| Response::new(ipb::ApWriteResponse {}))
+            .map_err(|e| self.status(e))
+    }
+
+    async fn ap_write_batch(
+        &self,
+        req: Request<ipb::ApWriteBatchRequest>,
+    ) -> Result<Response<ipb::ApWriteBatchResponse>, Status> {
+        let from = req.get_ref().from;
+        self.check_sender(&req, from)?;
+        let writes = req.into_inner().writes;
+        if writes.len() > MAX_BATCH_MESSAGES {
+            return Err(self.status(NodeError::InvalidArgument(format!(
+                "an AP write batch holds at most {MAX_BATCH_MESSAGES} writes; this one has {}",
+                writes.len()
+            ))));
         }
+        // Stored concurrently, so their flush waits meet in one group commit.
+        let results = futures::future::join_all(writes.into_iter().map(|w| async move {
+            match self.apply_ap_write(from, w).await {
+                Ok(()) => ipb::ApWriteResult::default(),
+                Err(e) => {
+                    let status = self.status(e);
+                    ipb::ApWriteResult {
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                    }
+                }
+            }
+        }))
         .await;
-        result.map(Response::new).map_err(|e| self.status(e))
+        Ok(Response::new(ipb::ApWriteBatchResponse { results }))
     }
 
     async fn ap_read(
@@ -443,5 +485,82 @@ mod tests {
                 "[n1] a Raft batch holds at most {MAX_BATCH_MESSAGES} messages; this one has 257"
             )
         );
+    }
+
+    fn ap_write(keyspace: &str, key: &str, hint_for: u64, from: u64) -> ipb::ApWriteRequest {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        ipb::ApWriteRequest {
+            keyspace: keyspace.into(),
+            record: Some(ipb::Record {
+                key: key.as_bytes().to_vec(),
+                value: format!("value of {key}").into_bytes(),
+                tombstone: false,
+                hlc: Some(kv_proto::v1::Hlc {
+                    physical_ms: now_ms,
+                    logical: 0,
+                    node_id: 1,
+                }),
+            }),
+            hint_for,
+            from,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ap_write_batch_stores_each_write_and_a_bad_one_fails_alone() {
+        let s = service(false).await;
+        let batch = ipb::ApWriteBatchRequest {
+            writes: vec![
+                ap_write("2", "a", 0, 1),
+                ap_write("1", "b", 0, 1),  // the CP keyspace
+                ap_write("2", "c", 77, 1), // a hint for a node that is not a member
+                ap_write("2", "d", 0, 5),  // claims another sender than the batch
+                ap_write("2", "e", 0, 1),
+            ],
+            from: 1,
+        };
+        let results = s
+            .ap_write_batch(Request::new(batch))
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        let codes: Vec<_> = results.iter().map(|r| tonic::Code::from(r.code)).collect();
+        use tonic::Code::{InvalidArgument, Ok as Stored};
+        assert_eq!(
+            codes[..],
+            [Stored, InvalidArgument, codes[2], InvalidArgument, Stored],
+            "{results:?}"
+        );
+        assert_ne!(codes[2], Stored, "{results:?}");
+        assert!(
+            results[1].message.contains("not an AP keyspace"),
+            "{results:?}"
+        );
+        assert!(results[2].message.contains("77"), "{results:?}");
+        assert!(results[3].message.contains("node 5"), "{results:?}");
+        let stored = |key: &str| s.node.ap.read_replica(2, key.as_bytes()).unwrap();
+        assert_eq!(stored("a").unwrap().value, Some(b"value of a".to_vec()));
+        assert_eq!(stored("e").unwrap().value, Some(b"value of e".to_vec()));
+        assert!(stored("d").is_none(), "a refused write changes nothing");
+
+        let refused = s
+            .ap_write_batch(Request::new(ipb::ApWriteBatchRequest {
+                writes: vec![ap_write("2", "x", 0, 1); MAX_BATCH_MESSAGES + 1],
+                from: 1,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert_eq!(
+            refused.message(),
+            format!(
+                "[n1] an AP write batch holds at most {MAX_BATCH_MESSAGES} writes; this one has 257"
+            )
+        );
+        assert!(stored("x").is_none(), "a refused batch changes nothing");
     }
 }

@@ -40,7 +40,7 @@ impl ApService for ApEngine {
         record: ApRecord,
         hint_for: Option<NodeId>,
     ) -> Result<(), String> {
-        self.apply_replica(keyspace_id, record, hint_for)
+        self.apply_replica_blocking(keyspace_id, record, hint_for)
             .map(drop)
             .map_err(|e| e.to_string())
     }
