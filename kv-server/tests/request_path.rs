@@ -2,8 +2,9 @@
 //! but kv.proto: hostile and malformed input gets kv.proto's codes (never INTERNAL, OUT_OF_RANGE
 //! or CANCELLED) with short messages naming the limit, a request id makes a retried write apply
 //! once, a node refuses writes past its in-flight limit, concurrent large CP writes neither
-//! stall their partition nor bounce between nodes as ABORTED, and an anti-entropy range answer
-//! comes in pages that each fit a node-to-node message, however large the values.
+//! stall their partition nor bounce between nodes as ABORTED, an anti-entropy range answer
+//! comes in pages that each fit a node-to-node message, however large the values, and AP
+//! replica writes sent to a peer at once share calls while each gets its own answer.
 
 use kv_core::headers::NODE_HEADER;
 use kv_core::limits::{MAX_KEYSPACE_NAME_BYTES, MAX_STATUS_MESSAGE_BYTES, MESSAGE_HEADROOM_BYTES};
@@ -769,5 +770,80 @@ async fn merkle_range_answers_stay_within_the_peer_message_limit_whatever_the_va
     assert!(
         pages > 1,
         "{VALUES} values of {max_value} bytes fit no single page"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ap_replica_writes_sent_at_once_share_calls_and_each_gets_its_own_answer() {
+    use kv_server::ap::{ApRecord, ApTransport, TransportError};
+    use kv_server::metrics::metrics;
+    use kv_server::peers::PeerLinks;
+    use kv_server::transport::GrpcTransport;
+    use kv_server::types::Hlc;
+
+    const WRITES: usize = 200;
+    let (mut ls, peers) = listeners(2).await;
+    // n1 runs on sled (real group commit); this test plays n2, whose transport sends to n1.
+    let n1 = start(ls.remove(0), peers.clone(), "n1", true, |_| {}).await;
+    let n2 = GrpcTransport::new(Arc::new(PeerLinks::new(2, &peers, Arc::new(TcpDialer))));
+    let ks = n1.node.keyspace("ap").await.unwrap().id;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let record = |key: &str, physical_ms: u64| ApRecord {
+        key: key.as_bytes().to_vec(),
+        hlc: Hlc {
+            physical_ms,
+            logical: 0,
+            node_id: 2,
+        },
+        value: Some(format!("value of {key}").into_bytes()),
+    };
+    let calls_before = metrics().ap_write_calls.get();
+    let mut sends: Vec<_> = (0..WRITES)
+        .map(|i| n2.write(1, ks, record(&format!("batched-{i}"), now_ms), None))
+        .collect();
+    // Two the replica must refuse, alone: a hint for a node that is not a member, and a
+    // timestamp an hour ahead of its clock.
+    sends.push(n2.write(1, ks, record("bad-hint", now_ms), Some(99)));
+    sends.push(n2.write(1, ks, record("future", now_ms + 3_600_000), None));
+    let answers = futures::future::join_all(sends).await;
+    let calls = metrics().ap_write_calls.get() - calls_before;
+
+    for (i, answer) in answers[..WRITES].iter().enumerate() {
+        assert!(answer.is_ok(), "write {i}: {answer:?}");
+    }
+    assert!(
+        matches!(&answers[WRITES], Err(TransportError::Remote { node: 1, message }) if message.contains("99")),
+        "{:?}",
+        answers[WRITES]
+    );
+    assert!(
+        matches!(&answers[WRITES + 1], Err(TransportError::Remote { node: 1, message }) if message.contains("clock offset")),
+        "{:?}",
+        answers[WRITES + 1]
+    );
+    for i in 0..WRITES {
+        let key = format!("batched-{i}");
+        let stored = n1.node.ap.read_replica(ks, key.as_bytes()).unwrap();
+        assert_eq!(
+            stored.and_then(|r| r.value),
+            Some(format!("value of {key}").into_bytes()),
+            "acknowledged {key} is not on n1"
+        );
+    }
+    for refused in ["bad-hint", "future"] {
+        assert_eq!(
+            n1.node.ap.read_replica(ks, refused.as_bytes()).unwrap(),
+            None
+        );
+    }
+    // At most two calls start before the rest queue behind them: a handful of calls, not one
+    // per write (other tests in this binary send no AP replica writes between nodes).
+    assert!(
+        calls <= (WRITES as u64 + 2) / 2,
+        "{calls} calls carried {} writes",
+        WRITES + 2
     );
 }
