@@ -6,8 +6,9 @@
 //! the caller counts the answer as a durable ack — a record that superseded nothing too, since
 //! what superseded it may not be durable yet (an anti-entropy batch before its flush, or a
 //! concurrent write whose flush is still running); the flushes of writes ready together are
-//! one (the engine's group commit, awaited, or `GroupFlush`). A record whose timestamp is beyond the maximum clock offset, and a hint
-//! for a node that is not a member, are refused before anything is stored.
+//! one (the engine's group commit, awaited, or `GroupFlush`). A record whose timestamp is
+//! beyond the maximum clock offset, and a hint for a node that is not a member, are refused
+//! before anything is stored.
 
 use super::engine::ApEngine;
 use super::error::ApError;
