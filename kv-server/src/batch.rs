@@ -10,11 +10,12 @@
 //! for at most that long; a call whose callers have all given up is cancelled at once, and an
 //! item whose caller has given up is not sent. Order is not kept across the concurrent calls:
 //! callers that need order (openraft's AppendEntries of one group) never have two items in
-//! flight at once.
+//! flight at once. `NoBatch` remembers the peers that do not know a batch call (an older
+//! build), which their senders then reach with single calls for a while.
 
 use crate::types::NodeId;
 use futures::future::BoxFuture;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -30,6 +31,44 @@ pub const MESSAGE_FRAMING_BYTES: usize = 32;
 /// Most items waiting for one peer; beyond it an item is refused as unreachable (the caller
 /// backs off or falls back), so a dead peer cannot grow the queue without bound.
 pub const MAX_QUEUED_MESSAGES: usize = 4096;
+
+/// How long a peer that answered a batch call with UNIMPLEMENTED (a build from before that
+/// call) gets single calls before batching is tried again (it may have been upgraded).
+pub const BATCH_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The peers that lately refused a batch call as UNIMPLEMENTED, and since when: they get the
+/// same messages as single calls meanwhile, so a cluster in the middle of a rolling upgrade
+/// keeps replicating.
+#[derive(Default)]
+pub struct NoBatch(Mutex<BTreeMap<NodeId, tokio::time::Instant>>);
+
+impl NoBatch {
+    /// Whether `to` refused a batch less than `BATCH_RETRY_AFTER` ago.
+    pub fn refuses(&self, to: NodeId) -> bool {
+        let mut peers = self.0.lock().expect("no-batch lock");
+        match peers.get(&to) {
+            Some(since) if since.elapsed() < BATCH_RETRY_AFTER => true,
+            Some(_) => {
+                peers.remove(&to);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Remembers that `to` refused a batch call (`what`) now.
+    pub fn refused(&self, to: NodeId, what: &str) {
+        let first = self
+            .0
+            .lock()
+            .expect("no-batch lock")
+            .insert(to, tokio::time::Instant::now())
+            .is_none();
+        if first {
+            tracing::warn!(peer = to, call = what, "the peer does not know batch calls (an older build?); sending it single calls for {} s", BATCH_RETRY_AFTER.as_secs());
+        }
+    }
+}
 
 /// An item that can travel in a batch.
 pub trait BatchItem: Send + 'static {

@@ -6,10 +6,11 @@
 //! group go to a peer through its `RaftBatcher` as `Internal.RaftBatch` calls, and AP replica
 //! writes (hints included) through its AP write batcher as `Internal.ApWriteBatch` calls; votes
 //! and snapshot chunks keep their own `Internal.Raft` call (rare, and a snapshot chunk is as
-//! large as a whole batch).
+//! large as a whole batch). A peer that answers a batch call with UNIMPLEMENTED (a build from
+//! before it) gets single calls for `batch::BATCH_RETRY_AFTER`, so a rolling upgrade keeps replicating.
 
 use crate::ap::{ApRecord, ApTransport, Liveness, RangePage, TransportError as ApTransportError};
-use crate::batch::{BatchError, BatchSend, Batcher};
+use crate::batch::{BatchError, BatchSend, Batcher, NoBatch};
 use crate::cp::batch::{BatchItem, ItemResult, RaftBatcher};
 use crate::cp::{RaftKind, RaftTransport, TransportError as RaftTransportError};
 use crate::metrics::metrics;
@@ -112,6 +113,7 @@ impl GrpcTransport {
         let calls: Arc<dyn BatchSend<BatchItem, Vec<u8>, RaftTransportError>> =
             Arc::new(RaftBatchCalls {
                 links: links.clone(),
+                no_batch: Arc::default(),
             });
         let peers: Vec<NodeId> = links
             .members()
@@ -130,6 +132,7 @@ impl GrpcTransport {
         let ap_calls: Arc<dyn BatchSend<ApWriteItem, (), ApTransportError>> =
             Arc::new(ApWriteBatchCalls {
                 links: links.clone(),
+                no_batch: Arc::default(),
             });
         let ap_batchers = peers
             .iter()
@@ -380,12 +383,35 @@ impl crate::cp::engine::RecordFetcher for GrpcTransport {
     }
 }
 
-/// Sends Raft batches as `Internal.RaftBatch` calls, through the fault filter.
-// FIXME: a peer running a build without `RaftBatch` answers UNIMPLEMENTED and every
-// AppendEntries to it fails (a mixed-version cluster cannot replicate); fall back to single
-// `Raft` calls for such a peer if rolling upgrades are ever promised.
+/// Sends Raft batches as `Internal.RaftBatch` calls, through the fault filter; to a peer that
+/// does not know that call (UNIMPLEMENTED: a build from before it), as single `Raft` calls.
 struct RaftBatchCalls {
     links: Arc<PeerLinks>,
+    no_batch: Arc<NoBatch>,
+}
+
+/// Sends each Raft message of a batch as its own `Internal.Raft` call, concurrently.
+async fn raft_singles(
+    client: InternalClient<Channel>,
+    to: NodeId,
+    items: Vec<BatchItem>,
+) -> Vec<ItemResult> {
+    metrics().raft_calls.inc_by(items.len() as u64);
+    let calls = items.into_iter().map(|i| {
+        let mut client = client.clone();
+        async move {
+            client
+                .raft(ipb::RaftRequest {
+                    group: i.group,
+                    kind: i.kind.code(),
+                    payload: i.payload,
+                })
+                .await
+                .map(|r| r.into_inner().payload)
+                .map_err(|s| raft_err(to, s))
+        }
+    });
+    futures::future::join_all(calls).await
 }
 
 impl BatchSend<BatchItem, Vec<u8>, RaftTransportError> for RaftBatchCalls {
@@ -394,7 +420,7 @@ impl BatchSend<BatchItem, Vec<u8>, RaftTransportError> for RaftBatchCalls {
         to: NodeId,
         items: Vec<BatchItem>,
     ) -> BoxFuture<'static, Result<Vec<ItemResult>, RaftTransportError>> {
-        let links = self.links.clone();
+        let (links, no_batch) = (self.links.clone(), self.no_batch.clone());
         Box::pin(async move {
             let channel = links
                 .open(to)
@@ -404,8 +430,15 @@ impl BatchSend<BatchItem, Vec<u8>, RaftTransportError> for RaftBatchCalls {
                     reason: e.to_string(),
                 })?;
             let mut client = links.internal_client_on(channel);
-            metrics().raft_calls.inc();
             metrics().raft_messages_sent.inc_by(items.len() as u64);
+            if no_batch.refuses(to) {
+                let results = raft_singles(client, to, items).await;
+                if results.iter().any(Result::is_ok) {
+                    links.membership().heard_from(to);
+                }
+                return Ok(results);
+            }
+            metrics().raft_calls.inc();
             let messages = items
                 .into_iter()
                 .map(|i| ipb::RaftRequest {
@@ -414,10 +447,20 @@ impl BatchSend<BatchItem, Vec<u8>, RaftTransportError> for RaftBatchCalls {
                     payload: i.payload,
                 })
                 .collect();
-            let resp = client
-                .raft_batch(ipb::RaftBatchRequest { messages })
-                .await
-                .map_err(|s| raft_err(to, s))?;
+            let resp = match client.raft_batch(ipb::RaftBatchRequest { messages }).await {
+                Ok(resp) => resp,
+                // A build from before `RaftBatch`: openraft resends these, as single calls.
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    no_batch.refused(to, "RaftBatch");
+                    return Err(RaftTransportError::Network {
+                        to,
+                        reason: "the peer does not know RaftBatch (an older build); its next \
+                                 messages go as single calls"
+                            .into(),
+                    });
+                }
+                Err(s) => return Err(raft_err(to, s)),
+            };
             links.membership().heard_from(to);
             Ok(resp
                 .into_inner()
@@ -438,9 +481,32 @@ impl BatchSend<BatchItem, Vec<u8>, RaftTransportError> for RaftBatchCalls {
     }
 }
 
-/// Sends AP replica writes as `Internal.ApWriteBatch` calls, through the fault filter.
+/// Sends AP replica writes as `Internal.ApWriteBatch` calls, through the fault filter; to a
+/// peer that does not know that call (UNIMPLEMENTED: a build from before it), as single
+/// `ApWrite` calls.
 struct ApWriteBatchCalls {
     links: Arc<PeerLinks>,
+    no_batch: Arc<NoBatch>,
+}
+
+/// Sends each AP replica write of a batch as its own `Internal.ApWrite` call, concurrently.
+async fn ap_singles(
+    client: InternalClient<Channel>,
+    to: NodeId,
+    items: Vec<ApWriteItem>,
+) -> Vec<Result<(), ApTransportError>> {
+    metrics().ap_write_calls.inc_by(items.len() as u64);
+    let calls = items.into_iter().map(|i| {
+        let mut client = client.clone();
+        async move {
+            client
+                .ap_write(i.0)
+                .await
+                .map(drop)
+                .map_err(|s| ap_err(to, s))
+        }
+    });
+    futures::future::join_all(calls).await
 }
 
 impl BatchSend<ApWriteItem, (), ApTransportError> for ApWriteBatchCalls {
@@ -449,7 +515,7 @@ impl BatchSend<ApWriteItem, (), ApTransportError> for ApWriteBatchCalls {
         to: NodeId,
         items: Vec<ApWriteItem>,
     ) -> BoxFuture<'static, Result<Vec<Result<(), ApTransportError>>, ApTransportError>> {
-        let links = self.links.clone();
+        let (links, no_batch) = (self.links.clone(), self.no_batch.clone());
         Box::pin(async move {
             let channel = links
                 .open(to)
@@ -459,16 +525,37 @@ impl BatchSend<ApWriteItem, (), ApTransportError> for ApWriteBatchCalls {
                     reason: e.to_string(),
                 })?;
             let mut client = links.internal_client_on(channel);
-            metrics().ap_write_calls.inc();
             metrics().ap_writes_sent.inc_by(items.len() as u64);
+            if no_batch.refuses(to) {
+                let results = ap_singles(client, to, items).await;
+                if results.iter().any(Result::is_ok) {
+                    links.membership().heard_from(to);
+                }
+                return Ok(results);
+            }
+            metrics().ap_write_calls.inc();
             let writes = items.into_iter().map(|i| i.0).collect();
-            let resp = client
+            let resp = match client
                 .ap_write_batch(ipb::ApWriteBatchRequest {
                     writes,
                     from: links.me(),
                 })
                 .await
-                .map_err(|s| ap_err(to, s))?;
+            {
+                Ok(resp) => resp,
+                // A build from before `ApWriteBatch`: these writes fail (the coordinator falls
+                // back to hints, which replay later), the next ones go as single calls.
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    no_batch.refused(to, "ApWriteBatch");
+                    return Err(ApTransportError::Remote {
+                        node: to,
+                        message: "the peer does not know ApWriteBatch (an older build); its \
+                                  next writes go as single calls"
+                            .into(),
+                    });
+                }
+                Err(s) => return Err(ap_err(to, s)),
+            };
             links.membership().heard_from(to);
             Ok(resp
                 .into_inner()

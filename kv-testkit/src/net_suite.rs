@@ -5,7 +5,8 @@
 //! `crate::sim::incoming`: [`run_on_turmoil`]).
 //!
 //! The server side is a small echo service behind the internal gRPC API (`Internal.Raft` sends
-//! its payload back), so the cases test the carrier, not a node. Every call has a deadline; a
+//! its payload back, `Internal.ApWrite` is accepted, the batch calls are UNIMPLEMENTED as on a
+//! build from before them), so the cases test the carrier, not a node. Every call has a deadline; a
 //! case fails rather than hang.
 
 use crate::sim::{incoming, TurmoilDialer, SIM_PORT};
@@ -96,7 +97,8 @@ impl ipb::internal_server::Internal for EchoService {
         &self,
         _: Request<ipb::ApWriteRequest>,
     ) -> Result<Response<ipb::ApWriteResponse>, Status> {
-        unimplemented()
+        // Accepted and dropped: a peer that knows single AP writes but not their batches.
+        Ok(Response::new(ipb::ApWriteResponse {}))
     }
     async fn ap_write_batch(
         &self,
