@@ -47,6 +47,23 @@ impl InternalService {
         Ok(id)
     }
 
+    /// Refuses a batch of more than [`MAX_BATCH_MESSAGES`] items, before any is handled.
+    fn check_batch_len(&self, batch: &str, items: &str, len: usize) -> Result<(), Status> {
+        if len > MAX_BATCH_MESSAGES {
+            return Err(self.status(NodeError::InvalidArgument(format!(
+                "{batch} holds at most {MAX_BATCH_MESSAGES} {items}; this one has {len}"
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Counts a call from `from` as a sign of life, unless its traffic is dropped by a fault.
+    fn heard_from(&self, from: NodeId) {
+        if !self.node.links.faults().drops(from) {
+            self.node.links.membership().heard_from(from);
+        }
+    }
+
     /// Stores one replica write from coordinator `from` (alone or from a batch) durably.
     async fn apply_ap_write(&self, from: NodeId, req: ipb::ApWriteRequest) -> NodeResult<()> {
         if req.from != from {
@@ -61,9 +78,6 @@ impl InternalService {
             .ok_or_else(|| NodeError::InvalidArgument("ApWrite without a record".into()))?;
         self.node.validate_key(&record.key)?;
         let hint_for = (req.hint_for != 0).then_some(req.hint_for);
-        if !self.node.links.faults().drops(from) {
-            self.node.links.membership().heard_from(from);
-        }
         self.node
             .ap
             .apply_replica(ks, record_from_pb(record), hint_for)
@@ -170,12 +184,7 @@ impl ipb::internal_server::Internal for InternalService {
         req: Request<ipb::RaftBatchRequest>,
     ) -> Result<Response<ipb::RaftBatchResponse>, Status> {
         let messages = req.into_inner().messages;
-        if messages.len() > MAX_BATCH_MESSAGES {
-            return Err(self.status(NodeError::InvalidArgument(format!(
-                "a Raft batch holds at most {MAX_BATCH_MESSAGES} messages; this one has {}",
-                messages.len()
-            ))));
-        }
+        self.check_batch_len("a Raft batch", "messages", messages.len())?;
         let cp = self.node.cp().map_err(|e| self.status(e))?;
         // Groups are independent: their messages are handled concurrently, so their log
         // appends meet in one group commit, and the answer waits for the slowest.
@@ -199,6 +208,7 @@ impl ipb::internal_server::Internal for InternalService {
         self.check_sender(&req, req.get_ref().from)?;
         let req = req.into_inner();
         let from = req.from;
+        self.heard_from(from);
         self.apply_ap_write(from, req)
             .await
             .map(|()| Response::new(ipb::ApWriteResponse {}))
@@ -212,12 +222,8 @@ impl ipb::internal_server::Internal for InternalService {
         let from = req.get_ref().from;
         self.check_sender(&req, from)?;
         let writes = req.into_inner().writes;
-        if writes.len() > MAX_BATCH_MESSAGES {
-            return Err(self.status(NodeError::InvalidArgument(format!(
-                "an AP write batch holds at most {MAX_BATCH_MESSAGES} writes; this one has {}",
-                writes.len()
-            ))));
-        }
+        self.check_batch_len("an AP write batch", "writes", writes.len())?;
+        self.heard_from(from);
         // Stored concurrently, so their flush waits meet in one group commit.
         let results = futures::future::join_all(writes.into_iter().map(|w| async move {
             match self.apply_ap_write(from, w).await {

@@ -130,10 +130,30 @@ impl CpEngine {
         deadline: Instant,
         budget: Duration,
     ) -> Result<(), CpError> {
+        self.wait_for_metrics(
+            group,
+            deadline,
+            budget,
+            "the read index was not applied before the deadline",
+            |m| m.last_applied.map(|l| l.index) >= index,
+        )
+        .await
+    }
+
+    /// Waits (by `deadline`) until `done` holds for the group's Raft metrics; `missed` says
+    /// what did not happen when the deadline passes.
+    async fn wait_for_metrics(
+        &self,
+        group: &Group,
+        deadline: Instant,
+        budget: Duration,
+        missed: &str,
+        done: impl Fn(&openraft::RaftMetrics<NodeId, openraft::BasicNode>) -> bool,
+    ) -> Result<(), CpError> {
         let mut rx = group.raft.metrics();
-        let applied = tokio::time::timeout_at(deadline, async {
+        let reached = tokio::time::timeout_at(deadline, async {
             loop {
-                if rx.borrow_and_update().last_applied.map(|l| l.index) >= index {
+                if done(&rx.borrow_and_update()) {
                     return true;
                 }
                 if rx.changed().await.is_err() {
@@ -142,17 +162,13 @@ impl CpEngine {
             }
         })
         .await;
-        match applied {
+        match reached {
             Ok(true) => Ok(()),
             Ok(false) => Err(CpError::Raft {
                 partition: group.spec.partition,
                 message: "raft stopped".into(),
             }),
-            Err(_) => Err(self.expired(
-                group,
-                budget,
-                "the read index was not applied before the deadline",
-            )),
+            Err(_) => Err(self.expired(group, budget, missed)),
         }
     }
 
@@ -179,39 +195,17 @@ impl CpEngine {
         if group.caught_up.load(Ordering::Acquire) {
             return Ok(());
         }
-        let mut rx = group.raft.metrics();
-        let applied = tokio::time::timeout_at(deadline, async {
-            loop {
-                // Elected after start-up: a log entry the boot-time log may hold that never
-                // committed can be gone, so the index alone could wait for a later write.
-                let done = {
-                    let m = rx.borrow_and_update();
-                    m.last_applied.map(|l| l.index) >= Some(boot)
-                        || m.current_term > group.boot_term
-                };
-                if done {
-                    return true;
-                }
-                if rx.changed().await.is_err() {
-                    return false;
-                }
-            }
-        })
-        .await;
-        match applied {
-            Ok(true) => {
-                group.caught_up.store(true, Ordering::Release);
-                Ok(())
-            }
-            Ok(false) => Err(CpError::Raft {
-                partition: group.spec.partition,
-                message: "raft stopped".into(),
-            }),
-            Err(_) => Err(self.expired(
-                group,
-                budget,
-                "the log this node had at start-up was not applied before the deadline",
-            )),
-        }
+        // Elected after start-up: a log entry the boot-time log may hold that never committed
+        // can be gone, so the index alone could wait for a later write.
+        self.wait_for_metrics(
+            group,
+            deadline,
+            budget,
+            "the log this node had at start-up was not applied before the deadline",
+            |m| m.last_applied.map(|l| l.index) >= Some(boot) || m.current_term > group.boot_term,
+        )
+        .await?;
+        group.caught_up.store(true, Ordering::Release);
+        Ok(())
     }
 }
